@@ -1,0 +1,113 @@
+"""A scene overview: RGB composite in the scene's own CRS, AOI outline and metadata."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import holoviews as hv
+import numpy as np
+import panel as pn
+import param
+import xarray as xr
+from holoviews.operation.datashader import regrid
+
+from core.io import band_names, valid_mask
+from core.prepare import align_aoi
+
+RGB_CANDIDATES = (("red", "green", "blue"), ("band_1", "band_2", "band_3"))
+
+
+def rgb_composite(scene: xr.DataArray, bands: tuple[str, str, str]) -> np.ndarray:
+    """A display-only ``(y, x, 4)`` uint8 RGBA composite, 2-98 % stretched, nodata transparent.
+
+    The stretch is for the eye only; the model always sees baseline-normalised values.
+    """
+    names = band_names(scene)
+    valid = valid_mask(scene)
+    rgba = np.zeros((*valid.shape, 4), dtype=np.uint8)
+    for i, name in enumerate(bands):
+        band = np.asarray(scene.values[names.index(name)], dtype=np.float32)
+        lo, hi = np.percentile(band[valid], [2, 98]) if valid.any() else (0.0, 1.0)
+        scaled = np.clip((band - lo) / max(hi - lo, 1e-9), 0, 1)
+        rgba[..., i] = (scaled * 255).astype(np.uint8)
+    rgba[..., 3] = np.where(valid, 255, 0)
+    return rgba
+
+
+def default_rgb_bands(scene: xr.DataArray) -> tuple[str, ...]:
+    """Red, green, blue by name when the scene has them, else its first three bands."""
+    names = band_names(scene)
+    for candidate in RGB_CANDIDATES:
+        if set(candidate) <= set(names):
+            return candidate
+    return tuple(names[:3]) if len(names) >= 3 else (names[0],) * 3
+
+
+class SceneView(pn.viewable.Viewer):
+    """RGB composite (datashader-regridded, no basemap), AOI outline and scene metadata."""
+
+    scene = param.ClassSelector(class_=xr.DataArray, doc="A (band, y, x) scene with a CRS.")
+    aoi = param.ClassSelector(class_=gpd.GeoDataFrame, allow_None=True, doc="Optional AOI.")
+    title = param.String(default="Scene")
+
+    @param.depends("scene")
+    def metadata(self) -> dict[str, str]:
+        """CRS, resolution, size and bands, as shown beside the map."""
+        scene = self.scene
+        resx, resy = scene.rio.resolution()
+        return {
+            "CRS": scene.rio.crs.to_string() if scene.rio.crs else "none",
+            "Resolution": f"{abs(resx):g} x {abs(resy):g}",
+            "Size": f"{scene.sizes['x']} x {scene.sizes['y']} px",
+            "Bands": ", ".join(band_names(scene)),
+            "Nodata": str(scene.rio.nodata),
+        }
+
+    @param.depends("scene")
+    def image(self) -> hv.RGB:
+        """The full-resolution RGB composite in the scene's CRS coordinates."""
+        scene = self.scene
+        rgba = rgb_composite(scene, default_rgb_bands(scene))
+        if scene.rio.transform().e > 0:  # south-up raster: HoloViews wants row 0 at the top
+            rgba = rgba[::-1]
+        return hv.RGB(rgba, bounds=scene.rio.bounds(), vdims=list("RGBA"))
+
+    @param.depends("scene", "aoi")
+    def outline(self) -> hv.Path:
+        """The AOI's outer rings, reprojected to the scene's CRS (empty without an AOI)."""
+        if self.aoi is None:
+            return hv.Path([])
+        aoi = align_aoi(self.aoi, self.scene.rio.crs)
+        rings = [
+            np.asarray(poly.exterior.coords)
+            for geom in aoi.geometry
+            for poly in getattr(geom, "geoms", [geom])
+        ]
+        return hv.Path(rings)
+
+    def plot(self) -> hv.Overlay:
+        """Datashader-regridded composite (re-rendered on zoom) under the AOI outline."""
+        composite = regrid(hv.DynamicMap(self.image)).opts(
+            data_aspect=1,
+            responsive=True,
+            min_height=400,
+            xlabel="x (m)",
+            ylabel="y (m)",
+            xformatter="%.0f",
+            yformatter="%.0f",
+            title=self.title,
+        )
+        return composite * hv.DynamicMap(self.outline).opts(color="#ffcc00", line_width=2)
+
+    @param.depends("scene")
+    def _metadata_pane(self) -> pn.pane.Markdown:
+        return pn.pane.Markdown(
+            "\n".join(f"- **{k}**: {v}" for k, v in self.metadata().items()), width=280
+        )
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        """The map beside a metadata list."""
+        return pn.Row(
+            pn.pane.HoloViews(self.plot(), sizing_mode="stretch_both"),
+            self._metadata_pane,
+            sizing_mode="stretch_both",
+        )

@@ -1,0 +1,44 @@
+"""One exception hierarchy for every user-facing failure.
+
+Each error carries one sentence that names the input and what to do about it. The CLI and
+the dashboard catch :class:`SeamlineError` once, at their edge, and show that sentence with
+no traceback. Anything else that escapes is a bug in Seamline, not a user mistake.
+"""
+
+from __future__ import annotations
+
+
+class SeamlineError(Exception):
+    """Base class: a user-facing problem with a one-sentence explanation."""
+
+
+class InputFileError(SeamlineError, FileNotFoundError):
+    """A file to read is missing, unreadable or not in a format Seamline understands."""
+
+
+class OutputPathError(SeamlineError):
+    """A file cannot be written where the user asked (missing folder, not writable)."""
+
+
+class MissingCRSError(SeamlineError):
+    """A raster or vector has no coordinate reference system."""
+
+
+class InvalidCRSError(SeamlineError, ValueError):
+    """A CRS string that pyproj does not understand."""
+
+
+class GeometryError(SeamlineError, ValueError):
+    """An AOI that is empty, invalid, or does not overlap the raster."""
+
+
+class NoDataError(SeamlineError, ValueError):
+    """A scene, clip or tile with no valid pixels."""
+
+
+class BandMismatchError(SeamlineError, ValueError):
+    """Band names or counts that do not match what the statistics or the model expect."""
+
+
+class InvalidArgumentError(SeamlineError, ValueError):
+    """An option out of its range or not among its choices."""

@@ -1,0 +1,90 @@
+"""The served dashboard, as a user sees it: headless Chromium against `seamline serve`."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason="Debian's chromium is not installed (scripts/setup.sh --test does)",
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served():
+    """`seamline serve` on 127.0.0.1; killed at the end (and by its own timeout at worst)."""
+    port = _free_port()
+    exe = str(Path(sys.executable).with_name("seamline"))
+    proc = subprocess.Popen(
+        ["timeout", "300", exe, "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/dashboard"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"dashboard did not start: {proc.stdout.read()}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_page_renders_air_gapped_without_errors(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    errors, external = [], []
+    local = ("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:", "about:")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: None if r.url.startswith(local) else external.append(r.url))
+        page.goto(served)
+        page.get_by_text("EPSG:32719").first.wait_for(timeout=90_000)
+        page.locator("canvas").first.wait_for(timeout=90_000)
+        page.wait_for_timeout(1500)
+        shot = tmp_path / "dashboard.png"
+        page.screenshot(path=str(shot))
+        bands_shown = page.get_by_text("blue, green, red, nir, swir1, swir2").count()
+        title = page.title()
+        browser.close()
+    assert errors == []
+    assert external == [], f"the page asked the internet for {external}"
+    assert title == "Seamline" and bands_shown == 1
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("SEAMLINE_SCREENSHOTS"):
+        shutil.copy(shot, os.environ["SEAMLINE_SCREENSHOTS"])

@@ -1,0 +1,152 @@
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from shapely.geometry import Point, Polygon, box
+
+from core.errors import (
+    GeometryError,
+    InputFileError,
+    MissingCRSError,
+    OutputPathError,
+)
+from core.io import atomic_path, open_aoi, open_raster, valid_mask, write_raster
+
+
+def test_open_raster_real_landsat(shared_data):
+    path = shared_data / "landsat" / "RGB.byte.tif"
+    da = open_raster(path)
+    assert da.dims == ("band", "y", "x")
+    assert da.shape == (3, 718, 791)
+    assert da.rio.crs.to_epsg() == 32618
+    assert da.rio.nodata == 0
+    assert list(da["band"].values) == ["band_1", "band_2", "band_3"]
+    with rasterio.open(path) as src:
+        assert da.rio.transform() == src.transform
+        expected = src.dataset_mask() > 0
+    np.testing.assert_array_equal(valid_mask(da), expected)
+
+
+def test_open_raster_reads_band_descriptions_and_can_chunk(small_tif):
+    da = open_raster(small_tif)
+    assert list(da["band"].values) == ["blue", "green", "red", "nir"]
+    lazy = open_raster(small_tif, chunks={"x": 32, "y": 32})
+    assert lazy.chunks is not None
+    np.testing.assert_array_equal(lazy.values, da.values)
+
+
+def test_open_raster_band_names_override_and_count_check(small_tif):
+    da = open_raster(small_tif, band_names=["b", "g", "r", "n"])
+    assert list(da["band"].values) == ["b", "g", "r", "n"]
+    with pytest.raises(InputFileError, match="4 bands but 2 band names"):
+        open_raster(small_tif, band_names=["a", "b"])
+
+
+def test_open_raster_netcdf(tmp_path, small_tif):
+    da = open_raster(small_tif).isel(band=0).squeeze(drop=True)
+    nc = tmp_path / "scene.nc"
+    da.rename("blue").to_dataset().to_netcdf(nc)
+    back = open_raster(nc)
+    assert back.dims == ("band", "y", "x")
+    assert back.rio.crs.to_epsg() == 32633
+    assert back.rio.transform() == da.rio.transform()
+    np.testing.assert_array_equal(back.values[0], da.values)
+
+
+@pytest.mark.parametrize("name, content", [("missing.tif", None), ("bad.tif", b"not a tiff")])
+def test_open_raster_bad_file_is_one_sentence(tmp_path, name, content):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputFileError) as info:
+        open_raster(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("driver", ["GTiff", "COG"])
+def test_write_raster_round_trip_keeps_georeferencing(tmp_path, small_tif, driver):
+    da = open_raster(small_tif)
+    out = write_raster(da, tmp_path / f"out_{driver}.tif", driver=driver)
+    with rasterio.open(out) as src:
+        assert src.crs.to_epsg() == 32633
+        assert src.transform == da.rio.transform()
+        assert src.nodata == 0
+        assert src.descriptions == ("blue", "green", "red", "nir")
+        assert src.profile["tiled"]
+        np.testing.assert_array_equal(src.read(), da.values)
+        if driver == "COG":
+            assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_write_raster_missing_folder_leaves_nothing(tmp_path, small_tif):
+    target = tmp_path / "nope" / "out.tif"
+    with pytest.raises(OutputPathError, match="does not exist"):
+        write_raster(open_raster(small_tif), target)
+    assert not target.parent.exists()
+
+
+def test_atomic_path_removes_partial_file_on_failure(tmp_path):
+    target = tmp_path / "out.tif"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "suffix, driver", [(".geojson", "GeoJSON"), (".shp", "ESRI Shapefile"), (".gpkg", "GPKG")]
+)
+def test_open_aoi_formats(tmp_path, suffix, driver):
+    gdf = gpd.GeoDataFrame(geometry=[box(10, 45, 11, 46)], crs="EPSG:4326")
+    path = tmp_path / f"aoi{suffix}"
+    gdf.to_file(path, driver=driver)
+    aoi = open_aoi(path)
+    assert aoi.crs.to_epsg() == 4326
+    assert aoi.geometry.iloc[0].equals(box(10, 45, 11, 46))
+
+
+def test_open_aoi_bad_inputs(tmp_path):
+    bowtie = Polygon([(0, 0), (1, 1), (1, 0), (0, 1)])
+    cases = {
+        "invalid.geojson": (
+            gpd.GeoDataFrame(geometry=[bowtie], crs=4326),
+            GeometryError,
+            "invalid polygon",
+        ),
+        "points.geojson": (
+            gpd.GeoDataFrame(geometry=[Point(0, 0)], crs=4326),
+            GeometryError,
+            "must be polygons",
+        ),
+        "empty.geojson": (
+            gpd.GeoDataFrame(geometry=[Polygon()], crs=4326),
+            GeometryError,
+            "no geometry",
+        ),
+        "nocrs.shp": (gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)]), MissingCRSError, "no CRS"),
+    }
+    for name, (gdf, error, text) in cases.items():
+        path = tmp_path / name
+        gdf.to_file(path)
+        with pytest.raises(error, match=text):
+            open_aoi(path)
+    with pytest.raises(InputFileError, match="does not exist"):
+        open_aoi(tmp_path / "absent.geojson")
+    (tmp_path / "junk.geojson").write_text("{ not json")
+    with pytest.raises(InputFileError, match="could not be read"):
+        open_aoi(tmp_path / "junk.geojson")
+
+
+def test_valid_mask_any_band_semantics(tmp_path):
+    from tests.conftest import write_tif
+
+    data = np.ones((2, 3, 3), dtype=np.uint16)
+    data[:, 0, 0] = 0  # all bands nodata -> invalid
+    data[0, 1, 1] = 0  # one band zero -> still valid
+    da = open_raster(write_tif(Path(tmp_path) / "m.tif", data))
+    mask = valid_mask(da)
+    assert not mask[0, 0] and mask[1, 1] and mask.sum() == 8

@@ -1,0 +1,47 @@
+"""SceneView state -> view logic, without a browser."""
+
+import geopandas as gpd
+import holoviews as hv
+import numpy as np
+import panel as pn
+from shapely.geometry import box
+
+from components.scene_view import SceneView, default_rgb_bands, rgb_composite
+from core.demo import sentinel2_aoi, sentinel2_sample
+
+
+def test_rgb_composite_stretches_and_hides_nodata():
+    scene = sentinel2_sample()
+    scene[:, :10, :10] = 0
+    rgba = rgb_composite(scene, default_rgb_bands(scene))
+    assert rgba.shape == (200, 300, 4) and rgba.dtype == np.uint8
+    assert (rgba[:10, :10, 3] == 0).all() and (rgba[10:, 10:, 3] == 255).all()
+    assert rgba[..., :3].max() == 255 and rgba[10:, 10:, :3].min() == 0  # 2-98 % stretch
+
+
+def test_default_rgb_bands_by_name_then_order():
+    assert default_rgb_bands(sentinel2_sample()) == ("red", "green", "blue")
+    unnamed = sentinel2_sample().assign_coords(band=[f"band_{i}" for i in range(1, 7)])
+    assert default_rgb_bands(unnamed) == ("band_1", "band_2", "band_3")
+
+
+def test_view_follows_scene_and_aoi_params():
+    view = SceneView(scene=sentinel2_sample(), aoi=sentinel2_aoi())
+    image = view.image()
+    assert isinstance(image, hv.RGB)
+    assert image.bounds.lbrt() == sentinel2_sample().rio.bounds()
+    ring = view.outline().data[0]
+    left, bottom, right, top = sentinel2_sample().rio.bounds()
+    assert left < ring[:, 0].min() and ring[:, 0].max() < right  # reprojected 4326 -> UTM
+    assert bottom < ring[:, 1].min() and ring[:, 1].max() < top
+    assert view.metadata()["CRS"] == "EPSG:32719"
+    view.scene = sentinel2_sample().isel(x=slice(0, 100))
+    assert view.metadata()["Size"] == "100 x 200 px"
+    view.aoi = None
+    assert len(view.outline().data) == 0
+
+
+def test_panel_renders_a_bokeh_model():
+    aoi = gpd.GeoDataFrame(geometry=[box(600500, 4698500, 601500, 4699500)], crs="EPSG:32719")
+    root = pn.panel(SceneView(scene=sentinel2_sample(), aoi=aoi)).get_root()
+    assert root is not None and len(root.children) == 2
