@@ -46,6 +46,40 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     _print_json(asdict(report))
 
 
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from core.hardware import bf16_is_native, cpu_info, peak_rss_bytes
+    from core.io import open_aoi
+    from core.modelio import load_model, with_precision
+    from core.predict import predict_file
+
+    model = load_model(args.model, model_class=args.model_class)
+    if args.precision == "bf16" and not bf16_is_native():
+        print("seamline predict: warning: BF16 is emulated on this CPU (no AMX or "
+              "AVX512-BF16): expect it to be slower than fp32.", file=sys.stderr)
+    model = with_precision(model, args.precision)
+    report = predict_file(
+        args.input, args.output, model=model,
+        aoi=open_aoi(args.aoi) if args.aoi else None,
+        probabilities=args.probabilities, cog=args.cog, block_size=args.block_size,
+        band_names=args.band_names, tile_size=args.tile_size, overlap=args.overlap,
+        blend=args.blend, batch_size=args.batch_size, device=args.device,
+    )  # fmt: skip
+    report.update(model=model.name, precision=model.precision,
+                  peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"])
+    _print_json(report)
+
+
+def _cmd_train_demo(args: argparse.Namespace) -> None:
+    from core.modelio import DEMO_MODEL
+    from core.train import train_demo
+
+    out = Path(args.out) if args.out else DEMO_MODEL
+    model = train_demo(out, seed=args.seed, steps=args.steps,
+                       log=lambda line: print(line, file=sys.stderr))
+    _print_json({"weights": str(out), "held_out": model.metadata["held_out"],
+                 "receptive_radius": model.receptive_radius})
+
+
 def _cmd_demo_data(args: argparse.Namespace) -> None:
     from core.demo import write_demo_data
 
@@ -103,6 +137,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--stats", metavar="FILE", help="normalise with these band statistics")
     p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("predict", help="tiled inference into a georeferenced GeoTIFF")
+    p.add_argument("input", help="raster to predict (raw or prepared)")
+    p.add_argument("output", help="class-id GeoTIFF to write (probabilities with --probabilities)")
+    p.add_argument("--aoi", help="predict only inside this area of interest (any CRS)")
+    p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
+    p.add_argument("--model-class", help="package.module:Class for a state dict")
+    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--blend", default="cosine", help="crop, linear, cosine or gaussian")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--probabilities", action="store_true", help="write class probabilities")
+    p.add_argument("--band-names", type=_band_list, help="comma-separated names, one per band")
+    p.add_argument("--block-size", type=int, default=2048, help="pixels per block read from disk")
+    p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("train-demo", help="train the demo U-Net on synthetic scenes")
+    p.add_argument("--out", help="weights path (default: the packaged demo model)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train_demo)
 
     p = sub.add_parser("demo-data", help="write the embedded demo scenes, labels and AOI")
     p.add_argument("outdir", help="existing folder to write into")

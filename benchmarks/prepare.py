@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -86,15 +85,6 @@ def make_inputs(workdir: Path, size: int) -> tuple[Path, Path, Path]:
     return tif, aoi_path, stats_path
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def run_child(method: str, tif: str, aoi: str, stats: str) -> dict:
     """Prepare once with ``method``; report seconds, output size and this process's peak RSS."""
     import geopandas as gpd
@@ -103,6 +93,7 @@ def run_child(method: str, tif: str, aoi: str, stats: str) -> dict:
     import rasterio.mask
 
     from core.bandstats import BandStats
+    from core.hardware import peak_rss_bytes
     from core.io import open_raster
     from core.prepare import prepare
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from functools import cache
 
 
 @cache
-def cpu_info() -> dict[str, str | int]:
-    """CPU model, torch's detected vector capability (AVX2 / AVX512 / ...), threads, AMX."""
-    import torch
-
+def _cpuinfo() -> dict[str, str]:
     fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as fh:  # Linux; elsewhere platform.processor() suffices
@@ -20,8 +18,20 @@ def cpu_info() -> dict[str, str | int]:
                 fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    model = fields.get("model name") or platform.processor() or platform.machine()
-    flags = set(fields.get("flags", "").split())
+    return fields
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
+
+
+@cache
+def cpu_info() -> dict[str, str | int | bool]:
+    """CPU model, torch's detected vector capability (AVX2 / AVX512 / ...), threads, AMX."""
+    import torch
+
+    model = _cpuinfo().get("model name") or platform.processor() or platform.machine()
+    flags = _cpu_flags()
     return {
         "cpu": model,
         "capability": torch.backends.cpu.get_cpu_capability(),
@@ -38,3 +48,24 @@ def cpu_label() -> str:
     info = cpu_info()
     extras = " + AMX" if info["amx"] else (" + VNNI" if info["avx512_vnni"] else "")
     return f"{info['cpu']} | {info['capability']}{extras} | {info['torch_threads']} threads"
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM on Linux: ru_maxrss survives exec there)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def bf16_is_native() -> bool:
+    """Whether this CPU runs BF16 matmuls natively (AMX or AVX512-BF16); else it is emulated."""
+    flags = _cpu_flags()
+    return "amx_bf16" in flags or "avx512_bf16" in flags

@@ -37,6 +37,7 @@ __all__ = [
     "align_aoi",
     "reproject_scene",
     "clip_to_aoi",
+    "crop_to_aoi",
     "prepare",
     "prepare_file",
     "PrepareReport",
@@ -130,7 +131,12 @@ def _window(scene: xr.DataArray, bounds: tuple[float, float, float, float], pad:
     return slice(row0, row1), slice(col0, col1)
 
 
-def _crop(scene: xr.DataArray, aoi: gpd.GeoDataFrame, pad: int = 0) -> xr.DataArray:
+def crop_to_aoi(scene: xr.DataArray, aoi: gpd.GeoDataFrame, *, pad: int = 0) -> xr.DataArray:
+    """The scene's window over the AOI's bounds (plus ``pad`` pixels), on the same grid.
+
+    Lazily opened scenes stay lazy: nothing is read until the window's values are used.
+    """
+    aoi = align_aoi(aoi, _require_crs(scene))
     window = _window(scene, tuple(aoi.total_bounds), pad)
     if window is None or not aoi.intersects(_footprint(scene)).any():
         raise GeometryError(
@@ -160,7 +166,7 @@ def clip_to_aoi(
     """
     crs = _require_crs(scene)
     aoi = align_aoi(aoi, crs)
-    scene = _with_nodata(_crop(scene, aoi))
+    scene = _with_nodata(crop_to_aoi(scene, aoi))
     # rioxarray's rio.clip masks through xarray.where, which promotes integers to float64
     # (4x the memory of uint16): we rasterise the mask once and fill nodata in place instead.
     outside = geometry_mask(
@@ -209,7 +215,7 @@ def prepare(
     reprojecting = dst_crs is not None or resolution is not None
     if aoi is not None and reprojecting:
         # Cut the source to the AOI (plus a margin for the resampling kernel) before warping.
-        scene = _crop(scene, align_aoi(aoi, scene.rio.crs), pad=4)
+        scene = crop_to_aoi(scene, aoi, pad=4)
     if reprojecting:
         scene = reproject_scene(scene, dst_crs, resolution=resolution, resampling=resampling)
     if aoi is not None:

@@ -71,6 +71,11 @@ CLASS_REFLECTANCE_WINTER = _frozen([
 ])
 """Deep-winter (``season=-1``) mean surface reflectance, shape (class, band), float32."""
 
+BARE_ROCK_REFLECTANCE = _frozen([0.115, 0.110, 0.125, 0.150, 0.195, 0.170])
+"""Dark rock / dry steppe: the second end-member of bare soil, mixed per pixel by a smooth
+field so that bare land spans bright soils to dark, flat-spectrum rock (as in arid
+mountains, e.g. the real Sentinel-2 demo scene)."""
+
 CLASS_VARIABILITY = _frozen([0.15, 0.12, 0.18, 0.20, 0.15])
 """Within-class texture: relative standard deviation (std / mean) per class."""
 
@@ -78,7 +83,7 @@ _WATER, _VEGETATION, _CROPLAND, _BUILT_UP, _BARE_SOIL = range(len(CLASSES))
 # Response of each band to the "vigour" texture field: more NIR, less visible light.
 _VIGOUR_LOADING = (-0.5, -0.3, -0.8, 0.6, -0.1, -0.3)
 _CLOUD_REFLECTANCE = (0.72, 0.70, 0.68, 0.66, 0.55, 0.50)
-_CLOUD_EDGE = 0.4  # half-width of the cloud-edge blend, in standard deviations of the field
+_CLOUD_EDGE = 0.25  # half-width of the cloud-edge blend, in standard deviations of the field
 _NOISE_STD = 0.003  # per-pixel sensor noise, reflectance units
 _MAX_GROWTH_AREA = 0.25  # share of the scene converted at built_up_growth=1
 _PEAK_SUMMER_DOY = 196  # 15 July
@@ -89,9 +94,9 @@ def _number(name: str, value: object, low: float, high: float, *, open_low: bool
     is_real = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
         value, bool
     )
-    if is_real and math.isfinite(value) and (low < value if open_low else low <= value):
-        if value <= high:
-            return float(value)
+    in_range = is_real and math.isfinite(value) and value <= high
+    if in_range and (low < value if open_low else low <= value):
+        return float(value)
     if math.isinf(high):
         bound = f"{'>' if open_low else '>='} {low:g}"
     else:
@@ -168,16 +173,17 @@ def _parcels(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndar
     Returns the class of each pixel's parcel (uint8: mostly cropland, some fallow bare soil
     and meadow) and a per-parcel standard-normal brightness offset (float32).
     """
-    strips = np.repeat(np.arange(height // 16 + 1), rng.integers(16, 49, height // 16 + 1))
-    strip_of_row = strips[:height]
+    strip_of_row = np.repeat(np.arange(height // 16 + 1), rng.integers(16, 49, height // 16 + 1))
+    strips = int(strip_of_row[height - 1]) + 1
     columns = np.repeat(np.arange(width // 16 + 5), rng.integers(16, 65, width // 16 + 5))
-    shift = rng.integers(0, 64, strip_of_row[-1] + 1)
-    column_of = columns[shift[strip_of_row][:, None] + np.arange(width, dtype=np.intp)]
-    shape = (strip_of_row[-1] + 1, columns[-1] + 1)
+    shift = rng.integers(0, 64, strips)
+    column_of = columns[shift[:, None] + np.arange(width)]  # parcel column, per strip
+    shape = (strips, int(columns[-1]) + 1)
     kinds = np.array([_CROPLAND, _BARE_SOIL, _VEGETATION], dtype=np.uint8)
     classes = rng.choice(kinds, size=shape, p=[0.65, 0.2, 0.15])
     brightness = rng.standard_normal(shape, dtype=np.float32)
-    return classes[strip_of_row[:, None], column_of], brightness[strip_of_row[:, None], column_of]
+    strip, rows = np.arange(strips)[:, None], strip_of_row[:height]
+    return classes[strip, column_of][rows], brightness[strip, column_of][rows]
 
 
 def _land_cover(seed: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -235,6 +241,7 @@ def _render(
     vigour: np.ndarray,
     noise_rng: np.random.Generator,
     cloud_opacity: np.ndarray | None,
+    rock: np.ndarray,
     *,
     season: float,
     gain: float,
@@ -244,30 +251,34 @@ def _render(
 
     Reflectance is ``mean * (1 + cv * (brightness + loading * vigour)) + noise`` (``cv`` from
     :data:`CLASS_VARIABILITY`, uniform noise of std 0.003), blended towards cloud reflectance
-    by ``cloud_opacity``, then recalibrated and scaled. Overwrites ``brightness`` and ``vigour``.
+    by ``cloud_opacity``, then recalibrated and scaled. Bare soil's mean moves towards
+    :data:`BARE_ROCK_REFLECTANCE` by ``rock`` (0 elsewhere). Overwrites ``brightness`` and
+    ``vigour``.
     """
     variability = CLASS_VARIABILITY[labels]
     brightness *= variability
     brightness += 1
     vigour *= variability
+    del variability
     scale = np.float32(gain * REFLECTANCE_SCALE)
     means = _class_reflectance(season) * scale
     noise_range = np.float32(_NOISE_STD * math.sqrt(12)) * scale
-    if cloud_opacity is not None:
-        clear = 1 - cloud_opacity
+    rock_shift = (BARE_ROCK_REFLECTANCE - CLASS_REFLECTANCE[_BARE_SOIL]) * scale
     scene = np.empty((len(BANDS), *labels.shape), dtype=np.uint16)
     pixel, spread = np.empty((2, *labels.shape), dtype=np.float32)
     for band in range(len(BANDS)):
         np.multiply(vigour, np.float32(_VIGOUR_LOADING[band]), out=spread)
         spread += brightness
-        spread *= means[:, band][labels]
-        noise_rng.random(dtype=np.float32, out=pixel)
-        pixel -= np.float32(0.5)
-        pixel *= noise_range
+        np.take(means[:, band], labels, out=pixel)
+        pixel += rock * rock_shift[band]
+        pixel *= spread
+        noise_rng.random(dtype=np.float32, out=spread)
+        spread -= np.float32(0.5)
+        spread *= noise_range
         pixel += spread
-        if cloud_opacity is not None:
-            pixel *= clear
-            np.multiply(cloud_opacity, _CLOUD_REFLECTANCE[band] * scale, out=spread)
+        if cloud_opacity is not None:  # pixel += opacity * (cloud - pixel)
+            np.subtract(_CLOUD_REFLECTANCE[band] * scale, pixel, out=spread)
+            spread *= cloud_opacity
             pixel += spread
         pixel += np.float32(offset * REFLECTANCE_SCALE + 0.5)  # + 0.5: round on the cast
         np.clip(pixel, 1, REFLECTANCE_SCALE, out=pixel)
@@ -370,7 +381,7 @@ def make_scene(
         )
     try:
         crs_obj = CRS.from_user_input(crs)
-    except CRSError as error:
+    except (CRSError, TypeError, ValueError) as error:
         raise InvalidCRSError(
             f"crs must be a CRS that rasterio understands, such as 'EPSG:32633', got {crs!r}."
         ) from error
@@ -385,6 +396,12 @@ def make_scene(
     brightness[crop] = 0.6 * brightness[crop] + 0.8 * parcel_brightness[crop]
     del parcel_brightness, crop
 
+    rock = _noise(_rng(seed, 4), height, width, (64, 32))
+    rock *= np.float32(0.6)
+    rock += np.float32(0.5)
+    np.clip(rock, 0, 1, out=rock)
+    rock[labels != _BARE_SOIL] = 0
+
     cloud_opacity = None
     if cloud_cover > 0:
         field = _noise(_rng(seed, 3, acquisition), height, width, (128, 64, 32, 16))
@@ -394,7 +411,7 @@ def make_scene(
         cloud_opacity = np.clip(field, 0, 1, out=field)
 
     data = _render(
-        labels, brightness, vigour, _rng(seed, 2, acquisition), cloud_opacity,
+        labels, brightness, vigour, _rng(seed, 2, acquisition), cloud_opacity, rock,
         season=season, gain=gain, offset=offset,
     )
     transform = Affine(resolution, 0.0, x0, 0.0, -resolution, y0)
@@ -411,7 +428,7 @@ def season_for(date: dt.date) -> float:
     """Season of a date as used by :func:`make_series`.
 
     ``season = cos(2 * pi * (day_of_year - 196) / 365.25)``: +1 on 15 July, about -1 in
-    mid-January, 0 around 20 April and 10 October. Since :func:`make_scene` treats every
+    mid-January, 0 around 15 April and 14 October. Since :func:`make_scene` treats every
     season >= 0 as summer, the canopy is full from late April to early October.
     """
     day_of_year = date.timetuple().tm_yday

@@ -1,0 +1,206 @@
+"""Segmentation models with what travels with them: bands, classes, colours, band statistics.
+
+A model on disk is a weights file plus a JSON sidecar of the same stem::
+
+    model.pt    state dict (with "model_class": "package.module:Class" in the JSON), or
+    model.pt2   a ``torch.export`` archive (no Python class needed)
+    model.json  {"name", "bands", "classes", "colors", "stats", "align", "receptive_radius",
+                 "model_class", "init", ...}
+
+``load_model("demo")`` gives the shipped demo U-Net; it loads offline from the package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import xarray as xr
+from torch import nn
+
+from core.bandstats import BandStats, band_order
+from core.errors import InputFileError, InvalidArgumentError
+from core.io import atomic_path
+from core.tiling import eval_mode
+
+__all__ = [
+    "SegmentationModel",
+    "load_model",
+    "save_model",
+    "check_bands",
+    "with_precision",
+    "DEMO_MODEL",
+    "PRECISIONS",
+]
+
+ASSETS = Path(__file__).with_name("assets")
+DEMO_MODEL = ASSETS / "demo_unet.pt"
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class SegmentationModel:
+    """A model and its metadata. ``module`` maps ``(B, bands, t, t)`` to ``(B, classes, t, t)``."""
+
+    module: nn.Module
+    bands: tuple[str, ...]
+    classes: tuple[str, ...]
+    colors: tuple[str, ...] = ()
+    stats: BandStats | None = None
+    align: int = 1
+    receptive_radius: int | None = None
+    name: str = "model"
+    precision: str = "fp32"
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    def with_module(self, module: nn.Module, *, precision: str) -> SegmentationModel:
+        """The same model metadata around another module (e.g. a quantized one)."""
+        return replace(self, module=module, precision=precision)
+
+    def sidecar(self) -> dict:
+        """The JSON sidecar describing this model."""
+        return {
+            **self.metadata,
+            "name": self.name,
+            "bands": list(self.bands),
+            "classes": list(self.classes),
+            "colors": list(self.colors),
+            "stats": self.stats.to_dict() if self.stats else None,
+            "align": self.align,
+            "receptive_radius": self.receptive_radius,
+            "precision": self.precision,
+        }
+
+
+def _import_class(path: str) -> type[nn.Module]:
+    module_name, _, class_name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise InputFileError(
+            f"Model class {path!r} cannot be imported: give it as 'package.module:ClassName'."
+        ) from None
+
+
+def _first_conv_in_channels(module: nn.Module) -> int | None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+def _from_module(module: nn.Module, meta: dict) -> SegmentationModel:
+    bands = meta.get("bands")
+    if bands is None:
+        count = meta.get("band_count") or _first_conv_in_channels(module)
+        if count is None:
+            raise InputFileError(
+                "Cannot tell how many bands the model expects: add \"bands\" to its JSON sidecar."
+            )
+        bands = [f"band_{i + 1}" for i in range(count)]
+    classes = meta.get("classes") or [f"class_{i}" for i in range(meta.get("class_count", 0))]
+    stats = BandStats.from_dict(meta["stats"]) if meta.get("stats") else None
+    known = {"name", "bands", "classes", "colors", "stats", "align", "receptive_radius",
+             "precision"}
+    return SegmentationModel(
+        module=eval_mode(module),
+        bands=tuple(bands),
+        classes=tuple(classes),
+        colors=tuple(meta.get("colors") or ()),
+        stats=stats,
+        align=int(meta.get("align") or getattr(module, "align", 1)),
+        receptive_radius=meta.get("receptive_radius"),
+        name=meta.get("name", "model"),
+        precision=meta.get("precision", "fp32"),
+        metadata={k: v for k, v in meta.items() if k not in known},
+    )
+
+
+def load_model(
+    spec: str | os.PathLike | nn.Module | SegmentationModel = "demo",
+    *,
+    model_class: str | None = None,
+) -> SegmentationModel:
+    """Load a model: ``"demo"``, a ``.pt`` state dict (+ class), a ``.pt2`` archive, or a module.
+
+    ``model_class`` (``"package.module:Class"``) overrides the sidecar's for a state dict.
+    """
+    if isinstance(spec, SegmentationModel):
+        return spec
+    if isinstance(spec, nn.Module):
+        return _from_module(spec, {})
+    path = DEMO_MODEL if str(spec) == "demo" else Path(spec)
+    if not path.is_file():
+        raise InputFileError(
+            f"Model file {str(path)!r} does not exist: pass 'demo', a .pt state dict with its "
+            ".json sidecar, or a torch.export .pt2 archive."
+        )
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    try:
+        if path.suffix == ".pt2":
+            module = torch.export.load(str(path)).module()
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            cls_path = model_class or meta.get("model_class")
+            if cls_path is None:
+                raise InputFileError(
+                    f"Model file {str(path)!r} is a state dict without a class: pass "
+                    "--model-class package.module:ClassName or add \"model_class\" to "
+                    f"{sidecar.name}."
+                )
+            module = _import_class(cls_path)(**meta.get("init", {}))
+            module.load_state_dict(state)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise InputFileError(
+            f"Model file {str(path)!r} could not be loaded ({str(exc).splitlines()[0]}): "
+            "check that it matches its class and sidecar."
+        ) from None
+    meta.setdefault("name", "demo" if str(spec) == "demo" else path.stem)
+    return _from_module(module, meta)
+
+
+def save_model(model: SegmentationModel, path: str | os.PathLike, *, model_class: str) -> Path:
+    """Save a state dict and its JSON sidecar (atomically, sidecar last)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(model.module.state_dict(), tmp)
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps({**model.sidecar(), "model_class": model_class}, indent=2))
+    return path
+
+
+def check_bands(model: SegmentationModel, scene: xr.DataArray) -> list[int]:
+    """Indices of the model's bands in the scene; one sentence, before any work, if missing."""
+    return band_order(scene, model.bands, by=f"model {model.name!r}")
+
+
+class _Autocast(nn.Module):
+    """Runs the wrapped module under ``torch.autocast`` (BF16 matmuls and convolutions)."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module, self.dtype = module, dtype
+        self.align = getattr(module, "align", 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped forward under autocast; the output comes back as float32."""
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.module(x).float()
+
+
+def with_precision(model: SegmentationModel, precision: str) -> SegmentationModel:
+    """The model at ``fp32`` or ``bf16`` (autocast). INT8 lives in :mod:`core.quantize`."""
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
+    if precision == model.precision:
+        return model
+    if precision == "fp32":
+        raise InvalidArgumentError(f"model {model.name!r} is {model.precision}; load it again")
+    return model.with_module(_Autocast(model.module, torch.bfloat16), precision=precision)

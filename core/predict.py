@@ -1,0 +1,232 @@
+"""The ``predict`` stage: georeferenced predictions in memory or streamed file to file.
+
+:func:`predict_scene` returns a DataArray on exactly the prepared scene's grid.
+:func:`predict_file` streams a raster larger than memory: it reads blocks (plus a halo that
+covers the model's receptive field) from disk, runs the tiled engine on each, and writes the
+centre of each block into a tiled GeoTIFF/COG, so peak memory does not grow with the raster.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import rasterio.shutil
+import torch
+import xarray as xr
+from rasterio.features import geometry_mask
+from rasterio.windows import Window
+
+from core.bandstats import normalise
+from core.errors import InvalidArgumentError, NoDataError
+from core.io import atomic_path, check_output_path, open_raster, valid_mask
+from core.modelio import SegmentationModel, check_bands, load_model
+from core.prepare import align_aoi, crop_to_aoi
+from core.tiling import predict_tiled
+
+__all__ = ["predict_scene", "predict_file", "TileTimer", "CLASS_NODATA"]
+
+CLASS_NODATA = 255
+
+
+@dataclass
+class TileTimer:
+    """A ``progress`` callback that records per-tile latency (batch time / tiles in batch)."""
+
+    forward: Callable[[int, int], None] | None = None
+    tile_seconds: list[float] = field(default_factory=list)
+    _last: tuple[float, int] | None = None
+
+    def start(self) -> None:
+        """Mark the start of a run (the first batch is timed from here)."""
+        self._last = (time.perf_counter(), 0)
+
+    def __call__(self, done: int, total: int) -> None:
+        """Record the batch that just finished; chain to ``forward``."""
+        now = time.perf_counter()
+        then, before = self._last or (now, done)
+        if done > before:
+            self.tile_seconds += [(now - then) / (done - before)] * (done - before)
+        self._last = (now, done)
+        if self.forward is not None:
+            self.forward(done, total)
+
+    def summary(self) -> dict[str, float]:
+        """Tile latency p50/p95 in ms."""
+        if not self.tile_seconds:
+            return {"tile_ms_p50": float("nan"), "tile_ms_p95": float("nan")}
+        p50, p95 = np.percentile(self.tile_seconds, [50, 95]) * 1000
+        return {"tile_ms_p50": float(p50), "tile_ms_p95": float(p95)}
+
+
+def _model_input(model: SegmentationModel, scene: xr.DataArray) -> np.ndarray:
+    """Float32 ``(bands, y, x)`` in the model's band order, normalised with its statistics."""
+    order = check_bands(model, scene)
+    if scene.attrs.get("normalisation"):  # already prepared with baseline statistics
+        return np.asarray(scene.values[order], dtype=np.float32)
+    if model.stats is not None:
+        return normalise(scene, model.stats).values
+    values = np.asarray(scene.values[order], dtype=np.float32)
+    values[:, ~valid_mask(scene)] = np.nan
+    return values
+
+
+def _finish(
+    logits: np.ndarray, valid: np.ndarray, probabilities: bool
+) -> np.ndarray:
+    """Class ids (uint8, 255 = nodata) or softmax probabilities (float32, NaN = nodata)."""
+    if probabilities:
+        probs = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
+        probs[:, ~valid] = np.nan
+        return probs
+    classes = logits.argmax(axis=0).astype(np.uint8)
+    classes[~valid] = CLASS_NODATA
+    return classes
+
+
+def predict_scene(
+    model: SegmentationModel | torch.nn.Module | str,
+    scene: xr.DataArray,
+    *,
+    probabilities: bool = False,
+    tile_size: int = 512,
+    overlap: int = 64,
+    blend: str = "cosine",
+    batch_size: int = 8,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> xr.DataArray:
+    """Predict a scene; the result is on exactly the scene's grid (CRS, transform, shape).
+
+    The scene may be raw (it is then normalised with the model's baseline statistics) or
+    already prepared. Returns ``(y, x)`` uint8 class ids with nodata 255, or with
+    ``probabilities=True`` a ``(class, y, x)`` float32 softmax with NaN nodata. Tiling
+    arguments are those of :func:`core.tiling.predict_tiled`.
+    """
+    model = load_model(model)
+    x = _model_input(model, scene)
+    valid = valid_mask(scene)
+    if not valid.any():
+        raise NoDataError("The scene has no valid pixels: nothing to predict.")
+    logits = predict_tiled(
+        model.module, x, tile_size=tile_size, overlap=overlap, blend=blend,
+        batch_size=batch_size, device=device, progress=progress, align=model.align,
+    )  # fmt: skip
+    out = _finish(logits, valid, probabilities)
+    coords = {"y": scene["y"], "x": scene["x"]}
+    dims: tuple[str, ...] = ("y", "x")
+    if probabilities:
+        dims, coords = ("class", "y", "x"), {"class": list(model.classes), **coords}
+    result = xr.DataArray(
+        out, dims=dims, coords=coords, name="prediction",
+        attrs={"classes": list(model.classes), "colors": list(model.colors),
+               "model": model.name, "precision": model.precision},
+    )  # fmt: skip
+    if probabilities:
+        result.attrs["long_name"] = tuple(model.classes)
+    result.rio.write_crs(scene.rio.crs, inplace=True)
+    result.rio.write_transform(scene.rio.transform(), inplace=True)
+    return result.rio.write_nodata(np.nan if probabilities else CLASS_NODATA, encoded=False)
+
+
+def predict_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    model: SegmentationModel | str = "demo",
+    aoi: gpd.GeoDataFrame | None = None,
+    probabilities: bool = False,
+    cog: bool = False,
+    block_size: int = 2048,
+    band_names: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **tiling,
+) -> dict:
+    """Predict a raster file block by block into a GeoTIFF (or COG); memory stays bounded.
+
+    Each ``block_size`` block is read with a halo of ``max(overlap, receptive radius)``
+    pixels, so blocks agree with a whole-raster run. ``tiling`` goes to
+    :func:`core.tiling.predict_tiled`. Returns a summary: tiles, blocks, shape, seconds.
+    """
+    model = load_model(model)
+    check_output_path(output_path)
+    scene = open_raster(input_path, band_names=band_names)
+    check_bands(model, scene)
+    if aoi is not None:
+        aoi = align_aoi(aoi, scene.rio.crs)
+        scene = crop_to_aoi(scene, aoi)
+    align = model.align
+    if block_size % align:
+        raise InvalidArgumentError(f"block_size must be a multiple of {align}, got {block_size}")
+    overlap = tiling.get("overlap", 64)
+    reach = max(overlap, model.receptive_radius or 0)
+    halo = math.ceil(reach / align) * align
+    height, width = scene.sizes["y"], scene.sizes["x"]
+    transform = scene.rio.transform()
+    count = len(model.classes) if probabilities else 1
+    profile = dict(
+        driver="GTiff", width=width, height=height, count=count, crs=scene.rio.crs,
+        transform=transform, tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+        dtype="float32" if probabilities else "uint8",
+        nodata=np.nan if probabilities else CLASS_NODATA, BIGTIFF="IF_SAFER",
+    )  # fmt: skip
+    blocks = [(r, c) for r in range(0, height, block_size) for c in range(0, width, block_size)]
+    timer = TileTimer(forward=None)
+    start = time.perf_counter()
+    any_valid = False
+    with atomic_path(output_path) as final_tmp:
+        staging = final_tmp.with_name(final_tmp.name + ".gtiff") if cog else final_tmp
+        try:
+            with rasterio.open(staging, "w", **profile) as dst:
+                if probabilities:
+                    dst.descriptions = tuple(model.classes)
+                for done, (r0, c0) in enumerate(blocks, start=1):
+                    r1, c1 = min(height, r0 + block_size), min(width, c0 + block_size)
+                    hr0, hc0 = max(0, r0 - halo), max(0, c0 - halo)
+                    hr1, hc1 = min(height, r1 + halo), min(width, c1 + halo)
+                    block = scene.isel(y=slice(hr0, hr1), x=slice(hc0, hc1)).load()
+                    valid = valid_mask(block)
+                    if aoi is not None:
+                        valid &= ~geometry_mask(aoi.geometry, out_shape=valid.shape,
+                                                transform=block.rio.transform())
+                    if valid.any():
+                        any_valid = True
+                        timer.start()
+                        logits = predict_tiled(model.module, _model_input(model, block),
+                                               progress=timer, align=align, **tiling)
+                        out = _finish(logits, valid, probabilities)
+                    else:  # nothing to predict here: write nodata, skip the model
+                        out = np.full((count, *valid.shape), profile["nodata"],
+                                      dtype=profile["dtype"])
+                    out = out.reshape(count, *valid.shape)
+                    inner = out[:, r0 - hr0 : r0 - hr0 + r1 - r0, c0 - hc0 : c0 - hc0 + c1 - c0]
+                    dst.write(inner, window=Window(c0, r0, c1 - c0, r1 - r0))
+                    if progress is not None:
+                        progress(done, len(blocks))
+            if not any_valid:
+                raise NoDataError(
+                    f"Raster {str(input_path)!r} has no valid pixels"
+                    f"{' inside the AOI' if aoi is not None else ''}: nothing to predict."
+                )
+            if cog:
+                rasterio.shutil.copy(staging, final_tmp, driver="COG", compress="deflate")
+        finally:
+            if cog:
+                staging.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    return {
+        "output": str(Path(output_path)),
+        "blocks": len(blocks),
+        "tiles": len(timer.tile_seconds),
+        "shape": [count, height, width],
+        "seconds": seconds,
+        "megapixels_per_s": height * width / 1e6 / seconds,
+        **timer.summary(),
+    }

@@ -1,0 +1,147 @@
+"""Georeferenced prediction: the demo model, user models, out-of-core files, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from app.cli import EXIT_USER_ERROR, main
+from core.demo import sentinel2_aoi, sentinel2_sample
+from core.errors import BandMismatchError, InputFileError
+from core.io import open_raster, write_raster
+from core.metrics import mean_iou
+from core.modelio import load_model, save_model, with_precision
+from core.models import UNet
+from core.predict import CLASS_NODATA, predict_file, predict_scene
+from core.synthetic import make_scene
+from core.train import HELD_OUT_SEEDS
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+def test_demo_model_ships_with_its_metadata(demo):
+    assert demo.bands == ("blue", "green", "red", "nir", "swir1", "swir2")
+    assert len(demo.classes) == 5 and len(demo.colors) == 5
+    assert demo.stats is not None and demo.stats.bands == demo.bands
+    assert demo.align == 4 and 10 <= demo.receptive_radius <= 64
+    assert demo.metadata["held_out"]["miou"] > 0.8
+    assert sum(p.numel() * 4 for p in demo.module.parameters()) < 2e6
+
+
+def test_predict_scene_is_on_the_scene_grid_and_accurate(demo):
+    scene, labels = make_scene(300, 260, seed=HELD_OUT_SEEDS[0])
+    pred = predict_scene(demo, scene, tile_size=128, overlap=32)
+    assert pred.dims == ("y", "x") and pred.dtype == np.uint8
+    assert pred.rio.crs == scene.rio.crs and pred.rio.transform() == scene.rio.transform()
+    assert mean_iou(labels.values, pred.values, 5) > 0.8
+    probs = predict_scene(demo, scene, tile_size=128, overlap=32, probabilities=True)
+    assert probs.dims == ("class", "y", "x")
+    np.testing.assert_allclose(probs.sum("class").values, 1, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax("class").values, pred.values)
+
+
+def test_demo_map_of_the_real_sentinel2_sample_is_plausible(demo):
+    pred = predict_scene(demo, sentinel2_sample(), tile_size=128, overlap=32)
+    shares = np.bincount(pred.values.ravel(), minlength=5) / pred.size
+    # An arid mountain scene (NDVI ~0.08): mostly bare soil, hardly any water or vegetation.
+    assert shares[demo.classes.index("bare soil")] > 0.5
+    assert shares[demo.classes.index("water")] < 0.05
+
+
+def test_nodata_pixels_stay_nodata(demo):
+    scene, _ = make_scene(128, 128, seed=1)
+    scene[:, :20, :] = 0
+    pred = predict_scene(demo, scene, tile_size=64, overlap=16)
+    assert (pred.values[:20] == CLASS_NODATA).all() and (pred.values[20:] != CLASS_NODATA).all()
+
+
+def test_band_mismatch_is_caught_before_any_work(demo, shared_data):
+    landsat = open_raster(shared_data / "landsat" / "RGB.byte.tif")
+    with pytest.raises(BandMismatchError, match="required by model 'demo'"):
+        predict_scene(demo, landsat)
+
+
+def test_user_models_state_dict_export_and_module(tmp_path, demo):
+    scene, _ = make_scene(96, 96, seed=2)
+    reference = predict_scene(demo, scene, tile_size=64, overlap=16, probabilities=True)
+    path = save_model(demo, tmp_path / "mine.pt", model_class="core.models:UNet")
+    again = load_model(path)
+    assert again.bands == demo.bands and again.stats == demo.stats
+    np.testing.assert_allclose(
+        predict_scene(again, scene, tile_size=64, overlap=16, probabilities=True), reference,
+        atol=1e-6)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(demo.module.eval(), (torch.zeros(2, 6, 64, 64),),
+                                   dynamic_shapes={"x": {0: batch}})
+    torch.export.save(exported, tmp_path / "mine.pt2")
+    (tmp_path / "mine.pt2").with_suffix(".json").write_text(json.dumps(demo.sidecar()))
+    pt2 = load_model(tmp_path / "mine.pt2")
+    np.testing.assert_allclose(
+        predict_scene(pt2, scene, tile_size=64, overlap=16, probabilities=True), reference,
+        atol=1e-5)
+    plain = load_model(UNet(bands=6, classes=5))
+    assert plain.bands == tuple(f"band_{i}" for i in range(1, 7))
+    with pytest.raises(InputFileError, match="without a class"):
+        torch.save(demo.module.state_dict(), tmp_path / "bare.pt")
+        load_model(tmp_path / "bare.pt")
+
+
+def test_bf16_agrees_with_fp32(demo):
+    scene, _ = make_scene(128, 128, seed=3)
+    fp32 = predict_scene(demo, scene, tile_size=64, overlap=16)
+    bf16 = predict_scene(with_precision(demo, "bf16"), scene, tile_size=64, overlap=16)
+    assert np.mean(fp32.values == bf16.values) > 0.95
+
+
+@pytest.mark.parametrize("blend", ["crop", "cosine"])
+def test_predict_file_blocks_match_in_memory(tmp_path, demo, blend):
+    scene, _ = make_scene(300, 340, seed=4)
+    src = write_raster(scene, tmp_path / "scene.tif")
+    kwargs = {"tile_size": 64, "overlap": 48, "blend": blend, "batch_size": 4}
+    report = predict_file(src, tmp_path / "pred.tif", model=demo, block_size=128, **kwargs)
+    assert report["blocks"] == 9 and report["tiles"] > 9
+    expected = predict_scene(demo, scene, probabilities=True, **kwargs)
+    with rasterio.open(tmp_path / "pred.tif") as out:
+        assert out.transform == scene.rio.transform() and out.crs == scene.rio.crs
+        written = out.read(1)
+    agree = np.mean(written == expected.argmax("class").values)
+    assert agree == 1.0 if blend == "crop" else agree > 0.999
+
+
+def test_predict_cli_with_aoi_prints_json_and_writes_cog(tmp_path, capsys):
+    src = write_raster(sentinel2_sample(), tmp_path / "s2.tif")
+    aoi = tmp_path / "aoi.geojson"
+    sentinel2_aoi().to_file(aoi)
+    out = tmp_path / "classes.tif"
+    code = main(["predict", str(src), str(out), "--aoi", str(aoi), "--tile-size", "128",
+                 "--overlap", "32", "--cog"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    for key in ("tiles", "seconds", "megapixels_per_s", "tile_ms_p50", "tile_ms_p95",
+                "peak_rss_mb"):
+        assert key in report
+    with rasterio.open(out) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        classes = ds.read(1)
+        assert ds.nodata == CLASS_NODATA and ds.width < 300
+        assert (classes == CLASS_NODATA).any() and (classes != CLASS_NODATA).any()
+
+
+def test_predict_cli_bad_inputs(tmp_path, capsys, shared_data):
+    out = tmp_path / "out.tif"
+    cases = [
+        (["predict", str(shared_data / "landsat" / "RGB.byte.tif"), str(out)], "required by"),
+        (["predict", str(tmp_path / "none.tif"), str(out)], "does not exist"),
+        (["predict", str(shared_data / "landsat" / "RGB.byte.tif"), str(out), "--model",
+          str(tmp_path / "none.pt")], "does not exist"),
+    ]
+    for argv, fragment in cases:
+        assert main(argv) == EXIT_USER_ERROR
+        err = capsys.readouterr().err
+        assert fragment in err and "Traceback" not in err and err.count("\n") == 1
+        assert not out.exists()

@@ -1,0 +1,131 @@
+"""Tiled inference: grid rules, blend weights, and seam-freeness against the untiled output."""
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import InvalidArgumentError
+from core.models import ConvNet
+from core.tiling import (
+    Blend,
+    TileGrid,
+    axis_starts,
+    blend_profiles,
+    predict_tiled,
+    seam_errors,
+    untiled,
+)
+
+BLENDS = ["crop", "linear", "cosine", "gaussian"]
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return ConvNet(bands=3, classes=4, width=8, depth=4).eval()  # radius 4
+
+
+@pytest.mark.parametrize("length, tile, overlap, align", [
+    (1000, 256, 32, 1), (257, 256, 0, 1), (999, 128, 64, 8), (4096, 512, 64, 1), (300, 64, 8, 4),
+])
+def test_axis_starts_cover_with_fewest_tiles_and_end_at_border(length, tile, overlap, align):
+    padded = TileGrid(length, length, tile, overlap, Blend.CROP, align).padded_shape[0]
+    starts = axis_starts(padded, tile, overlap, align)
+    assert starts[0] == 0 and starts[-1] + tile == padded  # last tile shifted back to the border
+    assert padded - length < align  # never a tile that is mostly padding
+    assert (np.diff(starts) > 0).all() and (starts % align == 0).all()
+    assert (starts[:-1] + tile - starts[1:] >= overlap).all()  # neighbours overlap enough
+    stride = (tile - overlap) // align * align
+    assert len(starts) == max(1, int(np.ceil((padded - tile) / stride)) + 1)  # fewest tiles
+
+
+@pytest.mark.parametrize("blend", ["linear", "cosine", "gaussian", "crop"])
+def test_weights_sum_to_one_and_never_taper_at_the_outer_border(blend):
+    grid = TileGrid(300, 517, 128, 32, Blend(blend))
+    np.testing.assert_allclose(grid.weight_map(), 1.0, atol=1e-6)
+    wy, wx = grid.profiles()
+    assert wy[0, 0] == 1 and wy[-1, -1] == 1 and wx[0, 0] == 1 and wx[-1, -1] == 1
+
+
+def test_profiles_taper_only_where_tiles_overlap():
+    starts = axis_starts(400, 128, 32)
+    profiles = blend_profiles(starts, 128, 400, Blend.COSINE)
+    overlap_next = starts[0] + 128 - starts[1]
+    assert (profiles[0, : 128 - overlap_next] == 1).all()
+    assert profiles[0, -1] == 0 and 0 < profiles[0, 128 - overlap_next // 2] < 1
+
+
+@pytest.mark.parametrize("blend", BLENDS)
+@pytest.mark.parametrize("shape", [(300, 517), (129, 130), (50, 70), (1, 1), (7, 300)])
+@pytest.mark.parametrize("overlap", [16, 40])
+def test_tiled_equals_untiled(net, blend, shape, overlap):
+    rng = np.random.default_rng(sum(shape))
+    image = rng.normal(size=(3, *shape)).astype(np.float32)
+    reference = untiled(net, image, device="cpu")
+    if min(shape) < 128:
+        # Smaller than a tile: reflection padding changes what the model sees near the
+        # far border, so only the pixels further than the receptive field are comparable.
+        tiled = predict_tiled(net, image, tile_size=128, overlap=overlap, blend=blend)
+        assert tiled.shape == (4, *shape)
+        r = net.receptive_radius
+        inner = (slice(None), slice(0, max(0, shape[0] - r)), slice(0, max(0, shape[1] - r)))
+        np.testing.assert_allclose(tiled[inner], reference[inner], atol=1e-5)
+        return
+    tiled = predict_tiled(net, image, tile_size=128, overlap=overlap, blend=blend, batch_size=3)
+    errors = seam_errors(tiled, reference)
+    if blend == "crop":
+        assert errors["max_abs"] <= 1e-5
+    else:
+        assert errors["rel_l2"] <= 1e-3
+    assert errors["border_rel_l2"] <= 1e-3  # no band of degraded pixels along the border
+
+
+def test_seed_like_border_taper_is_detected_by_seam_errors(net):
+    image = np.random.default_rng(0).normal(size=(3, 200, 200)).astype(np.float32)
+    reference = untiled(net, image, device="cpu")
+    degraded = reference.copy()
+    degraded[:, :3, :] *= 0.5
+    errors = seam_errors(degraded, reference)
+    assert errors["border_rel_l2"] > 10 * errors["interior_rel_l2"]
+
+
+def test_pooling_model_needs_aligned_tiles():
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Upsample(scale_factor=2),
+        torch.nn.Conv2d(4, 3, 3, padding=1),
+    ).eval()
+    image = np.random.default_rng(2).normal(size=(2, 202, 198)).astype(np.float32)
+    reference = untiled(model, image, device="cpu")
+    tiled = predict_tiled(model, image, tile_size=64, overlap=32, blend="crop", align=2)
+    assert (axis_starts(202, 64, 32, align=2) % 2 == 0).all()
+    np.testing.assert_allclose(tiled, reference, atol=1e-5)
+
+
+def test_batch_size_progress_tensor_input_and_nan(net):
+    image = np.random.default_rng(3).normal(size=(3, 150, 260)).astype(np.float32)
+    calls = []
+    a = predict_tiled(net, image, tile_size=64, overlap=16, batch_size=1,
+                      progress=lambda d, t: calls.append((d, t)))
+    b = predict_tiled(net, torch.from_numpy(image), tile_size=64, overlap=16, batch_size=64)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    total = len(TileGrid(150, 260, 64, 16, Blend.COSINE))
+    assert calls[-1] == (total, total) and len(calls) == total
+    image[:, :10, :10] = np.nan
+    assert np.isfinite(predict_tiled(net, image, tile_size=64, overlap=16)).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"overlap": 64}, "overlap must be >= 0 and < tile_size"),
+    ({"overlap": -1}, "overlap must be >= 0"),
+    ({"tile_size": 0}, "tile_size must be >= 1"),
+    ({"blend": "cosin"}, "Did you mean 'cosine'"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"device": "gpu7"}, "Unknown device"),
+])
+def test_invalid_arguments_raise_value_error(net, kwargs, message):
+    args = {"tile_size": 64, "overlap": 8, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        predict_tiled(net, np.zeros((3, 10, 10), dtype=np.float32), **args)
+    assert issubclass(InvalidArgumentError, ValueError)
