@@ -297,33 +297,39 @@ def predict_tiled(
         iy, ix = np.divmod(np.arange(len(origins)), len(grid.cols))
         own_y, own_x = (_owned_ranges(p) for p in profiles)
         t = tile_size
-        out = acc = None
+        out = None
         for start in range(0, len(origins), batch_size):
             idx = np.arange(start, min(start + batch_size, len(origins)))
             tiles = torch.stack([x[:, r : r + t, c : c + t] for r, c in origins[idx]])
             if channels_last:
                 tiles = tiles.contiguous(memory_format=torch.channels_last)
-            pred = model(tiles).float()
+            pred = model(tiles).float().contiguous()  # NCHW: rows of W are contiguous
             if out is None:
                 out = torch.zeros((pred.shape[1], *grid.padded_shape), device=dev)
-                if blend is not Blend.CROP:
-                    acc = torch.zeros(grid.padded_shape, device=dev)
-            if blend is not Blend.CROP:
-                weights = wy[iy[idx], :, None] * wx[ix[idx], None, :]  # separable, (B, t, t)
-                pred = pred * weights[:, None]
             for k, i in enumerate(idx):  # loops over the tiles of one batch, not pixels
                 r, c = origins[i]
                 if blend is Blend.CROP:  # 0/1 weights: copy the owned block, exact
                     (r0, r1), (c0, c1) = own_y[iy[i]], own_x[ix[i]]
                     out[:, r + r0 : r + r1, c + c0 : c + c1] = pred[k, :, r0:r1, c0:c1]
-                else:
-                    out[:, r : r + t, c : c + t] += pred[k]
-                    acc[r : r + t, c : c + t] += weights[k]
+                else:  # separable weight: outer product, fused multiply-add into the output
+                    weight = torch.outer(wy[iy[i]], wx[ix[i]])
+                    out[:, r : r + t, c : c + t].addcmul_(pred[k], weight)
             if progress is not None:
                 progress(int(idx[-1]) + 1, len(origins))
-        if acc is not None:
-            out /= acc
+        if blend is not Blend.CROP:
+            # Separable weights on a grid: the accumulated weight is the outer product of the
+            # 1-D sums (1 wherever at most two tiles overlap, but not for heavy overlaps).
+            out /= _coverage(wy, grid.rows, grid.padded_shape[0])[:, None]
+            out /= _coverage(wx, grid.cols, grid.padded_shape[1])[None, :]
         return out[:, :height, :width].cpu().numpy()
+
+
+def _coverage(profiles: torch.Tensor, starts: np.ndarray, length: int) -> torch.Tensor:
+    """Sum of the 1-D profiles placed at their starts: ``(length,)``, > 0 inside the raster."""
+    total = torch.zeros(length, device=profiles.device)
+    for profile, start in zip(profiles, starts, strict=True):  # one add per tile row/column
+        total[start : start + len(profile)] += profile
+    return total.clamp_min(1e-12)  # padding beyond the raster has no weight; cropped away
 
 
 def _owned_ranges(profiles: np.ndarray) -> np.ndarray:

@@ -57,7 +57,7 @@ def test_profiles_taper_only_where_tiles_overlap():
 
 @pytest.mark.parametrize("blend", BLENDS)
 @pytest.mark.parametrize("shape", [(300, 517), (129, 130), (50, 70), (1, 1), (7, 300)])
-@pytest.mark.parametrize("overlap", [16, 40])
+@pytest.mark.parametrize("overlap", [16, 40, 100])
 def test_tiled_equals_untiled(net, blend, shape, overlap):
     rng = np.random.default_rng(sum(shape))
     image = rng.normal(size=(3, *shape)).astype(np.float32)
