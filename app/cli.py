@@ -27,14 +27,18 @@ def _print_json(obj: dict) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
+    from core.modelio import DEMO_MODEL
     from core.prepare import prepare_file
 
+    stats = args.stats
+    if stats is not None and (stats == "demo" or Path(stats).suffix in (".pt", ".pt2")):
+        stats = (DEMO_MODEL if stats == "demo" else Path(stats)).with_suffix(".json")
     report = prepare_file(
         args.input,
         args.output,
         aoi_path=args.aoi,
         fit_stats=args.fit_stats,
-        stats_path=args.stats,
+        stats_path=stats,
         band_names=args.band_names,
         cog=args.cog,
         dst_crs=args.dst_crs,
@@ -141,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="fit baseline band statistics on this scene, save them, normalise",
     )
-    stats.add_argument("--stats", metavar="FILE", help="normalise with these band statistics")
+    stats.add_argument("--stats", metavar="FILE",
+                       help="normalise with these band statistics: a stats JSON, a model "
+                       "(.pt/.pt2 with its sidecar) or 'demo'")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("predict", help="tiled inference into a georeferenced GeoTIFF")

@@ -7,6 +7,7 @@ see. Statistics are fitted on valid pixels only (nodata excluded).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -49,6 +50,11 @@ class BandStats:
     count: int
     version: int = SCHEMA_VERSION
 
+    def fingerprint(self) -> str:
+        """A short hash of the statistics, recorded on every scene they normalise."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(canonical).hexdigest()[:16]
+
     def to_dict(self) -> dict:
         """A JSON-ready dictionary."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -81,12 +87,15 @@ class BandStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BandStats:
-        """Read statistics written by :meth:`save`."""
+        """Read statistics written by :meth:`save`, or those in a model's JSON sidecar."""
         path = Path(path)
         if not path.is_file():
             raise InputFileError(f"Band statistics file {str(path)!r} does not exist.")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and "bands" in data and "mean" not in data:
+                data = data.get("stats") or {}  # a model sidecar: its baseline statistics
+            return cls.from_dict(data)
         except (ValueError, TypeError, AttributeError) as exc:
             raise InputFileError(
                 f"Band statistics file {str(path)!r} is not valid ({exc}): "
@@ -224,7 +233,8 @@ def normalise(
         out,
         dims=("band", "y", "x"),
         coords={"band": list(stats.bands), "y": scene["y"], "x": scene["x"]},
-        attrs={"long_name": stats.bands, "normalisation": method},
+        attrs={"long_name": stats.bands, "normalisation": method,
+               "band_stats": stats.fingerprint()},
         name=scene.name,
     )
     result.rio.write_crs(scene.rio.crs, inplace=True)

@@ -25,7 +25,7 @@ from rasterio.features import geometry_mask
 from rasterio.windows import Window
 
 from core.bandstats import normalise
-from core.errors import InvalidArgumentError, NoDataError
+from core.errors import BandMismatchError, InvalidArgumentError, NoDataError
 from core.io import atomic_path, check_output_path, open_raster, valid_mask
 from core.modelio import SegmentationModel, check_bands, load_model
 from core.prepare import align_aoi, crop_to_aoi
@@ -69,7 +69,14 @@ class TileTimer:
 def _model_input(model: SegmentationModel, scene: xr.DataArray) -> np.ndarray:
     """Float32 ``(bands, y, x)`` in the model's band order, normalised with its statistics."""
     order = check_bands(model, scene)
-    if scene.attrs.get("normalisation"):  # already prepared with baseline statistics
+    if scene.attrs.get("normalisation"):  # already prepared: with the model's statistics?
+        used = scene.attrs.get("band_stats")
+        if model.stats is not None and used != model.stats.fingerprint():
+            raise BandMismatchError(
+                f"The scene was normalised with other band statistics ({used}) than model "
+                f"{model.name!r} was trained with ({model.stats.fingerprint()}): prepare it "
+                "with `--stats` set to the model (e.g. --stats demo), or pass the raw scene."
+            )
         return np.asarray(scene.values[order], dtype=np.float32)
     if model.stats is not None:
         return normalise(scene, model.stats).values

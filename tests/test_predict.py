@@ -145,3 +145,17 @@ def test_predict_cli_bad_inputs(tmp_path, capsys, shared_data):
         err = capsys.readouterr().err
         assert fragment in err and "Traceback" not in err and err.count("\n") == 1
         assert not out.exists()
+
+
+def test_prepared_with_model_stats_equals_raw_and_other_stats_are_refused(tmp_path, capsys):
+    src = write_raster(sentinel2_sample(), tmp_path / "s2.tif")
+    ok, other = tmp_path / "ok.tif", tmp_path / "other.tif"
+    assert main(["prepare", str(src), str(ok), "--stats", "demo"]) == 0
+    assert main(["prepare", str(src), str(other), "--fit-stats", str(tmp_path / "own.json")]) == 0
+    capsys.readouterr()
+    tiling = {"tile_size": 128, "overlap": 32}
+    raw = predict_scene("demo", open_raster(src), **tiling)
+    prepared = predict_scene("demo", open_raster(ok), **tiling)
+    np.testing.assert_array_equal(prepared.values, raw.values)
+    with pytest.raises(BandMismatchError, match="other band statistics"):
+        predict_scene("demo", open_raster(other), **tiling)
