@@ -62,19 +62,21 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         print("seamline predict: warning: BF16 is emulated on this CPU (no AMX or "
               "AVX512-BF16): expect it to be slower than fp32.", file=sys.stderr)
     model = with_precision(model, args.precision)
+    device = pick_device(args.device)
+    batch_size = args.batch_size or (2 if device.type == "cpu" else 8)
     if args.backend == "compile":
         from core.backends import compiled
 
-        fast = compiled(model.module, batch=args.batch_size, device=pick_device(args.device))
+        fast = compiled(model.module, batch=batch_size, device=device)
         model = model.with_module(fast, precision=model.precision)
     report = predict_file(
         args.input, args.output, model=model,
         aoi=open_aoi(args.aoi) if args.aoi else None,
         probabilities=args.probabilities, cog=args.cog, block_size=args.block_size,
         band_names=args.band_names, tile_size=args.tile_size, overlap=args.overlap,
-        blend=args.blend, batch_size=args.batch_size, device=args.device,
+        blend=args.blend, batch_size=batch_size, device=device,
     )  # fmt: skip
-    report.update(model=model.name, precision=model.precision,
+    report.update(model=model.name, precision=model.precision, batch_size=batch_size,
                   peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"])
     _print_json(report)
 
@@ -159,14 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--blend", default="cosine", help="crop, linear, cosine or gaussian")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per forward pass; default 2 on CPU (measured fastest: the "
+                   "activations stay in cache, and memory stays low), 8 on a GPU")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--backend", default="eager", choices=("eager", "compile"),
                    help="compile: torch.compile once per process (seconds), then faster tiles")
     p.add_argument("--probabilities", action="store_true", help="write class probabilities")
     p.add_argument("--band-names", type=_band_list, help="comma-separated names, one per band")
-    p.add_argument("--block-size", type=int, default=2048, help="pixels per block read from disk")
+    p.add_argument("--block-size", type=int, default=1024, help="pixels per block read from disk")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     p.set_defaults(func=_cmd_predict)
 

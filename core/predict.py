@@ -34,6 +34,7 @@ from core.tiling import predict_tiled
 __all__ = ["predict_scene", "predict_file", "TileTimer", "CLASS_NODATA"]
 
 CLASS_NODATA = 255
+GDAL_CACHE_MB = 128
 
 
 @dataclass
@@ -151,7 +152,7 @@ def predict_file(
     aoi: gpd.GeoDataFrame | None = None,
     probabilities: bool = False,
     cog: bool = False,
-    block_size: int = 2048,
+    block_size: int = 1024,
     band_names: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     **tiling,
@@ -188,7 +189,8 @@ def predict_file(
     timer = TileTimer(forward=None)
     start = time.perf_counter()
     any_valid = False
-    with atomic_path(output_path) as final_tmp:
+    # GDAL's block cache defaults to 5 % of RAM: bound it, the blocks are read once anyway.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_path(output_path) as final_tmp:
         staging = final_tmp.with_name(final_tmp.name + ".gtiff") if cog else final_tmp
         try:
             with rasterio.open(staging, "w", **profile) as dst:
