@@ -295,7 +295,7 @@ def predict_tiled(
         wy, wx = (torch.from_numpy(p).to(dev) for p in profiles)
         origins = grid.origins()
         iy, ix = np.divmod(np.arange(len(origins)), len(grid.cols))
-        own_y, own_x = (_owned_ranges(p) for p in profiles)
+        support_y, support_x = (_support(p) for p in profiles)
         t = tile_size
         out = None
         for start in range(0, len(origins), batch_size):
@@ -308,12 +308,13 @@ def predict_tiled(
                 out = torch.zeros((pred.shape[1], *grid.padded_shape), device=dev)
             for k, i in enumerate(idx):  # loops over the tiles of one batch, not pixels
                 r, c = origins[i]
+                (r0, r1), (c0, c1) = support_y[iy[i]], support_x[ix[i]]  # weight 0 outside
+                target = out[:, r + r0 : r + r1, c + c0 : c + c1]
                 if blend is Blend.CROP:  # 0/1 weights: copy the owned block, exact
-                    (r0, r1), (c0, c1) = own_y[iy[i]], own_x[ix[i]]
-                    out[:, r + r0 : r + r1, c + c0 : c + c1] = pred[k, :, r0:r1, c0:c1]
-                else:  # separable weight: outer product, fused multiply-add into the output
-                    weight = torch.outer(wy[iy[i]], wx[ix[i]])
-                    out[:, r : r + t, c : c + t].addcmul_(pred[k], weight)
+                    target.copy_(pred[k, :, r0:r1, c0:c1])
+                else:  # separable weight: outer product, fused multiply-add
+                    weight = torch.outer(wy[iy[i], r0:r1], wx[ix[i], c0:c1])
+                    target.addcmul_(pred[k, :, r0:r1, c0:c1], weight)
             if progress is not None:
                 progress(int(idx[-1]) + 1, len(origins))
         if blend is not Blend.CROP:
@@ -332,8 +333,9 @@ def _coverage(profiles: torch.Tensor, starts: np.ndarray, length: int) -> torch.
     return total.clamp_min(1e-12)  # padding beyond the raster has no weight; cropped away
 
 
-def _owned_ranges(profiles: np.ndarray) -> np.ndarray:
-    """For 0/1 crop profiles, the ``[first, last + 1)`` owned pixel range of each tile."""
+def _support(profiles: np.ndarray) -> np.ndarray:
+    """The ``[first, last + 1)`` range of non-zero weight of each profile (the owned range
+    for ``crop``): nothing outside it needs to be read or written."""
     owned = profiles > 0
     first = owned.argmax(axis=1)
     last = owned.shape[1] - owned[:, ::-1].argmax(axis=1)
