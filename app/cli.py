@@ -27,11 +27,12 @@ def _print_json(obj: dict) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from core.modelio import DEMO_MODEL
     from core.prepare import prepare_file
 
     stats = args.stats
     if stats is not None and (stats == "demo" or Path(stats).suffix in (".pt", ".pt2")):
+        from core.modelio import DEMO_MODEL  # only here: it imports torch
+
         stats = (DEMO_MODEL if stats == "demo" else Path(stats)).with_suffix(".json")
     report = prepare_file(
         args.input,

@@ -1,10 +1,10 @@
 """Execution backends for a model: eager PyTorch, or ``torch.compile`` with frozen weights.
 
 Compilation costs seconds (more on AVX2-only CPUs) and is done once per (module, device,
-batch, tile shape) per process; inductor's on-disk graph cache makes later processes
-faster. Measured on the DESIGN.md U-Net, 256 x 256 tiles, 2 threads (Xeon, AVX512 + AMX):
-eager channels-last 22 ms/tile at batch 1, 32 ms at batch 8; compiled 11.5 ms at batch 1,
-22 ms at batch 8. Small batches win on CPU (activations stay in cache).
+batch) per process, and by dynamo once per tile shape; inductor's on-disk graph cache makes
+later processes faster. Measured on the DESIGN.md U-Net, 256 x 256 tiles, 2 threads
+(Xeon, AVX512 + AMX): eager channels-last 22 ms/tile at batch 1, 32 ms at batch 8;
+compiled 11.5 ms at batch 1, 22 ms at batch 8. Small batches win on CPU (activations stay in cache).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import threading
 import torch
 from torch import nn
 
-__all__ = ["BACKENDS", "FixedBatch", "compiled"]
+__all__ = ["FixedBatch", "compiled"]
 
-BACKENDS = ("eager", "compile")
 _CACHE: dict[tuple, nn.Module] = {}  # shared on purpose: compile once per process
 _LOCK = threading.Lock()
 

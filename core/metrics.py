@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "pixel_agreement"]
+__all__ = ["confusion_matrix", "iou_per_class", "mean_iou"]
 
 
 def confusion_matrix(
@@ -32,7 +32,3 @@ def mean_iou(truth: np.ndarray, pred: np.ndarray, classes: int) -> float:
     """Mean IoU over the classes present in truth or prediction."""
     return float(np.nanmean(iou_per_class(confusion_matrix(truth, pred, classes))))
 
-
-def pixel_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Share of pixels where two class maps agree."""
-    return float(np.mean(np.asarray(a) == np.asarray(b)))

@@ -194,7 +194,7 @@ class _Autocast(nn.Module):
 
 
 def with_precision(model: SegmentationModel, precision: str) -> SegmentationModel:
-    """The model at ``fp32`` or ``bf16`` (autocast). INT8 lives in :mod:`core.quantize`."""
+    """The model at ``fp32`` or ``bf16`` (autocast)."""
     if precision not in PRECISIONS:
         raise InvalidArgumentError(
             f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"

@@ -200,7 +200,7 @@ def predict_file(
         nodata=np.nan if probabilities else CLASS_NODATA, BIGTIFF="IF_SAFER",
     )  # fmt: skip
     blocks = [(r, c) for r in range(0, height, block_size) for c in range(0, width, block_size)]
-    timer = TileTimer(forward=None)
+    timer = TileTimer()
     start = time.perf_counter()
     any_valid = False
     # GDAL's block cache defaults to 5 % of RAM; each block is read once here, so a big cache

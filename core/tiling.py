@@ -192,14 +192,23 @@ class TileGrid:
             blend_profiles(self.cols, self.tile, self.width, self.blend),
         )
 
+    def coverage(self) -> tuple[np.ndarray, np.ndarray]:
+        """Summed row and column profiles over the padded raster, ``(ph,)`` and ``(pw,)``.
+
+        Weights are separable and tiles form a grid, so the accumulated 2-D weight is the
+        outer product of these 1-D sums; zero only in the padding past the raster.
+        """
+        return tuple(
+            _place_and_sum(profiles, starts, length)
+            for profiles, starts, length in zip(
+                self.profiles(), (self.rows, self.cols), self.padded_shape, strict=True
+            )
+        )
+
     def weight_map(self) -> np.ndarray:
         """The accumulated blend weight per pixel, ``(height, width)``: a seam diagnostic."""
-        wy, wx = self.profiles()
-        ph, pw = self.padded_shape
-        acc = np.zeros((ph, pw), dtype=np.float32)
-        for (r, c), (iy, ix) in zip(self.origins(), np.ndindex(len(wy), len(wx)), strict=True):
-            acc[r : r + self.tile, c : c + self.tile] += np.outer(wy[iy], wx[ix])
-        return acc[: self.height, : self.width]
+        cov_y, cov_x = self.coverage()
+        return np.outer(cov_y[: self.height], cov_x[: self.width])
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -320,17 +329,18 @@ def predict_tiled(
         if blend is not Blend.CROP:
             # Separable weights on a grid: the accumulated weight is the outer product of the
             # 1-D sums (1 wherever at most two tiles overlap, but not for heavy overlaps).
-            out /= _coverage(wy, grid.rows, grid.padded_shape[0])[:, None]
-            out /= _coverage(wx, grid.cols, grid.padded_shape[1])[None, :]
+            cov_y, cov_x = (torch.from_numpy(c).clamp_min(1e-12).to(dev) for c in grid.coverage())
+            out /= cov_y[:, None]  # (the clamp only touches padding, which is cropped away)
+            out /= cov_x[None, :]
         return out[:, :height, :width].cpu().numpy()
 
 
-def _coverage(profiles: torch.Tensor, starts: np.ndarray, length: int) -> torch.Tensor:
-    """Sum of the 1-D profiles placed at their starts: ``(length,)``, > 0 inside the raster."""
-    total = torch.zeros(length, device=profiles.device)
+def _place_and_sum(profiles: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """Sum of the 1-D profiles placed at their starts: ``(length,)`` float32."""
+    total = np.zeros(length, dtype=np.float32)
     for profile, start in zip(profiles, starts, strict=True):  # one add per tile row/column
         total[start : start + len(profile)] += profile
-    return total.clamp_min(1e-12)  # padding beyond the raster has no weight; cropped away
+    return total
 
 
 def _support(profiles: np.ndarray) -> np.ndarray:
