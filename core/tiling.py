@@ -292,29 +292,34 @@ def predict_tiled(
     grid = TileGrid(height, width, tile_size, overlap, blend, align)
     dev = pick_device(device)
     channels_last = dev.type == "cpu" if channels_last is None else channels_last
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(model, torch.nn.Module):
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = eval_mode(model.to(dev, memory_format=fmt))
 
     with torch.inference_mode():
-        x = torch.as_tensor(image, device=dev, dtype=torch.float32)
-        x = torch.nan_to_num(x, nan=0.0)
-        x = _reflect_pad(x, grid.padded_shape)
+        x = _reflect_pad(torch.as_tensor(image, device=dev, dtype=torch.float32),
+                         grid.padded_shape)
         profiles = grid.profiles()
         wy, wx = (torch.from_numpy(p).to(dev) for p in profiles)
         origins = grid.origins()
         iy, ix = np.divmod(np.arange(len(origins)), len(grid.cols))
         support_y, support_x = (_support(p) for p in profiles)
         t = tile_size
+        # One batch buffer, filled in the model's memory format: one copy per tile, no
+        # allocation per batch. NaN (nodata) is zeroed per batch, not on a copy of the scene.
+        batch = torch.empty((min(batch_size, len(origins)), x.shape[0], t, t), device=dev,
+                            memory_format=fmt)
         out = None
         for start in range(0, len(origins), batch_size):
             idx = np.arange(start, min(start + batch_size, len(origins)))
-            tiles = torch.stack([x[:, r : r + t, c : c + t] for r, c in origins[idx]])
-            if channels_last:
-                tiles = tiles.contiguous(memory_format=torch.channels_last)
+            tiles = batch[: len(idx)]
+            for k, (r, c) in enumerate(origins[idx]):
+                tiles[k].copy_(x[:, r : r + t, c : c + t])
+            tiles.nan_to_num_(nan=0.0)
             pred = model(tiles).float().contiguous()  # NCHW: rows of W are contiguous
-            if out is None:
-                out = torch.zeros((pred.shape[1], *grid.padded_shape), device=dev)
+            if out is None:  # crop owns every pixel exactly once: nothing to zero
+                alloc = torch.empty if blend is Blend.CROP else torch.zeros
+                out = alloc((pred.shape[1], *grid.padded_shape), device=dev)
             for k, i in enumerate(idx):  # loops over the tiles of one batch, not pixels
                 r, c = origins[i]
                 (r0, r1), (c0, c1) = support_y[iy[i]], support_x[ix[i]]  # weight 0 outside
@@ -328,10 +333,12 @@ def predict_tiled(
                 progress(int(idx[-1]) + 1, len(origins))
         if blend is not Blend.CROP:
             # Separable weights on a grid: the accumulated weight is the outer product of the
-            # 1-D sums (1 wherever at most two tiles overlap, but not for heavy overlaps).
-            cov_y, cov_x = (torch.from_numpy(c).clamp_min(1e-12).to(dev) for c in grid.coverage())
-            out /= cov_y[:, None]  # (the clamp only touches padding, which is cropped away)
-            out /= cov_x[None, :]
+            # 1-D sums, > 0 over the raster. They are 1 wherever at most two tiles overlap (the
+            # profiles are a partition of unity there): then that division is skipped.
+            cov_y, cov_x = (c[:n] for c, n in zip(grid.coverage(), (height, width), strict=True))
+            for cov, shape in ((cov_y, (-1, 1)), (cov_x, (1, -1))):
+                if not np.allclose(cov, 1.0, rtol=0.0, atol=1e-6):
+                    out[:, :height, :width] /= torch.from_numpy(cov).to(dev).view(shape)
         return out[:, :height, :width].cpu().numpy()
 
 
