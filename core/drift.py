@@ -44,7 +44,13 @@ import xarray as xr
 from affine import Affine
 
 from core.bandstats import band_order
-from core.errors import BaselineError, InputFileError, InvalidArgumentError, NoDataError
+from core.errors import (
+    BandMismatchError,
+    BaselineError,
+    InputFileError,
+    InvalidArgumentError,
+    NoDataError,
+)
 from core.indices import available_indices, spectral_index
 from core.io import atomic_path, band_names, valid_mask
 from core.metrics import confusion_matrix, iou_per_class
@@ -640,7 +646,7 @@ def fit_baseline(
     bands = band_names(scenes[0])
     for scene in scenes[1:]:
         if band_names(scene) != bands:
-            raise InvalidArgumentError(
+            raise BandMismatchError(
                 f"Baseline scenes have different bands ({list(bands)} vs "
                 f"{list(band_names(scene))}): fit a baseline on scenes of one sensor."
             )
@@ -662,14 +668,11 @@ def fit_baseline(
 
     counts = predictions = None
     classes: tuple[str, ...] = ()
-    spec = None
     if model is not None:
         from core.modelio import load_model
 
         loaded = load_model(model)
         classes = loaded.classes
-        spec = model if isinstance(model, str | os.PathLike) else loaded.name
-        spec = str(spec)
         predictions = np.array([_class_counts(loaded, s)[0] for s in scenes], dtype=np.float64)
         counts = predictions.sum(axis=0)
 
@@ -702,7 +705,9 @@ def fit_baseline(
         calibration=calibration,
         classes=classes,
         class_shares=tuple((counts / counts.sum()).tolist()) if counts is not None else (),
-        model=spec,
+        model=None
+        if model is None
+        else str(model if isinstance(model, str | os.PathLike) else loaded.name),  # fmt: skip
         tiles=tile_ref,
     )
 
