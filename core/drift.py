@@ -297,6 +297,9 @@ class Baseline:
         }
         if any(set(FEATURE_METRICS) - set(thresholds.get(n, {})) for n in names):
             raise ValueError("it lacks thresholds for some features")
+        classes = data.get("classes") or []
+        if classes and (len(data["class_shares"]) != len(classes) or PREDICTION not in thresholds):
+            raise ValueError("its class shares or their threshold do not match its classes")
         return cls(
             bands=tuple(str(b) for b in data["bands"]),
             indices=tuple(str(i) for i in data["indices"]),
@@ -502,6 +505,8 @@ def _scene_parts(
         part = _Part(_thin(values, PROFILE_SAMPLES), _thin(values, KS_SAMPLE, KS_MIN_STRIDE))
         if part.sample.size == 0:
             raise NoDataError(f"The scene has no valid {name} values: check its bands and nodata.")
+        if part.ks_sample.size == 0:  # valid pixels too sparse for the thinned grid
+            part.ks_sample = part.sample
         if edges is not None:
             finite = np.isfinite(values)
             bins = np.searchsorted(edges[name][1:-1], values[finite], side="right")

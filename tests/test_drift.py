@@ -217,6 +217,7 @@ def test_baseline_round_trip_and_bad_files(baseline, quiet, tmp_path):
         "newer": json.dumps({**data, "version": 99}),
         "incomplete": json.dumps({k: v for k, v in data.items() if k != "features"}),
         "damaged": json.dumps({**data, "features": data["features"][:-1]}),
+        "classes without shares": json.dumps({**data, "classes": ["water", "built-up"]}),
     }
     for case, text in bad.items():
         target = tmp_path / f"{case.replace(' ', '_')}.json"
