@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from app import drift_cli
 from core.errors import InvalidArgumentError, SeamlineError
 
 EXIT_USER_ERROR = 2
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5006)
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.set_defaults(func=_cmd_serve)
+    drift_cli.add_parser(sub)
     return parser
 
 

@@ -9,8 +9,11 @@ kernels we do not need).
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
+import json
 import os
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -19,13 +22,21 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 from rasterio.enums import Resampling
+from rasterio.transform import from_bounds
 from shapely.geometry import Polygon
 
 from core.errors import InputFileError, OutputPathError
 from core.io import atomic_path, write_raster
 from core.synthetic import make_scene
 
-__all__ = ["SENTINEL2_BANDS", "sentinel2_sample", "sentinel2_aoi", "write_demo_data"]
+__all__ = [
+    "SENTINEL2_BANDS",
+    "sentinel2_sample",
+    "sentinel2_aoi",
+    "write_demo_data",
+    "TimeseriesScene",
+    "eo_timeseries",
+]
 
 SENTINEL2_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
 
@@ -134,3 +145,49 @@ def write_demo_data(
     write_raster(scene, paths["synthetic"])
     write_raster(labels, paths["synthetic_labels"])
     return paths
+
+
+@dataclass(frozen=True, eq=False)
+class TimeseriesScene:
+    """One acquisition of a real time series: its time, scene and cloud-covered share."""
+
+    time: dt.datetime
+    scene: xr.DataArray
+    cloud_fraction: float
+
+
+def eo_timeseries(folder: str | os.PathLike) -> list[TimeseriesScene]:
+    """The eo-learn example EOPatch (``../shared/data/eo_timeseries``) as dated NDVI scenes.
+
+    Each scene is a ``(band, y, x)`` float32 DataArray with one band named ``ndvi``, in
+    EPSG:32633 on the grid given by ``bbox.geojson`` and the array shape (row 0 north), nodata
+    NaN. ``cloud_fraction`` is the share of pixels of the cloud mask ``CLM.npy``.
+    """
+    folder = Path(folder)
+    names = ("NDVI.npy", "CLM.npy", "timestamps.json", "bbox.geojson")
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise InputFileError(
+            f"Folder {str(folder)!r} lacks {', '.join(missing)}: pass the eo_timeseries folder."
+        )
+    ndvi = np.load(folder / "NDVI.npy")[..., 0]
+    clouds = np.load(folder / "CLM.npy")[..., 0].astype(bool)
+    times = [
+        dt.datetime.fromisoformat(t) for t in json.loads((folder / "timestamps.json").read_text())
+    ]
+    ring = np.asarray(json.loads((folder / "bbox.geojson").read_text())["coordinates"][0])
+    (minx, miny), (maxx, maxy) = ring.min(axis=0), ring.max(axis=0)
+    height, width = ndvi.shape[1:]
+    transform = from_bounds(minx, miny, maxx, maxy, width, height)
+    coords = {
+        "band": ["ndvi"],
+        "y": transform.f + (np.arange(height) + 0.5) * transform.e,
+        "x": transform.c + (np.arange(width) + 0.5) * transform.a,
+    }
+    series = []
+    for time, values, cloud in zip(times, ndvi, clouds, strict=True):
+        scene = xr.DataArray(values[None], dims=("band", "y", "x"), coords=coords, name="ndvi")
+        scene.rio.write_crs("EPSG:32633", inplace=True).rio.write_transform(transform, inplace=True)
+        scene = scene.rio.write_nodata(np.nan, encoded=False)
+        series.append(TimeseriesScene(time, scene, float(cloud.mean())))
+    return series

@@ -42,3 +42,11 @@ class BandMismatchError(SeamlineError, ValueError):
 
 class InvalidArgumentError(SeamlineError, ValueError):
     """An option out of its range or not among its choices."""
+
+
+class BaselineError(SeamlineError, ValueError):
+    """A drift baseline file that is corrupt, of another format or of an unknown version."""
+
+
+class HistoryError(SeamlineError):
+    """A drift history database that is corrupt, foreign, locked or of a newer schema."""
