@@ -19,6 +19,7 @@ from app import drift_cli
 from core.errors import InvalidArgumentError, SeamlineError
 
 EXIT_USER_ERROR = 2
+PRECISIONS = ("fp32", "bf16", "int8")  # core.latency.PRECISIONS, without importing torch
 DASHBOARD = Path(__file__).with_name("dashboard.py")
 WARMUP = Path(__file__).with_name("warmup.py")
 
@@ -54,16 +55,24 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     from core.hardware import bf16_is_native, cpu_info, peak_rss_bytes
-    from core.io import open_aoi
+    from core.io import open_aoi, open_raster
     from core.modelio import load_model, with_precision
     from core.predict import predict_file
     from core.tiling import pick_device
 
     model = load_model(args.model, model_class=args.model_class)
-    if args.precision == "bf16" and not bf16_is_native():
+    precision = args.precision or model.precision
+    if precision == "bf16" and not bf16_is_native():
         print("seamline predict: warning: BF16 is emulated on this CPU (no AMX or "
               "AVX512-BF16): expect it to be slower than fp32.", file=sys.stderr)
-    model = with_precision(model, args.precision)
+    if precision == "int8" and model.precision != "int8":
+        from core.quantize import quantize
+
+        # Calibrated on tiles sampled across the scene being predicted (only they are read).
+        calibration = args.calibration or args.input
+        model = quantize(model, open_raster(calibration, band_names=args.band_names))
+    elif precision != model.precision:
+        model = with_precision(model, precision)
     device = pick_device(args.device)
     batch_size = args.batch_size or (1 if device.type == "cpu" else 8)
     if args.backend == "compile":
@@ -81,6 +90,61 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     report.update(model=model.name, precision=model.precision, batch_size=batch_size,
                   peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"])
     _print_json(report)
+
+
+def _cmd_quantize(args: argparse.Namespace) -> None:
+    import warnings
+
+    from core.latency import ModelCache, quantization_report
+    from core.quantize import QuantizationWarning, save_quantized
+
+    if args.out is not None and args.precision == "bf16":
+        raise InvalidArgumentError(
+            "--out saves an INT8 model; a BF16 model is the FP32 one run with --precision bf16."
+        )
+    cache = ModelCache()
+    fp32 = cache.get(args.model)
+    calibration = None
+    if args.calibration:
+        from core.io import open_raster
+
+        scene = open_raster(args.calibration)
+        calibration = lambda _model: scene  # noqa: E731
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore")  # the exporters' own chatter
+        warnings.simplefilter("always", QuantizationWarning)
+        optimised = cache.get(args.model, precision=args.precision, calibration=calibration)
+    for warning in caught:
+        print(f"seamline quantize: warning: {warning.message}", file=sys.stderr)
+    if optimised.precision != args.precision:
+        raise InvalidArgumentError(f"Model {fp32.name!r} could not be made {args.precision}.")
+    report = quantization_report(fp32, optimised, tile_size=args.tile_size,
+                                 batch_size=args.batch_size, runs=args.runs)
+    if args.out is not None:
+        report["out"] = str(save_quantized(optimised, args.out))
+    _print_json(report)
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from core.latency import ModelCache, measure_latency
+
+    cache = ModelCache()
+    rows = [
+        measure_latency(cache.get(args.model, precision=precision), tile_size=args.tile_size,
+                        batch_size=args.batch_size, runs=args.runs).to_dict()
+        for precision in args.precisions
+    ]  # fmt: skip
+    if args.json:
+        _print_json({"bench": rows})
+        return
+    print(f"seamline bench: model {args.model}, tile {args.tile_size}, batch "
+          f"{args.batch_size}, {args.runs} runs, on {rows[0]['cpu']}")
+    print(f"{'precision':<10}{'batch p50':>11}{'p95':>9}{'tile p50':>10}{'p95':>9}"
+          f"{'Mpx/s':>8}{'size MB':>9}{'peak RSS':>10}")
+    for r in rows:
+        print(f"{r['precision']:<10}{r['batch_ms_p50']:>9.1f}ms{r['batch_ms_p95']:>7.1f}ms"
+              f"{r['tile_ms_p50']:>8.1f}ms{r['tile_ms_p95']:>7.1f}ms{r['megapixels_per_s']:>8.2f}"
+              f"{r['size_mb']:>9.3f}{r['peak_rss_mb']:>8.0f}MB")
 
 
 def _cmd_train_demo(args: argparse.Namespace) -> None:
@@ -158,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="raster to predict (raw or prepared)")
     p.add_argument("output", help="class-id GeoTIFF to write (probabilities with --probabilities)")
     p.add_argument("--aoi", help="predict only inside this area of interest (any CRS)")
-    p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
+    p.add_argument("--model", default="demo",
+                   help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
     p.add_argument("--model-class", help="package.module:Class for a state dict")
     p.add_argument("--tile-size", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
@@ -166,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per forward pass; default 1 on CPU (measured fastest: the "
                    "activations stay in cache, and memory stays low), 8 on a GPU")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="default: the model's own (fp32, or int8 for a quantized .onnx); "
+                   "int8 quantizes an fp32 model, calibrated on the input scene")
+    p.add_argument("--calibration", metavar="SCENE",
+                   help="calibrate --precision int8 on this scene instead of the input")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--backend", default="eager", choices=("eager", "compile"),
                    help="compile: torch.compile once per process (seconds), then faster tiles")
@@ -175,6 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=1024, help="pixels per block read from disk")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("quantize", help="FP32 -> INT8 (calibrated) or BF16, with the figures")
+    p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
+    p.add_argument("--precision", default="int8", choices=("int8", "bf16"))
+    p.add_argument("--calibration", metavar="SCENE",
+                   help="calibrate on tiles of this scene (default: synthetic scenes in the "
+                   "demo bands)")
+    p.add_argument("--out", metavar="PATH.onnx", help="save the INT8 model (+ .json sidecar)")
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--runs", type=int, default=30, help="timed runs (>= 30; warm-up excluded)")
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("bench", help="latency report: fp32, bf16 and int8 side by side")
+    p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--runs", type=int, default=30, help="timed runs (>= 30; warm-up excluded)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("train-demo", help="train the demo U-Net on synthetic scenes")
     p.add_argument("--out", help="weights path (default: the packaged demo model)")

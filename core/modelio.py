@@ -137,13 +137,17 @@ def load_model(
     if not path.is_file():
         raise InputFileError(
             f"Model file {str(path)!r} does not exist: pass 'demo', a .pt state dict with its "
-            ".json sidecar, or a torch.export .pt2 archive."
+            ".json sidecar, a torch.export .pt2 archive or a quantized .onnx model."
         )
     sidecar = path.with_suffix(".json")
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     try:
         if path.suffix == ".pt2":
             module = torch.export.load(str(path)).module()
+        elif path.suffix == ".onnx":  # an INT8 model saved by core.quantize.save_quantized
+            from core.quantize import OnnxModule
+
+            module = OnnxModule(path.read_bytes(), align=int(meta.get("align") or 1))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
             cls_path = model_class or meta.get("model_class")

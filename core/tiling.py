@@ -274,7 +274,8 @@ def predict_tiled(
         Tile starts are multiples of this (a U-Net that downsamples 8x needs 8 for tiled and
         untiled outputs to agree). Default: ``model.align`` if set, else 1.
     channels_last
-        Feed tiles in channels-last memory format; default: on for CPU.
+        Feed tiles in channels-last memory format; default: on for CPU unless the model has
+        ``channels_last = False``.
 
     Returns
     -------
@@ -291,7 +292,8 @@ def predict_tiled(
     _, height, width = image.shape
     grid = TileGrid(height, width, tile_size, overlap, blend, align)
     dev = pick_device(device)
-    channels_last = dev.type == "cpu" if channels_last is None else channels_last
+    if channels_last is None:  # a model may say it takes NCHW only (e.g. ONNX Runtime)
+        channels_last = dev.type == "cpu" and getattr(model, "channels_last", True)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(model, torch.nn.Module):
         model = eval_mode(model.to(dev, memory_format=fmt))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from core.modelio import SegmentationModel, save_model
 from core.models import UNet, receptive_radius
 from core.synthetic import BANDS, CLASS_COLORS, CLASSES, make_scene
 
-__all__ = ["train_demo", "evaluate", "HELD_OUT_SEEDS"]
+__all__ = ["train_demo", "evaluate", "held_out_predictions", "HELD_OUT_SEEDS"]
 
 TRAIN_SEEDS = tuple(range(100, 116))
 HELD_OUT_SEEDS = (900, 901, 902, 903)
@@ -40,16 +40,24 @@ def _scenes(seeds, size: int, rng: np.random.Generator | None):
         )  # fmt: skip
 
 
-def evaluate(model: SegmentationModel, *, size: int = 512) -> dict[str, float]:
-    """mIoU and per-class IoU of ``model`` on the held-out synthetic scenes (untiled)."""
+def held_out_predictions(
+    model: SegmentationModel, *, size: int = 512
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(labels, predicted class ids)`` of ``model`` on each held-out synthetic scene."""
     from core.tiling import predict_tiled
 
-    cm = np.zeros((len(model.classes),) * 2, dtype=np.int64)
     for scene, labels in _scenes(HELD_OUT_SEEDS, size, None):
         x = normalise(scene, model.stats).values
         logits = predict_tiled(model.module, x, tile_size=256, overlap=64, blend="crop",
-                               align=model.align, device="cpu")
-        cm += confusion_matrix(labels.values, logits.argmax(axis=0), len(model.classes))
+                               align=model.align, device="cpu")  # fmt: skip
+        yield labels.values, logits.argmax(axis=0)
+
+
+def evaluate(model: SegmentationModel, *, size: int = 512) -> dict[str, float]:
+    """mIoU and per-class IoU of ``model`` on the held-out synthetic scenes."""
+    cm = np.zeros((len(model.classes),) * 2, dtype=np.int64)
+    for labels, predicted in held_out_predictions(model, size=size):
+        cm += confusion_matrix(labels, predicted, len(model.classes))
     iou = iou_per_class(cm)
     return {"miou": float(np.nanmean(iou)),
             **{f"iou_{name}": float(v) for name, v in zip(model.classes, iou, strict=True)}}
