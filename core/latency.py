@@ -186,7 +186,11 @@ def quantization_report(
 
 
 class ModelCache:
-    """Models ready to run, built once per (model, precision, device, tile size).
+    """Models ready to run, built once per (model, precision, device).
+
+    The tile size is not part of the key: eager, autocast and ONNX Runtime models all take
+    any tile shape (ONNX Runtime's graph is exported with dynamic height and width), so
+    changing it must not re-quantize. (A ``torch.compile``d model would need it.)
 
     ``calibration`` makes the INT8 tiles when a model is first quantized: a callable
     returning a scene or normalised tiles (it is only called on a miss). Thread-safe; one
@@ -206,7 +210,6 @@ class ModelCache:
         *,
         precision: str = "fp32",
         device: str = "cpu",
-        tile_size: int = 256,
         calibration: Callable[[SegmentationModel], object] | None = None,
     ) -> SegmentationModel:
         """The model ``spec`` at ``precision``, loaded and prepared on first use."""
@@ -215,7 +218,7 @@ class ModelCache:
                 f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
             )
         name = spec.name if isinstance(spec, SegmentationModel) else str(spec)
-        key = (name, precision, str(device), tile_size)
+        key = (name, precision, str(device))
         with self._lock:  # held while building: two sessions never quantize twice
             if key not in self._models:
                 self._models[key] = _prepare(load_model(spec), precision, calibration)

@@ -79,9 +79,7 @@ class OnnxModule(nn.Module):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(
-            onnx_bytes, options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,9 +136,14 @@ def _export_onnx(module: nn.Module, bands: int, align: int) -> bytes:
         warnings.simplefilter("ignore")
         try:
             onnx_program = torch.onnx.export(
-                program, example, dynamo=True, optimize=True, verbose=False,
-                input_names=["x"], output_names=["logits"],
-            )  # fmt: skip
+                program,
+                example,
+                dynamo=True,
+                optimize=True,
+                verbose=False,
+                input_names=["x"],
+                output_names=["logits"],
+            )
         except Exception as exc:
             raise RuntimeError(f"{_layer_of(exc, program)} has no ONNX equivalent") from None
     proto = onnx_program.model_proto
@@ -214,10 +217,12 @@ def _fp32_layers(graph) -> list[str]:
     """Names of weighted layers whose weights were left in float (not quantized)."""
     dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
     return [
-        node.name for node in graph.node
-        if node.op_type in _WEIGHTED_OPS and len(node.input) > 1
+        node.name
+        for node in graph.node
+        if node.op_type in _WEIGHTED_OPS
+        and len(node.input) > 1
         and node.input[1] not in dequantized
-    ]  # fmt: skip
+    ]
 
 
 def quantize(
@@ -259,9 +264,7 @@ def quantize(
     try:
         fp32 = _export_onnx(model.module, len(model.bands), model.align)
     except RuntimeError as exc:
-        warnings.warn(
-            f"Model {model.name!r} stays FP32: {exc}.", QuantizationWarning, stacklevel=2
-        )
+        warnings.warn(f"Model {model.name!r} stays FP32: {exc}.", QuantizationWarning, stacklevel=2)
         return model
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -271,11 +274,15 @@ def quantize(
         root.setLevel(logging.ERROR)  # quantize_static logs advice on the root logger
         try:
             quantize_static(
-                src, dst, _Reader(tiles, "x"), quant_format=QuantFormat.QDQ,
-                per_channel=per_channel, weight_type=QuantType.QInt8,
+                src,
+                dst,
+                _Reader(tiles, "x"),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                weight_type=QuantType.QInt8,
                 activation_type=QuantType.QUInt8,
                 reduce_range=not cpu_info()["avx512_vnni"],
-            )  # fmt: skip
+            )
         finally:
             root.setLevel(level)
         int8 = dst.read_bytes()
@@ -288,11 +295,17 @@ def quantize(
             stacklevel=2,
         )
     module = OnnxModule(int8, align=model.align)
-    meta = {**model.metadata, "quantization": {
-        "backend": "onnxruntime", "format": "QDQ", "weights": "int8 per-channel"
-        if per_channel else "int8 per-tensor", "activations": "uint8",
-        "calibration_tiles": int(len(tiles)), "fp32_layers": left,
-    }}  # fmt: skip
+    meta = {
+        **model.metadata,
+        "quantization": {
+            "backend": "onnxruntime",
+            "format": "QDQ",
+            "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+            "activations": "uint8",
+            "calibration_tiles": int(len(tiles)),
+            "fp32_layers": left,
+        },
+    }
     return replace(model, module=module, precision="int8", metadata=meta)
 
 

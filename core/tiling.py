@@ -199,7 +199,7 @@ class TileGrid:
         outer product of these 1-D sums; zero only in the padding past the raster.
         """
         return tuple(
-            _place_and_sum(profiles, starts, length)
+            _place(profiles, starts, length)
             for profiles, starts, length in zip(
                 self.profiles(), (self.rows, self.cols), self.padded_shape, strict=True
             )
@@ -209,6 +209,20 @@ class TileGrid:
         """The accumulated blend weight per pixel, ``(height, width)``: a seam diagnostic."""
         cov_y, cov_x = self.coverage()
         return np.outer(cov_y[: self.height], cov_x[: self.width])
+
+    def strongest_weight_map(self) -> np.ndarray:
+        """The largest single-tile blend weight per pixel, ``(height, width)``, before
+        normalisation: 1 where one tile owns the pixel, lower where neighbours share it (the
+        seams); for ``crop`` 1 everywhere. Weights are separable and non-negative, so the
+        maximum over tiles is the outer product of the 1-D maxima."""
+        max_y, max_x = (
+            _place(profiles, starts, length, np.maximum)[:n]
+            for profiles, starts, length, n in zip(
+                self.profiles(), (self.rows, self.cols), self.padded_shape,
+                (self.height, self.width), strict=True,
+            )
+        )  # fmt: skip
+        return np.outer(max_y, max_x)
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -344,11 +358,15 @@ def predict_tiled(
         return out[:, :height, :width].cpu().numpy()
 
 
-def _place_and_sum(profiles: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
-    """Sum of the 1-D profiles placed at their starts: ``(length,)`` float32."""
+def _place(
+    profiles: np.ndarray, starts: np.ndarray, length: int, combine: np.ufunc = np.add
+) -> np.ndarray:
+    """The 1-D profiles placed at their starts and combined (summed by default):
+    ``(length,)`` float32."""
     total = np.zeros(length, dtype=np.float32)
-    for profile, start in zip(profiles, starts, strict=True):  # one add per tile row/column
-        total[start : start + len(profile)] += profile
+    for profile, start in zip(profiles, starts, strict=True):  # one op per tile row/column
+        span = slice(start, start + len(profile))
+        total[span] = combine(total[span], profile)
     return total
 
 

@@ -131,19 +131,49 @@ def test_cli_quantize_saves_a_model_that_predict_uses(tmp_path, capsys):
     code = main(["quantize", "--out", str(out), "--tile-size", "64", "--batch-size", "2"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and out.is_file() and out.with_suffix(".json").is_file()
-    for key in ("size_mb_fp32", "size_mb", "latency_ms_p50_fp32", "latency_ms_p50", "speedup",
-                "pixel_agreement", "miou_fp32", "miou"):  # fmt: skip
+    for key in (
+        "size_mb_fp32",
+        "size_mb",
+        "latency_ms_p50_fp32",
+        "latency_ms_p50",
+        "speedup",
+        "pixel_agreement",
+        "miou_fp32",
+        "miou",
+    ):
         assert isinstance(report[key], float), key
     assert report["size_mb"] < report["size_mb_fp32"] and report["pixel_agreement"] >= 0.99
     assert report["miou_fp32"] - report["miou"] <= 0.01
 
     scene = make_scene(96, 96, seed=4)[0]
     src = write_tif(tmp_path / "scene.tif", scene.values, descriptions=list(scene.band.values))
-    code = main(["predict", str(src), str(tmp_path / "c.tif"), "--model", str(out),
-                 "--tile-size", "64", "--overlap", "16"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(src),
+            str(tmp_path / "c.tif"),
+            "--model",
+            str(out),
+            "--tile-size",
+            "64",
+            "--overlap",
+            "16",
+        ]
+    )
     assert code == 0 and json.loads(capsys.readouterr().out)["precision"] == "int8"
-    code = main(["predict", str(src), str(tmp_path / "d.tif"), "--precision", "int8",
-                 "--tile-size", "64", "--overlap", "16"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(src),
+            str(tmp_path / "d.tif"),
+            "--precision",
+            "int8",
+            "--tile-size",
+            "64",
+            "--overlap",
+            "16",
+        ]
+    )
     assert code == 0 and json.loads(capsys.readouterr().out)["precision"] == "int8"
 
 

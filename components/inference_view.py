@@ -1,0 +1,352 @@
+"""The inference section: tiling and precision controls, the class map, seams and latency.
+
+:class:`InferenceState` holds the choices and the results (params only, testable without a
+browser); its :meth:`~InferenceState.compute` is the pure, slow part and runs in a worker
+thread; :class:`InferenceView` is the thin view over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401  (the backend .opts() validates against)
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+import torch
+import xarray as xr
+from holoviews.operation.datashader import regrid
+
+from core.errors import SeamlineError
+from core.latency import ModelCache
+from core.runs import RunResult, RunSettings, run_inference, seam_diagnostic
+from core.tiling import Blend, TileGrid
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+RUN_COLUMNS = [
+    "run",
+    "seconds",
+    "tile_ms_p50",
+    "tile_ms_p95",
+    "megapixels_per_s",
+    "size_mb",
+    "agreement_fp32",
+]
+
+
+class InferenceState(param.Parameterized):
+    """Choices of a run, the latest result, and the runs of this session."""
+
+    tile_size = param.Selector(objects=[128, 256, 512, 1024], default=256, label="Tile size")
+    overlap = param.Integer(default=32, bounds=(0, 256), label="Overlap (px)")
+    blend = param.Selector(objects=[b.value for b in Blend], default="cosine", label="Blend")
+    batch_size = param.Integer(default=1, bounds=(1, 32), label="Batch size")
+    precision = param.Selector(objects=["fp32", "bf16", "int8"], default="fp32", label="Precision")
+    device = param.Selector(objects=DEVICES, default="cpu", label="Device")
+    show_grid = param.Boolean(default=False, label="Tile grid")
+    scene = param.ClassSelector(class_=xr.DataArray, doc="The scene to predict.")
+    result = param.ClassSelector(class_=RunResult, allow_None=True)
+    runs = param.DataFrame(default=pd.DataFrame(columns=RUN_COLUMNS))
+    running = param.Boolean(default=False)
+    done_tiles = param.Integer(default=0)
+    total_tiles = param.Integer(default=0)
+    message = param.String(default="")
+
+    def __init__(self, cache: ModelCache, **params) -> None:
+        super().__init__(**params)
+        self.cache = cache  # process-wide on purpose: models are quantized once
+        self._results: dict[tuple[int, RunSettings], RunResult] = {}
+
+    def settings(self) -> RunSettings:
+        """The current choices as a plain, hashable value."""
+        return RunSettings(
+            tile_size=self.tile_size,
+            overlap=self.overlap,
+            blend=self.blend,
+            batch_size=self.batch_size,
+            precision=self.precision,
+            device=self.device,
+        )
+
+    @param.depends("scene", watch=True)
+    def _new_scene(self) -> None:
+        self._results.clear()
+        self.param.update(result=None, runs=pd.DataFrame(columns=RUN_COLUMNS), message="")
+
+    def _progress(self, done: int, total: int) -> None:
+        self.param.update(done_tiles=done, total_tiles=total)
+
+    def compute(self, settings: RunSettings | None = None) -> RunResult:
+        """The run for ``settings`` (default: the current choices), cached per parameter set
+        and scene; a non-FP32 run also runs (or reuses) FP32 for the agreement."""
+        settings = settings or self.settings()
+        key = (id(self.scene), settings)
+        if key not in self._results:
+            reference = None
+            if settings.precision != "fp32":
+                reference = self.compute(replace(settings, precision="fp32")).classes
+            self._results[key] = run_inference(
+                self.scene, settings, self.cache, reference=reference, progress=self._progress
+            )
+        return self._results[key]
+
+    def apply(self, result: RunResult) -> None:
+        """Show ``result`` and add it to the runs table (once per parameter set)."""
+        runs = self.runs
+        if result.settings.label() not in set(runs["run"]):
+            row = pd.DataFrame([{k: result.row()[k] for k in RUN_COLUMNS}])
+            runs = row if runs.empty else pd.concat([runs, row], ignore_index=True)
+        self.param.update(result=result, runs=runs, message="")
+
+    def run(self) -> RunResult | None:
+        """Compute and show the current choices; a user mistake goes to ``message``."""
+        try:
+            result = self.compute()
+        except SeamlineError as exc:
+            self.message = str(exc)
+            return None
+        self.apply(result)
+        return result
+
+    def grid(self) -> TileGrid:
+        """The tile grid of the current choices over the scene."""
+        return TileGrid(
+            self.scene.sizes["y"],
+            self.scene.sizes["x"],
+            self.tile_size,
+            self.overlap,
+            Blend.parse(self.blend),
+            self.cache.get().align,
+        )
+
+
+def class_image(classes: xr.DataArray, colors: list[str], names: list[str]) -> hv.Image:
+    """A class-id map as an ``hv.Image`` (nodata transparent) with one colour per class."""
+    data = classes.where(classes != classes.rio.nodata).astype("float32")
+    return hv.Image(data, kdims=["x", "y"], vdims=["class"]).opts(
+        cmap=colors,
+        clim=(-0.5, len(names) - 0.5),
+        color_levels=len(names),
+        clipping_colors={"NaN": (0, 0, 0, 0)},
+    )
+
+
+def grid_outline(grid: TileGrid, scene: xr.DataArray) -> hv.Rectangles:
+    """The tiles' rectangles in the scene's CRS (the last row/column shifted to the border)."""
+    left, top = scene.rio.transform().c, scene.rio.transform().f
+    resx, resy = scene.rio.resolution()
+    origins = grid.origins()
+    end = np.minimum(origins + grid.tile, [grid.height, grid.width])
+    return hv.Rectangles(
+        (
+            left + origins[:, 1] * resx,
+            top + end[:, 0] * resy,
+            left + end[:, 1] * resx,
+            top + origins[:, 0] * resy,
+        )
+    ).opts(
+        fill_alpha=0,
+        line_color="white",
+        line_width=1,
+        line_alpha=0.8,
+    )
+
+
+def legend(names: list[str], colors: list[str]) -> str:
+    """An HTML legend: one colour swatch per class."""
+    items = "".join(
+        f'<span style="margin-right:14px;white-space:nowrap"><span style="display:inline-block;'
+        f'width:12px;height:12px;background:{c};margin-right:4px;border:1px solid #555">'
+        f"</span>{n}</span>"
+        for n, c in zip(names, colors, strict=True)
+    )
+    return f'<div style="font-size:13px">{items}</div>'
+
+
+class InferenceView(pn.viewable.Viewer):
+    """Controls, Run button with progress, class map with legend and tile grid, latency
+    figures, seam diagnostic and the session's runs table and chart."""
+
+    state = param.ClassSelector(class_=InferenceState)
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self._button = pn.widgets.Button(name="Run inference", button_type="primary")
+        self._button.on_click(self._run)
+        self._seams_button = pn.widgets.Button(name="Compare with untiled", button_type="default")
+        self._seams_button.on_click(self._seams)
+        self._seam_plots = pn.Column(
+            pn.pane.Markdown(
+                "The strongest single-tile weight per pixel (seams are where it drops) and the "
+                "difference to the untiled FP32 output of the same model."
+            )
+        )
+
+    async def _run(self, _event=None) -> None:
+        """Compute in a worker thread (the page stays responsive), then show the result."""
+        state = self.state
+        state.param.update(running=True, done_tiles=0, message="")
+        try:
+            result = await asyncio.to_thread(state.compute)
+            state.apply(result)
+        except SeamlineError as exc:
+            state.message = str(exc)
+        finally:
+            state.running = False
+
+    async def _seams(self, _event=None) -> None:
+        state = self.state
+        settings = state.settings()
+        self._seam_plots[:] = [pn.indicators.LoadingSpinner(value=True, size=40)]
+        weights, difference = await asyncio.to_thread(
+            seam_diagnostic, state.scene, settings, state.cache
+        )
+        opts = {
+            "responsive": True,
+            "min_height": 260,
+            "data_aspect": 1,
+            "colorbar": True,
+            "xaxis": None,
+            "yaxis": None,
+        }
+        plots = [
+            regrid(hv.Image(weights)).opts(
+                cmap="viridis", clim=(0, 1), title="Strongest tile weight", **opts
+            )
+        ]
+        if difference is None:
+            note = "Scene too large for an untiled reference."
+        else:
+            plots.append(
+                regrid(hv.Image(difference), aggregator="max").opts(
+                    cmap="magma", title="|tiled - untiled| probability", **opts
+                )
+            )
+            note = f"Largest probability difference: {float(difference.max()):.2e}"
+        self._seam_plots[:] = [
+            pn.Row(*[pn.pane.HoloViews(p, sizing_mode="stretch_width") for p in plots]),
+            pn.pane.Markdown(note),
+        ]
+
+    def controls(self) -> pn.viewable.Viewable:
+        """The widgets of the run's choices, the Run button and the progress bar."""
+        state = self.state
+        progress = pn.widgets.Progress(
+            name="Tiles",
+            value=state.param.done_tiles,
+            active=state.param.running,
+            max=pn.bind(lambda total: max(total, 1), state.param.total_tiles),
+            sizing_mode="stretch_width",
+            bar_color="primary",
+        )
+        return pn.Column(
+            pn.widgets.Select.from_param(state.param.tile_size),
+            pn.widgets.IntSlider.from_param(state.param.overlap, step=8),
+            pn.pane.Markdown("Blend", margin=(0, 10)),
+            pn.widgets.RadioButtonGroup.from_param(state.param.blend),
+            pn.widgets.IntInput.from_param(state.param.batch_size),
+            pn.pane.Markdown("Precision", margin=(0, 10)),
+            pn.widgets.RadioButtonGroup.from_param(state.param.precision),
+            pn.widgets.Select.from_param(state.param.device),
+            pn.widgets.Checkbox.from_param(state.param.show_grid),
+            self._button,
+            progress,
+            pn.pane.Alert(
+                state.param.message, alert_type="danger", visible=pn.bind(bool, state.param.message)
+            ),
+            sizing_mode="stretch_width",
+        )
+
+    @param.depends("state.result", "state.show_grid")
+    def class_map(self) -> pn.viewable.Viewable:
+        """The predicted classes (datashader-regridded, categorical) and the legend."""
+        result = self.state.result
+        if result is None:
+            return pn.pane.Markdown("Press **Run inference** to predict the scene.")
+        names, colors = result.classes.attrs["classes"], result.classes.attrs["colors"]
+        plot = regrid(class_image(result.classes, colors, names), aggregator="mode").opts(
+            responsive=True,
+            min_height=420,
+            data_aspect=1,
+            xformatter="%.0f",
+            yformatter="%.0f",
+            title=f"Predicted classes ({result.settings.label()})",
+        )
+        if self.state.show_grid:
+            plot = plot * grid_outline(self.state.grid(), self.state.scene)
+        return pn.Column(
+            pn.pane.HoloViews(plot, sizing_mode="stretch_width", height=460),
+            pn.pane.HTML(legend(names, colors)),
+            sizing_mode="stretch_width",
+        )
+
+    @param.depends("state.result")
+    def figures(self) -> pn.viewable.Viewable:
+        """Latency and quality figures of the latest run."""
+        r = self.state.result
+        if r is None:
+            return pn.Spacer()
+        agreement = "-" if r.agreement_fp32 is None else f"{100 * r.agreement_fp32:.2f} %"
+        cells = [
+            ("Total", f"{r.seconds:.2f} s"),
+            ("Tile p50", f"{r.tile_ms_p50:.1f} ms"),
+            ("Tile p95", f"{r.tile_ms_p95:.1f} ms"),
+            ("Throughput", f"{r.megapixels_per_s:.2f} Mpx/s"),
+            ("Model size", f"{r.size_mb:.2f} MB"),
+            ("Agreement with fp32", agreement),
+        ]
+        return pn.FlexBox(
+            *[
+                pn.pane.HTML(
+                    f'<div class="seamline-figure"><div style="font-size:12px;color:#555">'
+                    f'{name}</div><div style="font-size:22px;font-weight:600">{value}'
+                    "</div></div>",
+                    width=150,
+                    margin=(4, 8),
+                )
+                for name, value in cells
+            ]
+        )
+
+    @param.depends("state.runs")
+    def runs_view(self) -> pn.viewable.Viewable:
+        """This session's runs as a table and a throughput chart."""
+        runs = self.state.runs
+        if runs.empty:
+            return pn.Spacer()
+        chart = hv.Bars(runs, "run", "megapixels_per_s").opts(
+            responsive=True,
+            height=220,
+            xrotation=20,
+            ylabel="Mpx/s",
+            xlabel="",
+            title="Throughput per run",
+            color="#1f4e5f",
+        )
+        table = pn.widgets.Tabulator(
+            runs.round(3), disabled=True, show_index=False, sizing_mode="stretch_width", height=180
+        )
+        return pn.Column(
+            table,
+            pn.pane.HoloViews(chart, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        """Controls on the left; figures, map, seams and runs on the right."""
+        seams = pn.Card(
+            self._seams_button,
+            self._seam_plots,
+            title="Seam diagnostic",
+            collapsed=True,
+            sizing_mode="stretch_width",
+        )
+        runs = pn.Card(self.runs_view, title="Runs of this session", sizing_mode="stretch_width")
+        return pn.Row(
+            pn.Column(self.controls(), width=300),
+            pn.Column(self.figures, self.class_map, seams, runs, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )

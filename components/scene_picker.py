@@ -1,0 +1,134 @@
+"""Where the scene comes from: the real Sentinel-2 demo, a synthetic scene, or an upload."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import geopandas as gpd
+import panel as pn
+import param
+import xarray as xr
+
+from core.demo import sentinel2_aoi, sentinel2_sample
+from core.errors import SeamlineError
+from core.io import open_aoi, open_raster
+from core.synthetic import make_scene
+
+SOURCES = ("Sentinel-2 demo", "Synthetic", "Upload")
+SYNTHETIC_SIZES = (256, 512, 1024, 2048, 4096)
+MAX_UPLOAD_PIXELS = 4096 * 4096 * 8
+"""Largest upload (width x height x bands) the dashboard reads into memory."""
+
+
+def _from_bytes(data: bytes, filename: str, reader):
+    """Read uploaded bytes with ``reader`` through a temporary file keeping the name's
+    suffix (GDAL picks drivers by it), removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(filename).name
+        path.write_bytes(data)
+        return reader(path)
+
+
+def _read_scene(path: Path) -> xr.DataArray:
+    scene = open_raster(path)
+    pixels = scene.sizes["band"] * scene.sizes["y"] * scene.sizes["x"]
+    if pixels > MAX_UPLOAD_PIXELS:
+        raise SeamlineError(
+            f"{path.name!r} has {pixels:,} values (bands x height x width), more than the "
+            f"dashboard reads ({MAX_UPLOAD_PIXELS:,}): use `seamline predict` for it."
+        )
+    return scene.load()
+
+
+class ScenePicker(pn.viewable.Viewer):
+    """Picks the scene (and optional AOI) the rest of the dashboard works on.
+
+    ``scene``, ``aoi`` and ``title`` are the outputs; ``message`` holds the one sentence
+    shown when an upload cannot be used (the previous scene stays).
+    """
+
+    source = param.Selector(objects=list(SOURCES), default=SOURCES[0], label="Scene")
+    synthetic_size = param.Selector(
+        objects=list(SYNTHETIC_SIZES), default=1024, label="Synthetic size (px)"
+    )
+    seed = param.Integer(default=0, bounds=(0, 9999), label="Synthetic seed")
+    scene = param.ClassSelector(class_=xr.DataArray, doc="The (band, y, x) scene.")
+    aoi = param.ClassSelector(class_=gpd.GeoDataFrame, allow_None=True, doc="Optional AOI.")
+    title = param.String(default="")
+    message = param.String(default="", doc="Why the last upload was refused, if it was.")
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self._raster_input = pn.widgets.FileInput(accept=".tif,.tiff", name="GeoTIFF")
+        self._aoi_input = pn.widgets.FileInput(accept=".geojson,.json,.gpkg", name="AOI")
+        self._load_button = pn.widgets.Button(name="Use upload", button_type="primary")
+        self._load_button.on_click(
+            lambda _event: self.use_upload(
+                self._raster_input.value,
+                self._raster_input.filename,
+                self._aoi_input.value,
+                self._aoi_input.filename,
+            )
+        )
+        self._load_builtin()
+
+    @param.depends("source", "synthetic_size", "seed", watch=True)
+    def _load_builtin(self) -> None:
+        """Load the demo or synthetic scene when those are picked (uploads wait for a click)."""
+        self.message = ""
+        if self.source == "Sentinel-2 demo":
+            self.param.update(
+                scene=sentinel2_sample(),
+                aoi=sentinel2_aoi(),
+                title="Sentinel-2 demo scene (EPSG:32719)",
+            )
+        elif self.source == "Synthetic":
+            size = self.synthetic_size
+            self.param.update(
+                scene=make_scene(size, size, seed=self.seed)[0],
+                aoi=None,
+                title=f"Synthetic scene {size} x {size} (seed {self.seed})",
+            )
+
+    def use_upload(
+        self,
+        raster: bytes | None,
+        raster_name: str | None,
+        aoi: bytes | None = None,
+        aoi_name: str | None = None,
+    ) -> bool:
+        """Use an uploaded GeoTIFF (and AOI file); on a bad file set ``message`` instead."""
+        if not raster:
+            self.message = "Choose a GeoTIFF to upload first."
+            return False
+        try:
+            scene = _from_bytes(raster, raster_name or "upload.tif", _read_scene)
+            area = _from_bytes(aoi, aoi_name or "aoi.geojson", open_aoi) if aoi else None
+        except SeamlineError as exc:
+            self.message = str(exc)
+            return False
+        self.param.update(
+            scene=scene, aoi=area, message="", source="Upload", title=f"Upload: {raster_name}"
+        )
+        return True
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        """Source choice, synthetic options or upload widgets, and the refusal message."""
+
+        @pn.depends(self.param.source, self.param.message)
+        def options(source: str, message: str) -> pn.viewable.Viewable:
+            parts: list = []
+            if source == "Synthetic":
+                parts += [self.param.synthetic_size, self.param.seed]
+            elif source == "Upload":
+                parts += [self._raster_input, self._aoi_input, self._load_button]
+            if message:
+                parts.append(pn.pane.Alert(message, alert_type="danger"))
+            return pn.Column(*parts, sizing_mode="stretch_width")
+
+        return pn.Column(
+            pn.widgets.RadioButtonGroup.from_param(self.param.source, button_type="primary"),
+            options,
+            sizing_mode="stretch_width",
+        )

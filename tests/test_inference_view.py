@@ -1,0 +1,133 @@
+"""Dashboard inference and scene-picker state -> view logic, without a browser."""
+
+from __future__ import annotations
+
+import asyncio
+
+import holoviews as hv
+import numpy as np
+import panel as pn
+import pytest
+
+from components.inference_view import InferenceState, InferenceView, grid_outline, legend
+from components.scene_picker import ScenePicker
+from core.latency import ModelCache
+from core.runs import RunSettings, run_inference, seam_diagnostic
+from core.synthetic import make_scene
+from tests.conftest import write_tif
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return ModelCache()
+
+
+@pytest.fixture
+def state(cache):
+    return InferenceState(cache, scene=make_scene(192, 160, seed=7)[0], tile_size=128)
+
+
+def test_run_shows_figures_and_caches_per_parameter_set(state):
+    first = state.run()
+    assert state.result is first and first.classes.shape == (192, 160)
+    assert first.tiles == len(state.grid()) and first.megapixels_per_s > 0
+    assert first.tile_ms_p95 >= first.tile_ms_p50 > 0 and first.agreement_fp32 is None
+    assert state.run() is first and len(state.runs) == 1  # same choices: cached, one row
+    state.overlap = 48
+    second = state.run()
+    assert second is not first and list(state.runs["run"]) == [
+        first.settings.label(),
+        second.settings.label(),
+    ]
+
+
+def test_int8_run_reports_agreement_and_a_smaller_model(state):
+    fp32 = state.run()
+    state.precision = "int8"
+    int8 = state.run()
+    assert int8.settings.precision == "int8" and int8.size_mb < 0.35 * fp32.size_mb
+    assert int8.agreement_fp32 >= 0.98
+    expected = (int8.classes.values == fp32.classes.values).mean()
+    assert int8.agreement_fp32 == pytest.approx(expected)
+
+
+def test_bad_choice_becomes_a_message_not_an_exception(state):
+    state.overlap = 200  # >= tile size 128
+    assert state.run() is None and "overlap must be" in state.message
+    assert state.result is None
+
+
+def test_new_scene_clears_results(state):
+    state.run()
+    state.scene = make_scene(64, 64, seed=8)[0]
+    assert state.result is None and state.runs.empty
+
+
+def test_view_follows_state(state):
+    view = InferenceView(state=state)
+    assert isinstance(view.class_map(), pn.pane.Markdown)  # nothing run yet
+    state.run()
+    state.show_grid = True
+    image, rects = view.class_map()[0].object[()]  # evaluate the regridded DynamicMap
+    assert isinstance(image, hv.Image) and set(np.unique(image.data["class"])) <= {0, 1, 2, 3, 4}
+    assert isinstance(rects, hv.Rectangles) and len(rects) == len(state.grid())
+    state.show_grid = False
+    assert isinstance(view.class_map()[0].object[()], hv.Image)
+    shown = " ".join(pane.object for pane in view.figures())
+    assert "Tile p50" in shown and f"{state.result.seconds:.2f} s" in shown
+    assert len(view.runs_view()[0].value) == 1
+    assert pn.panel(view).get_root() is not None
+
+
+def test_async_run_and_seam_diagnostic(state):
+    view = InferenceView(state=state)
+    asyncio.run(view._run())
+    assert state.result is not None and not state.running
+    assert state.done_tiles == state.total_tiles == len(state.grid())
+    asyncio.run(view._seams())
+    assert "Largest probability difference" in view._seam_plots[1].object
+
+
+def test_seam_diagnostic_is_small_and_weights_dip_on_seams(cache):
+    scene = make_scene(256, 200, seed=3)[0]
+    settings = RunSettings(tile_size=128, overlap=64, blend="cosine")
+    weights, difference = seam_diagnostic(scene, settings, cache)
+    assert weights.shape == difference.shape == (256, 200)
+    assert float(weights.max()) == pytest.approx(1.0) and float(weights.min()) < 0.6
+    assert float(difference.max()) < 1e-3  # overlap 64 covers the receptive field's margin
+    _, crop_difference = seam_diagnostic(scene, RunSettings(tile_size=128, overlap=64,
+                                                            blend="crop"), cache)  # fmt: skip
+    assert float(crop_difference.max()) < 1e-4
+
+
+def test_grid_outline_and_legend(state):
+    grid = state.grid()
+    rects = grid_outline(grid, state.scene)
+    left, bottom, right, top = state.scene.rio.bounds()
+    data = rects.array()
+    assert np.isclose(data[:, 0].min(), left) and np.isclose(data[:, 2].max(), right)
+    assert np.isclose(data[:, 1].min(), bottom) and np.isclose(data[:, 3].max(), top)
+    html = legend(["water", "built-up"], ["#1f77b4", "#d62728"])
+    assert html.count("background:") == 2 and "built-up" in html
+
+
+def test_run_inference_rejects_unknown_device(cache):
+    with pytest.raises(ValueError, match="Unknown device"):
+        run_inference(make_scene(64, 64)[0], RunSettings(device="gpu7"), cache)
+
+
+def test_scene_picker_sources_and_bad_uploads(tmp_path):
+    picker = ScenePicker()
+    assert picker.scene.rio.crs.to_epsg() == 32719 and picker.aoi is not None
+    picker.param.update(source="Synthetic", synthetic_size=256, seed=3)
+    assert picker.scene.shape == (6, 256, 256) and picker.aoi is None
+    assert "256 x 256" in picker.title
+    before = picker.scene
+    assert not picker.use_upload(b"not a tiff", "junk.tif")
+    assert picker.message and "Traceback" not in picker.message and picker.scene is before
+    good = write_tif(tmp_path / "up.tif", np.ones((3, 40, 50), dtype=np.uint16))
+    assert not picker.use_upload(good.read_bytes(), "up.tif", b"{oops", "aoi.geojson")
+    assert "aoi.geojson" in picker.message
+    assert picker.use_upload(good.read_bytes(), "up.tif")
+    assert picker.scene.shape == (3, 40, 50) and picker.message == "" and picker.source == "Upload"
+    assert pn.panel(picker).get_root() is not None
