@@ -147,6 +147,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
               f"{r['size_mb']:>9.3f}{r['peak_rss_mb']:>8.0f}MB")
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    from app.report import write_report
+
+    _print_json({"report": str(write_report(args.output))})
+
+
 def _cmd_train_demo(args: argparse.Namespace) -> None:
     from core.modelio import DEMO_MODEL
     from core.train import train_demo
@@ -265,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=30, help="timed runs (>= 30; warm-up excluded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("report", help="write the current figures as a self-contained HTML page")
+    p.add_argument("output", help="HTML file to write (opens offline: scripts are inlined)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("train-demo", help="train the demo U-Net on synthetic scenes")
     p.add_argument("--out", help="weights path (default: the packaged demo model)")

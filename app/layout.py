@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import panel as pn
 
+from components.drift_view import DriftSeries, DriftView
 from components.inference_view import InferenceState, InferenceView
 from components.scene_picker import ScenePicker
 from components.scene_view import SceneView
@@ -39,8 +40,9 @@ def create_app(cache: ModelCache = MODELS) -> pn.template.BaseTemplate:
         pn.Tabs(
             ("Scene", scene_view),
             ("Predict & optimise", InferenceView(state=inference)),
+            ("Monitor drift", DriftView(state=DriftSeries())),
             dynamic=True,
-            sizing_mode="stretch_both",
+            sizing_mode="stretch_width",
         )
     )
     return template

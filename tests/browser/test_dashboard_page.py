@@ -1,6 +1,7 @@
 """The served dashboard, as a user sees it: headless Chromium against `seamline serve`."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -88,3 +89,66 @@ def test_page_renders_air_gapped_without_errors(served, tmp_path):
     assert shot.stat().st_size > 20_000
     if os.environ.get("SEAMLINE_SCREENSHOTS"):
         shutil.copy(shot, os.environ["SEAMLINE_SCREENSHOTS"])
+
+
+def test_run_inference_from_the_page_updates_map_and_figures(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(served)
+        page.get_by_text("Predict & optimise").click()
+        page.locator("select").first.select_option("128")  # tile size
+        page.get_by_role("button", name="int8").click()
+        page.get_by_role("button", name="Run inference").click()
+        agreement = page.get_by_text(re.compile(r"^\d+\.\d\d %$")).first  # int8 vs fp32
+        agreement.wait_for(timeout=120_000)
+        figures = {
+            "agreement": agreement.inner_text(),
+            "model_mb": page.get_by_text(re.compile(r"^0\.\d\d MB$")).first.inner_text(),
+        }
+        page.wait_for_timeout(1500)
+        shot = tmp_path / "inference.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert errors == []
+    assert float(figures["agreement"].split()[0]) >= 98.0
+    assert float(figures["model_mb"].split()[0]) < 0.2  # the INT8 model, not FP32's 0.48 MB
+    if os.environ.get("SEAMLINE_SCREENSHOTS"):
+        shutil.copy(shot, Path(os.environ["SEAMLINE_SCREENSHOTS"]).with_name("inference.png"))
+
+
+def test_drift_slider_changes_the_shown_date(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    errors = []
+    date = re.compile(r"\d{4}-\d{2}-\d{2}.* · events: ")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(served)
+        page.get_by_text("Monitor drift").click()
+        page.get_by_role("button", name="Run monitoring").click()
+        shown = page.get_by_text(date).first
+        shown.wait_for(timeout=120_000)
+        before = shown.inner_text()
+        handle = page.locator(".noUi-handle").last  # the date slider
+        handle.focus()
+        for _ in range(3):  # step it with the keyboard, as a user can
+            handle.press("ArrowRight")
+        deadline = time.time() + 30
+        while page.get_by_text(date).first.inner_text() == before and time.time() < deadline:
+            page.wait_for_timeout(250)
+        after = page.get_by_text(date).first.inner_text()
+        page.wait_for_timeout(1500)
+        shot = tmp_path / "drift.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert errors == []
+    assert before != after and before[:10] < after[:10]  # a later date is shown
+    if os.environ.get("SEAMLINE_SCREENSHOTS"):
+        shutil.copy(shot, Path(os.environ["SEAMLINE_SCREENSHOTS"]).with_name("drift.png"))
