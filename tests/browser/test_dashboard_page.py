@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -63,92 +64,92 @@ def served():
     proc.wait(timeout=30)
 
 
-def test_page_renders_air_gapped_without_errors(served, tmp_path):
+@dataclass
+class Visit:
+    """A page in headless Chromium with what it logged; ``shot`` saves a screenshot."""
+
+    page: object
+    errors: list = field(default_factory=list)
+    external: list = field(default_factory=list)
+    folder: Path = Path(".")
+
+    def shot(self, name: str) -> Path:
+        """Screenshot the whole page as ``name`` (kept as an artifact with
+        ``SEAMLINE_SCREENSHOTS=DIR``)."""
+        path = self.folder / name
+        self.page.screenshot(path=str(path), full_page=True)
+        if os.environ.get("SEAMLINE_SCREENSHOTS"):
+            keep = Path(os.environ["SEAMLINE_SCREENSHOTS"])
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, keep / name)
+        return path
+
+
+@pytest.fixture
+def visit(served, tmp_path):
+    """The served dashboard opened at 1366 x 768, console errors and outside requests logged."""
     from playwright.sync_api import sync_playwright
 
-    errors, external = [], []
     local = ("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:", "about:")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: None if r.url.startswith(local) else external.append(r.url))
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        seen = Visit(page, folder=tmp_path)
+        page.on("console", lambda m: seen.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: seen.errors.append(str(e)))
+        outside = seen.external.append
+        page.on("request", lambda r: None if r.url.startswith(local) else outside(r.url))
         page.goto(served)
-        page.get_by_text("EPSG:32719").first.wait_for(timeout=90_000)
-        page.locator("canvas").first.wait_for(timeout=90_000)
-        page.wait_for_timeout(1500)
-        shot = tmp_path / "dashboard.png"
-        page.screenshot(path=str(shot))
-        bands_shown = page.get_by_text("blue, green, red, nir, swir1, swir2").count()
-        title = page.title()
+        yield seen
         browser.close()
-    assert errors == []
-    assert external == [], f"the page asked the internet for {external}"
-    assert title == "Seamline" and bands_shown == 1
+
+
+def test_page_renders_air_gapped_without_errors(visit):
+    page = visit.page
+    page.get_by_text("EPSG:32719").first.wait_for(timeout=90_000)
+    page.locator("canvas").first.wait_for(timeout=90_000)
+    page.wait_for_timeout(1500)
+    shot = visit.shot("dashboard.png")
+    assert visit.errors == []
+    assert visit.external == [], f"the page asked the internet for {visit.external}"
+    assert page.title() == "Seamline"
+    assert page.get_by_text("blue, green, red, nir, swir1, swir2").count() == 1
     assert shot.stat().st_size > 20_000
-    if os.environ.get("SEAMLINE_SCREENSHOTS"):
-        shutil.copy(shot, os.environ["SEAMLINE_SCREENSHOTS"])
 
 
-def test_run_inference_from_the_page_updates_map_and_figures(served, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1366, "height": 768})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(served)
-        page.get_by_text("Predict & optimise").click()
-        page.locator("select").first.select_option("128")  # tile size
-        page.get_by_role("button", name="int8").click()
-        page.get_by_role("button", name="Run inference").click()
-        agreement = page.get_by_text(re.compile(r"^\d+\.\d\d %$")).first  # int8 vs fp32
-        agreement.wait_for(timeout=120_000)
-        figures = {
-            "agreement": agreement.inner_text(),
-            "model_mb": page.get_by_text(re.compile(r"^0\.\d\d MB$")).first.inner_text(),
-        }
-        page.wait_for_timeout(1500)
-        shot = tmp_path / "inference.png"
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
-    assert errors == []
-    assert float(figures["agreement"].split()[0]) >= 98.0
-    assert float(figures["model_mb"].split()[0]) < 0.2  # the INT8 model, not FP32's 0.48 MB
-    if os.environ.get("SEAMLINE_SCREENSHOTS"):
-        shutil.copy(shot, Path(os.environ["SEAMLINE_SCREENSHOTS"]).with_name("inference.png"))
+def test_run_inference_from_the_page_updates_map_and_figures(visit):
+    page = visit.page
+    page.get_by_text("Predict & optimise").click()
+    page.locator("select").first.select_option("128")  # tile size
+    page.get_by_role("button", name="int8").click()
+    page.get_by_role("button", name="Run inference").click()
+    agreement = page.get_by_text(re.compile(r"^\d+\.\d\d %$")).first  # int8 vs fp32
+    agreement.wait_for(timeout=120_000)
+    model_mb = page.get_by_text(re.compile(r"^0\.\d\d MB$")).first.inner_text()
+    page.wait_for_timeout(1500)
+    visit.shot("inference.png")
+    assert visit.errors == []
+    assert float(agreement.inner_text().split()[0]) >= 98.0
+    assert float(model_mb.split()[0]) < 0.2  # the INT8 model, not FP32's 0.48 MB
 
 
-def test_drift_slider_changes_the_shown_date(served, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    errors = []
+def test_drift_slider_changes_the_shown_date(visit):
+    page = visit.page
     date = re.compile(r"\d{4}-\d{2}-\d{2}.* · events: ")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1366, "height": 768})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(served)
-        page.get_by_text("Monitor drift").click()
-        page.get_by_role("button", name="Run monitoring").click()
-        shown = page.get_by_text(date).first
-        shown.wait_for(timeout=120_000)
-        before = shown.inner_text()
-        handle = page.locator(".noUi-handle").last  # the date slider
-        handle.focus()
-        for _ in range(3):  # step it with the keyboard, as a user can
-            handle.press("ArrowRight")
-        deadline = time.time() + 30
-        while page.get_by_text(date).first.inner_text() == before and time.time() < deadline:
-            page.wait_for_timeout(250)
-        after = page.get_by_text(date).first.inner_text()
-        page.wait_for_timeout(1500)
-        shot = tmp_path / "drift.png"
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
-    assert errors == []
+    page.get_by_text("Monitor drift").click()
+    page.get_by_role("button", name="Run monitoring").click()
+    shown = page.get_by_text(date).first
+    shown.wait_for(timeout=120_000)
+    before = shown.inner_text()
+    handle = page.locator(".noUi-handle").last  # the date slider
+    handle.focus()
+    for _ in range(3):  # step it with the keyboard, as a user can
+        handle.press("ArrowRight")
+    deadline = time.time() + 30
+    while page.get_by_text(date).first.inner_text() == before and time.time() < deadline:
+        page.wait_for_timeout(250)
+    after = page.get_by_text(date).first.inner_text()
+    page.wait_for_timeout(1500)
+    visit.shot("drift.png")
+    assert visit.errors == []
     assert before != after and before[:10] < after[:10]  # a later date is shown
-    if os.environ.get("SEAMLINE_SCREENSHOTS"):
-        shutil.copy(shot, Path(os.environ["SEAMLINE_SCREENSHOTS"]).with_name("drift.png"))
