@@ -413,11 +413,12 @@ class DriftView(pn.viewable.Viewer):
         }
         scene = regrid(hv.DynamicMap(pn.bind(self.scene_element, index))).opts(**opts)
         drift = regrid(hv.DynamicMap(pn.bind(self.map_element, index))).opts(**opts)
-        # Two panes with fixed sizes (Panel links their axes: same x/y dimensions); a
-        # holoviews Layout here rendered at 0 px inside the template's Tabs.
+        # Two fixed-size panes: a holoviews Layout here rendered at 0 px inside the
+        # template's Tabs. Axes are not linked: Panel would link them to every x/y plot of
+        # the page, the other sections' scene included, on another grid.
         return pn.Row(
-            pn.pane.HoloViews(scene, width=440, height=380),
-            pn.pane.HoloViews(drift, width=520, height=380),
+            pn.pane.HoloViews(scene, width=330, height=320, linked_axes=False),
+            pn.pane.HoloViews(drift, width=400, height=320, linked_axes=False),
         )
 
     @param.depends("state.class_shares")
