@@ -14,9 +14,9 @@ PIPELINE = "prepare → predict → optimise → serve → monitor"
 MODELS = ModelCache()  # shared on purpose: every session reuses the warm, quantized models
 
 
-def create_app(cache: ModelCache = MODELS) -> pn.template.BaseTemplate:
-    """Build a fresh dashboard; every session gets its own objects (no shared mutable state
-    besides the model cache)."""
+def create_sections(cache: ModelCache = MODELS) -> tuple[pn.Column, pn.Tabs]:
+    """The sidebar (pipeline and scene choice) and the sections, built fresh: every session
+    gets its own objects (no shared mutable state besides the model cache)."""
     picker = ScenePicker()
     scene_view = SceneView(scene=picker.scene, aoi=picker.aoi, title=picker.title)
     inference = InferenceState(cache, scene=picker.scene)
@@ -26,23 +26,31 @@ def create_app(cache: ModelCache = MODELS) -> pn.template.BaseTemplate:
         inference.scene = picker.scene
 
     picker.param.watch(follow, ["scene", "aoi", "title"])
+    sidebar = pn.Column(
+        pn.pane.Markdown(f"**Pipeline:** {PIPELINE}"), picker, sizing_mode="stretch_width"
+    )
+    sections = pn.Tabs(
+        ("Scene", scene_view),
+        ("Predict & optimise", InferenceView(state=inference)),
+        ("Monitor drift", DriftView(state=DriftSeries())),
+        dynamic=True,
+        sizing_mode="stretch_width",
+    )
+    return sidebar, sections
+
+
+def create_app(cache: ModelCache = MODELS) -> pn.template.BaseTemplate:
+    """The dashboard as served by ``panel serve``: the sections in a template."""
+    sidebar, sections = create_sections(cache)
     template = pn.template.BootstrapTemplate(
         title="Seamline", header_background="#1f4e5f", sidebar_width=330
     )
-    template.sidebar.append(
-        pn.Column(
-            pn.pane.Markdown(f"**Pipeline:** {PIPELINE}"),
-            picker,
-            sizing_mode="stretch_width",
-        )
-    )
-    template.main.append(
-        pn.Tabs(
-            ("Scene", scene_view),
-            ("Predict & optimise", InferenceView(state=inference)),
-            ("Monitor drift", DriftView(state=DriftSeries())),
-            dynamic=True,
-            sizing_mode="stretch_width",
-        )
-    )
+    template.sidebar.append(sidebar)
+    template.main.append(sections)
     return template
+
+
+def create_inline(cache: ModelCache = MODELS) -> pn.Row:
+    """The same dashboard for a notebook cell: sidebar beside the sections."""
+    sidebar, sections = create_sections(cache)
+    return pn.Row(pn.Column(sidebar, width=300), sections, sizing_mode="stretch_width")

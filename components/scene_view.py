@@ -107,7 +107,7 @@ class SceneView(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         """The map beside a metadata list."""
         return pn.Row(
-            pn.pane.HoloViews(self.plot(), sizing_mode="stretch_both"),
+            pn.pane.HoloViews(self.plot(), sizing_mode="stretch_width", height=560),
             self._metadata_pane,
-            sizing_mode="stretch_both",
+            sizing_mode="stretch_width",
         )

@@ -16,4 +16,6 @@ def test_notebook_executes(path):
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert any("NDVI mean" in o.get("text", "") for o in outputs)
+    texts = " ".join(o.get("text", "") for o in outputs)
+    assert "NDVI mean" in texts and "agreement" in texts  # prepare, predict, optimise ran
+    assert any("application/vnd.holoviews_exec.v0+json" in o.get("data", {}) for o in outputs)
