@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import itertools
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -61,7 +62,7 @@ AUTO_WINDOW_PIXELS = 4096 * 4096
 VECTOR_FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".parquet": "GeoParquet"}
 """Output formats by file extension."""
 
-GDAL_CACHE = 64 * 2**20  # bytes: each window is read once, a bigger block cache only grows RSS
+GDAL_CACHE = 8 * 2**20  # bytes: windows are read once each; a bigger block cache only grows RSS
 
 Classes = xr.DataArray | str | os.PathLike
 
@@ -452,16 +453,35 @@ def _shapes(
     found = shapes(
         local, mask=local > 0, connectivity=connectivity, transform=Affine.translation(c0, r0)
     )
-    geoms, ids = [], []
-    for geometry, value in found:
-        geoms.append(shapely.geometry.shape(geometry))
+    rings: list[list] = []
+    ring_counts, ids = [], []
+    for geometry, value in found:  # GeoJSON-like dicts: gather rings, build geometries at once
+        rings += geometry["coordinates"]
+        ring_counts.append(len(geometry["coordinates"]))
         ids.append(value)
-    geoms = np.array(geoms, dtype=object)
+    if not ids:
+        return np.array([], dtype=object), np.array([], np.int64)
+    xy = np.array(list(itertools.chain.from_iterable(rings)), dtype=np.float64)
+    ring_of = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
+    polygon_of = np.repeat(np.arange(len(ids)), ring_counts)
+    geoms = shapely.polygons(shapely.linearrings(xy, indices=ring_of), indices=polygon_of)
     # GDAL writes a component joined only at a corner (8-connectivity) as one self-touching
     # ring; its valid form is a MultiPolygon ("structure" keeps areas, never lines).
     bad = ~shapely.is_valid(geoms)
-    geoms[bad] = shapely.make_valid(geoms[bad], method="structure", keep_collapsed=False)
+    geoms[bad] = _canonical(
+        shapely.make_valid(geoms[bad], method="structure", keep_collapsed=False)
+    )
     return geoms, np.array(ids, dtype=np.int64)
+
+
+def _canonical(geoms: np.ndarray) -> np.ndarray:
+    """Drop collinear vertices, which unions (and repairs) leave where GDAL writes none.
+
+    With this, a polygon unioned across seams has exactly the vertices GDAL gives for it in
+    one piece. Douglas-Peucker with tolerance 0 removes only collinear vertices (exactly:
+    coordinates here are integers, pixel corners), so the shape and its validity are kept.
+    """
+    return shapely.simplify(geoms, 0.0, preserve_topology=False)
 
 
 def _seam_pairs(
@@ -498,7 +518,7 @@ def _merge(
     starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0])
     members = np.split(order, starts[1:])
     merged = [geoms[m[0]] if len(m) == 1 else shapely.union_all(geoms[m]) for m in members]
-    return np.array(merged, dtype=object), class_ids[order[starts]]
+    return _canonical(np.array(merged, dtype=object)), class_ids[order[starts]]
 
 
 def _finish(
@@ -508,10 +528,6 @@ def _finish(
     if min_pixels > 0 and len(geoms):
         big = shapely.area(geoms) >= min_pixels
         geoms, class_ids = _fill_holes(geoms[big], min_pixels), class_ids[big]
-    # One canonical form whether a polygon came whole from GDAL or was unioned across seams:
-    # drop the collinear vertices a union leaves where a seam crossed (simplify with
-    # tolerance 0 removes only those; coordinates are exact integers here).
-    geoms = shapely.simplify(geoms, 0.0)
     return _frame(geoms, class_ids, raster)
 
 
@@ -528,7 +544,7 @@ def _fill_holes(geoms: np.ndarray, min_pixels: float) -> np.ndarray:
     for g in np.unique(part_of[ring_of[~kept]]):  # only the geometries that lost a hole
         # A filled hole may cover another part of the same MultiPolygon: union the parts.
         pieces = filled[part_of == g]
-        out[g] = pieces[0] if len(pieces) == 1 else shapely.union_all(pieces)
+        out[g] = pieces[0] if len(pieces) == 1 else _canonical(shapely.union_all(pieces))
     return out
 
 
@@ -538,8 +554,12 @@ def _frame(
     """A GeoDataFrame in the raster's CRS; ``transform`` maps pixel to CRS coordinates."""
     if transform:
         t = raster.transform
-        matrix, offset = np.array([[t.a, t.d], [t.b, t.e]]), np.array([t.c, t.f])
-        geoms = shapely.normalize(shapely.transform(geoms, lambda xy: xy @ matrix + offset))
+
+        def to_crs(xy: np.ndarray) -> np.ndarray:
+            x, y = xy[:, 0], xy[:, 1]
+            return np.column_stack([t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f])
+
+        geoms = shapely.normalize(shapely.transform(geoms, to_crs))
     present, inverse = np.unique(class_ids, return_inverse=True)
     names = np.array([_name(int(i), raster.names) for i in present] + [""], dtype=object)
     return gpd.GeoDataFrame(
