@@ -339,7 +339,8 @@ def _batches(
     connectivity: int,
     window: int | None,
 ) -> Iterator[gpd.GeoDataFrame]:
-    """Final polygons, window by window, then the merged seam groups (all in CRS)."""
+    """Final polygons (in CRS): each window's own, then after each row of windows the groups
+    of seam pieces that the next row cannot extend any more, merged."""
     height, width = raster.values.shape
     size = window or max(height, width)
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
@@ -373,9 +374,15 @@ def _batches(
                 seams.add(local, data, next_id, c0)
                 next_id += len(class_of) - 1
                 del data, local
-            seams.end_row()
-    geoms, class_ids = _merge(pending, seams.pairs)
-    yield _finish(geoms, class_ids, raster, min_pixels)
+            seams.pair_above()
+            # A group is complete unless it reaches the bottom of this row of windows; the
+            # open ones are unioned so far and carried on as one piece under one id each.
+            reaching = seams.bottom[0] if r1 < height else np.zeros(0, np.int64)
+            closed, carried, ids_to_group = _merge(pending, seams.pairs, reaching)
+            yield _finish(*closed, raster, min_pixels)
+            pending, seams.pairs = [carried], []
+            if r1 < height:
+                seams.next_row(*ids_to_group)
 
 
 class _Seams:
@@ -410,10 +417,18 @@ class _Seams:
         self.top[0][c0:c1], self.top[1][c0:c1] = ids(local[0]), data[0]
         self.bottom[0][c0:c1], self.bottom[1][c0:c1] = ids(local[-1]), data[-1]
 
-    def end_row(self) -> None:
-        """Pair the finished row of windows with the row above."""
+    def pair_above(self) -> None:
+        """Pair the top line of the finished row of windows with the row above."""
         if self.above is not None:
             self.pairs.append(_seam_pairs(self.above, self.top, self.shifts))
+
+    def next_row(self, ids: np.ndarray, group_ids: np.ndarray) -> None:
+        """Start a row of windows; the bottom line above now names pieces by group id.
+
+        ``ids`` (sorted) are the pieces of the merge, ``group_ids`` their group's id.
+        """
+        line, found = self.bottom[0], self.bottom[0] > 0
+        line[found] = group_ids[np.searchsorted(ids, line[found])]
         self.above, self.top, self.bottom = self.bottom, self._line(), self._line()
         self.left = None
 
@@ -435,12 +450,14 @@ def _components(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Connected components per class: int32 ids (0 = none) and the class of each id."""
     local = np.zeros(data.shape, np.int32)
+    mask, labels = np.empty(data.shape, bool), np.empty(data.shape, np.int32)  # reused
     class_of = [np.zeros(1, np.int64)]  # id 0: no component
     total = 0
     for value in np.unique(data[wanted]):  # one pass per class present, not per pixel
-        labels, count = ndimage.label(wanted & (data == value), structure=structure)
-        labelled = labels > 0
-        local[labelled] = labels[labelled] + total
+        np.equal(data, value, out=mask)
+        mask &= wanted
+        count = ndimage.label(mask, structure=structure, output=labels)
+        np.add(labels, total, out=local, where=mask)
         class_of.append(np.full(count, value, np.int64))
         total += count
     return local, np.concatenate(class_of)
@@ -502,23 +519,37 @@ def _seam_pairs(
 
 
 def _merge(
-    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]], pairs: list[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Union the seam pieces that the seam pairs connect; one geometry per group."""
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    pairs: list[np.ndarray],
+    reaching: np.ndarray,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray], tuple]:
+    """Union the seam pieces that the seam pairs connect; one geometry per group.
+
+    ``reaching`` holds the ids on the bottom line of the row of windows: a group with one of
+    them is still open. Returns the closed groups (canonical geometries, class ids), the open
+    ones (geometries, group ids, class ids) and, for the pieces (ids, sorted), their group ids.
+    A group's id is the smallest id of its pieces.
+    """
     geoms, ids, class_ids = (np.concatenate(parts) for parts in zip(*pending, strict=True))
-    if not len(ids):
-        return geoms, class_ids
     order = np.argsort(ids)
     geoms, ids, class_ids = geoms[order], ids[order], class_ids[order]
     edges = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
     index = np.searchsorted(ids, edges)
     graph = coo_matrix((np.ones(len(index)), (index[:, 0], index[:, 1])), (len(ids),) * 2)
-    _, group = connected_components(graph, directed=False)
-    order = np.argsort(group, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0])
+    count, group = connected_components(graph, directed=False)
+    order = np.argsort(group, kind="stable")  # group by group, smallest id first
+    starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0]) if len(ids) else []
     members = np.split(order, starts[1:])
-    merged = [geoms[m[0]] if len(m) == 1 else shapely.union_all(geoms[m]) for m in members]
-    return _canonical(np.array(merged, dtype=object)), class_ids[order[starts]]
+    merged = np.empty(count, dtype=object)
+    merged[:] = [geoms[m[0]] if len(m) == 1 else shapely.union_all(geoms[m]) for m in members]
+    group_id, group_class = ids[order[starts]], class_ids[order[starts]]
+    open_ = np.zeros(count, bool)
+    open_[group[np.searchsorted(ids, reaching[reaching > 0])]] = True
+    return (
+        (_canonical(merged[~open_]), group_class[~open_]),
+        (merged[open_], group_id[open_], group_class[open_]),
+        (ids, group_id[group]),
+    )
 
 
 def _finish(

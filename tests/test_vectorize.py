@@ -47,7 +47,8 @@ def class_array(values: np.ndarray, *, names=NAMES, crs="EPSG:32633") -> xr.Data
 
 
 def known_shapes() -> np.ndarray:
-    """96 x 110 classes: seam-crossing blocks, a ring with an island, diagonals, nodata, speckle.
+    """96 x 110 classes: seam-crossing blocks, a ring with an island, a snake, diagonals,
+    nodata and speckle.
 
     Background is class 1 (field). Windows 7, 16 and 33 cut every shape below.
     """
@@ -61,6 +62,8 @@ def known_shapes() -> np.ndarray:
     a[idx, idx + 5] = 2  # a one-pixel diagonal line: corners only (splits the water with 4)
     a[80:96, 0:30] = NODATA  # nodata cutting the border and a shape
     a[12:20, 25:30] = NODATA  # a nodata hole inside the block of water
+    a[2:38:10, 60:101] = 3  # a snake of roof: four bars joined at alternate ends, so it
+    a[2:13, 100] = a[12:23, 60] = a[22:33, 100] = 3  # turns up and down across window rows
     noisy = rng.integers(0, 4, size=(20, 30))
     a[76:96, 75:105] = noisy  # speckle: many small components, diagonal contacts
     return a
