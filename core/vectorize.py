@@ -8,15 +8,17 @@ How windows stay invisible. The raster is read ``window`` x ``window`` pixels at
 each window the components of each class are labelled (:func:`scipy.ndimage.label`, same
 connectivity) and polygonized by GDAL (:func:`rasterio.features.shapes`) in *pixel*
 coordinates, where every vertex is an integer and so exact. A component that does not touch an
-inner window edge is final. The others are kept, and on every seam the pixels facing each other
-(straight across, and diagonally too with 8-connectivity) pair up the components of the same
-class that continue across it; the connected groups of that pairing (a sparse graph) are
-unioned into one polygon each. With 4-connectivity two pieces that meet only at a corner are
-never paired, so they stay apart as in a whole-raster run. Every polygon is then put in one
-canonical form (valid, no collinear vertices, normalised) and only then mapped to CRS
-coordinates, so a windowed run gives exactly the polygons of a whole-raster run. Memory holds
-one window and the seam-touching pieces, not the raster; :func:`write_polygons` streams the
-final polygons of each window into a GeoPackage as it goes.
+inner window edge is final. The others wait: on every seam the pixels facing each other
+(straight across, and diagonally too with 8-connectivity, window corners included) pair up the
+pieces of the same class that continue across it, and the connected groups of that pairing (a
+sparse graph) are unioned into one polygon each. With 4-connectivity two pieces that meet only
+at a corner are never paired, so they stay apart as in a whole-raster run. After each row of
+windows, a group that does not reach that row's bottom edge is complete and is written; the
+others are unioned so far and carried on as one piece. Every polygon is put in one canonical
+form (valid, no collinear vertices, normalised) and only then mapped to CRS coordinates, so a
+windowed run gives exactly the polygons of a whole-raster run. Memory holds one window and the
+polygons crossing one row of seams, not the raster; :func:`write_polygons` streams the
+polygons into a GeoPackage as they are completed.
 """
 
 from __future__ import annotations
