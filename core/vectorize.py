@@ -540,8 +540,8 @@ def _merge(
     graph = coo_matrix((np.ones(len(index)), (index[:, 0], index[:, 1])), (len(ids),) * 2)
     count, group = connected_components(graph, directed=False)
     order = np.argsort(group, kind="stable")  # group by group, smallest id first
-    starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0]) if len(ids) else []
-    members = np.split(order, starts[1:])
+    starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0])[:count]
+    members = np.split(order, starts[1:]) if count else []
     merged = np.empty(count, dtype=object)
     merged[:] = [geoms[m[0]] if len(m) == 1 else shapely.union_all(geoms[m]) for m in members]
     group_id, group_class = ids[order[starts]], class_ids[order[starts]]
