@@ -214,9 +214,12 @@ def write_polygons(
             for batch in batches:
                 if fmt == "GeoParquet":
                     batch.to_parquet(staging)
-                elif len(batch) or not staging.exists():
-                    mode = "a" if staging.exists() else "w"
-                    batch.to_file(staging, driver=fmt, mode=mode, **layer)
+                elif staging.exists():
+                    if len(batch):
+                        batch.to_file(staging, driver=fmt, mode="a", **layer)
+                else:  # GeoPackage 1.2: GDAL 3.6 (Debian 12, its QGIS) warns on 1.4 files
+                    version = {"VERSION": "1.2"} if fmt == "GPKG" else {}
+                    batch.to_file(staging, driver=fmt, dataset_options=version, **layer)
                 counts.update(batch["class_name"].tolist())
             os.replace(staging, tmp)
         finally:

@@ -260,9 +260,11 @@ def test_geopackage_opens_in_ogrinfo(tmp_path):
     da = class_array(known_shapes())
     out = tmp_path / "polygons.gpkg"
     write_polygons(da, out, window=33)
-    info = subprocess.run(
+    proc = subprocess.run(
         [ogrinfo, "-so", "-al", str(out)], capture_output=True, text=True, check=True
-    ).stdout
+    )
+    assert "Warning" not in proc.stderr, proc.stderr
+    info = proc.stdout
     assert f"Feature Count: {len(polygonize(da))}" in info
     assert 'ID["EPSG",32633]' in info
     left, bottom, right, top = rasterio.transform.array_bounds(*da.shape, TRANSFORM)
