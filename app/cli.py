@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from app import drift_cli
+from app import drift_cli, vectorize_cli
 from core.errors import InvalidArgumentError, SeamlineError
 
 EXIT_USER_ERROR = 2
@@ -60,6 +60,12 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from core.predict import predict_file
     from core.tiling import pick_device
 
+    if args.vector:
+        from core.vectorize import vector_format
+
+        if args.probabilities:
+            raise InvalidArgumentError("--vector needs class ids: drop --probabilities.")
+        vector_format(args.vector)  # a bad path fails now, not after the prediction
     model = load_model(args.model, model_class=args.model_class)
     precision = args.precision or model.precision
     if precision == "bf16" and not bf16_is_native():
@@ -89,6 +95,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     )  # fmt: skip
     report.update(model=model.name, precision=model.precision, batch_size=batch_size,
                   peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"])
+    if args.vector:
+        report["vector"] = vectorize_cli.vectorize(args.output, args.vector)
     _print_json(report)
 
 
@@ -249,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--band-names", type=_band_list, help="comma-separated names, one per band")
     p.add_argument("--block-size", type=int, default=1024, help="pixels per block read from disk")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
+    p.add_argument("--vector", metavar="OUT", help="also write the class polygons (.gpkg, "
+                   ".geojson or .parquet) beside the class raster")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("quantize", help="FP32 -> INT8 (calibrated) or BF16, with the figures")
@@ -294,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.set_defaults(func=_cmd_serve)
     drift_cli.add_parser(sub)
+    vectorize_cli.add_parser(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ centre of each block into a tiled GeoTIFF/COG, so peak memory does not grow with
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import os
 import time
@@ -216,6 +217,8 @@ def predict_file(
                 buffer = np.empty(scene.sizes["band"] * side * side, dtype=src.dtypes[0])
                 if probabilities:
                     dst.descriptions = tuple(model.classes)
+                else:  # class names travel with the ids (read back by core.vectorize)
+                    dst.update_tags(classes=json.dumps(list(model.classes)))
                 for done, (r0, c0) in enumerate(blocks, start=1):
                     r1, c1 = min(height, r0 + block_size), min(width, c0 + block_size)
                     hr0, hc0 = max(0, r0 - halo), max(0, c0 - halo)
