@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import panel as pn
 
 from components.drift_view import DriftSeries, DriftView
@@ -14,14 +16,25 @@ PIPELINE = "prepare → predict → optimise → serve → monitor"
 MODELS = ModelCache()  # shared on purpose: every session reuses the warm, quantized models
 
 
-def create_sections(cache: ModelCache = MODELS) -> tuple[pn.Column, pn.Tabs]:
+class Sections(NamedTuple):
+    """What one session sees (``sidebar``, ``tabs``) and the state objects behind it."""
+
+    sidebar: pn.Column
+    tabs: pn.Tabs
+    picker: ScenePicker
+    scene_view: SceneView
+    inference: InferenceState
+    drift: DriftSeries
+
+
+def create_sections(cache: ModelCache = MODELS) -> Sections:
     """The sidebar (pipeline and scene choice) and the sections, built fresh: every session
     gets its own objects (no shared mutable state besides the model cache)."""
     picker = ScenePicker()
     scene_view = SceneView(scene=picker.scene, aoi=picker.aoi, title=picker.title)
     inference = InferenceState(cache, scene=picker.scene)
 
-    def follow(event) -> None:  # the scene picked drives every section
+    def follow(*_events) -> None:  # the scene picked drives every section
         scene_view.param.update(scene=picker.scene, aoi=picker.aoi, title=picker.title)
         inference.scene = picker.scene
 
@@ -29,28 +42,31 @@ def create_sections(cache: ModelCache = MODELS) -> tuple[pn.Column, pn.Tabs]:
     sidebar = pn.Column(
         pn.pane.Markdown(f"**Pipeline:** {PIPELINE}"), picker, sizing_mode="stretch_width"
     )
-    sections = pn.Tabs(
+    drift = DriftSeries()
+    tabs = pn.Tabs(
         ("Scene", scene_view),
         ("Predict & optimise", InferenceView(state=inference)),
-        ("Monitor drift", DriftView(state=DriftSeries())),
+        ("Monitor drift", DriftView(state=drift)),
         dynamic=True,
         sizing_mode="stretch_width",
     )
-    return sidebar, sections
+    return Sections(sidebar, tabs, picker, scene_view, inference, drift)
 
 
 def create_app(cache: ModelCache = MODELS) -> pn.template.BaseTemplate:
     """The dashboard as served by ``panel serve``: the sections in a template."""
-    sidebar, sections = create_sections(cache)
+    sections = create_sections(cache)
     template = pn.template.BootstrapTemplate(
         title="Seamline", header_background="#1f4e5f", sidebar_width=330
     )
-    template.sidebar.append(sidebar)
-    template.main.append(sections)
+    template.sidebar.append(sections.sidebar)
+    template.main.append(sections.tabs)
     return template
 
 
 def create_inline(cache: ModelCache = MODELS) -> pn.Row:
     """The same dashboard for a notebook cell: sidebar beside the sections."""
-    sidebar, sections = create_sections(cache)
-    return pn.Row(pn.Column(sidebar, width=300), sections, sizing_mode="stretch_width")
+    sections = create_sections(cache)
+    return pn.Row(
+        pn.Column(sections.sidebar, width=300), sections.tabs, sizing_mode="stretch_width"
+    )

@@ -56,7 +56,7 @@ def build_report(
         runs.append(result.row())
         names, colors = result.classes.attrs["classes"], result.classes.attrs["colors"]
         maps.append(
-            _static(class_image(result.classes, colors, names), aggregator="mode").opts(
+            _static(class_image(result.classes, colors, names), aggregator="first").opts(
                 title=f"Classes, {result.settings.label()}", data_aspect=1, frame_width=WIDTH,
                 xformatter="%.0f", yformatter="%.0f",
             )

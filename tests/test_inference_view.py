@@ -49,6 +49,9 @@ def test_int8_run_reports_agreement_and_a_smaller_model(state):
     assert int8.agreement_fp32 >= 0.98
     expected = (int8.classes.values == fp32.classes.values).mean()
     assert int8.agreement_fp32 == pytest.approx(expected)
+    state.overlap = 48  # a new tiling at int8 reuses the cached fp32 run as the reference
+    state.run()
+    assert sorted(r.precision for _, r in state._results) == ["fp32", "int8", "int8"]
 
 
 def test_bad_choice_becomes_a_message_not_an_exception(state):

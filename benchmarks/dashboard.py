@@ -1,0 +1,116 @@
+"""The served dashboard as a user times it: first render and control changes, in a browser.
+
+Starts ``seamline serve`` on 127.0.0.1, opens it in headless Chromium (Debian's, driven by
+Playwright) at 1366 x 768 and measures, in the browser:
+
+- first render: navigation until the scene's map canvas is drawn;
+- scene change: picking the 2048 x 2048 synthetic scene until its metadata shows;
+- first INT8 run on it: Run until the figures show (includes quantizing the model,
+  calibrated on the scene, and the FP32 reference run for the agreement);
+- a control change at INT8: a new tile size and Run until the figures change;
+- a cached control change: back to the previous tile size (results cached per parameter set).
+
+Aims (issue 6): first render <= 3 s, update <= 2 s. Prints JSON and a table with the CPU.
+Usage: ``python benchmarks/dashboard.py [--size 2048]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from core.hardware import cpu_info, cpu_label
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update"]  # fmt: skip
+
+
+def _serve() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = str(Path(sys.executable).with_name("seamline"))
+    proc = subprocess.Popen(["timeout", "900", exe, "serve", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/dashboard"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the dashboard did not start")
+
+
+def _timed(action, wait) -> float:
+    start = time.perf_counter()
+    action()
+    wait()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=2048, choices=(1024, 2048, 4096))
+    args = parser.parse_args()
+    proc, url = _serve()
+    figures = {}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            figures["first_render_s"] = _timed(
+                lambda: page.goto(url),
+                lambda: page.locator("canvas").first.wait_for(timeout=120_000),
+            )
+            page.get_by_role("button", name="Synthetic").click()
+            figures["scene_change_s"] = _timed(
+                lambda: page.locator("select").first.select_option(str(args.size)),
+                lambda: page.get_by_text(f"{args.size} x {args.size} px").first.wait_for(
+                    timeout=120_000
+                ),
+            )
+            page.get_by_text("Predict & optimise").click()
+            page.get_by_role("button", name="int8").click()
+            total = page.get_by_text(re.compile(r"^\d+\.\d\d s$")).first
+            run = page.get_by_role("button", name="Run inference")
+
+            def changed(before: str | None):
+                def wait() -> None:
+                    total.wait_for(timeout=300_000)
+                    while total.inner_text() == before:
+                        page.wait_for_timeout(20)
+
+                return wait
+
+            figures["first_int8_run_s"] = _timed(run.click, changed(None))
+            tile = page.locator("select").nth(1)  # the sidebar's size select is first
+            for name, size in (("int8_control_change_s", "512"),
+                               ("int8_cached_change_s", "256")):  # fmt: skip
+                before = total.inner_text()
+                figures[name] = _timed(lambda s=size: (tile.select_option(s), run.click()),
+                                       changed(before))  # fmt: skip
+            browser.close()
+    finally:
+        proc.terminate()
+    report = {"benchmark": "dashboard", "machine": cpu_info(), "scene": args.size,
+              "seconds": figures, "aims": {"first_render_s": 3.0, "update_s": 2.0}}  # fmt: skip
+    print(json.dumps(report, indent=2))
+    print(f"\ndashboard in headless Chromium, synthetic {args.size}^2 at int8, on {cpu_label()}")
+    for name, seconds in figures.items():
+        print(f"{name:<26}{seconds:>8.2f} s")
+
+
+if __name__ == "__main__":
+    main()
