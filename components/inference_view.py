@@ -8,14 +8,19 @@ thread; :class:`InferenceView` is the thin view over it.
 from __future__ import annotations
 
 import asyncio
+import io
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
+import geopandas as gpd
 import holoviews as hv
 import holoviews.plotting.bokeh  # noqa: F401  (the backend .opts() validates against)
 import numpy as np
 import pandas as pd
 import panel as pn
 import param
+import shapely
 import torch
 import xarray as xr
 from holoviews.operation.datashader import regrid
@@ -24,6 +29,7 @@ from core.errors import SeamlineError
 from core.latency import ModelCache
 from core.runs import RunResult, RunSettings, run_inference, seam_diagnostic
 from core.tiling import Blend, TileGrid
+from core.vectorize import polygonize
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 RUN_COLUMNS = [
@@ -47,6 +53,7 @@ class InferenceState(param.Parameterized):
     precision = param.Selector(objects=["fp32", "bf16", "int8"], default="fp32", label="Precision")
     device = param.Selector(objects=DEVICES, default="cpu", label="Device")
     show_grid = param.Boolean(default=False, label="Tile grid")
+    show_polygons = param.Boolean(default=False, label="Class polygons")
     scene = param.ClassSelector(class_=xr.DataArray, doc="The scene to predict.")
     result = param.ClassSelector(class_=RunResult, allow_None=True)
     runs = param.DataFrame(default=pd.DataFrame(columns=RUN_COLUMNS))
@@ -59,6 +66,7 @@ class InferenceState(param.Parameterized):
         super().__init__(**params)
         self.cache = cache  # process-wide on purpose: models are quantized once
         self._results: dict[tuple[int, RunSettings], RunResult] = {}
+        self._polygons: tuple[RunResult | None, gpd.GeoDataFrame | None] = (None, None)
 
     def settings(self) -> RunSettings:
         """The current choices as a plain, hashable value."""
@@ -124,6 +132,22 @@ class InferenceState(param.Parameterized):
         self.apply(result)
         return result
 
+    def polygons(self) -> gpd.GeoDataFrame:
+        """The class polygons of the latest result (core.vectorize), computed once per run."""
+        result = self.result
+        if result is None:
+            raise SeamlineError("Run inference first: there is no class map to polygonize.")
+        if self._polygons[0] is not result:
+            self._polygons = (result, polygonize(result.classes))
+        return self._polygons[1]
+
+    def geopackage(self) -> io.BytesIO:
+        """The class polygons as a GeoPackage file, for the download button."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "classes.gpkg"
+            self.polygons().to_file(path, driver="GPKG")
+            return io.BytesIO(path.read_bytes())
+
     def grid(self) -> TileGrid:
         """The tile grid of the current choices over the scene."""
         return TileGrid(
@@ -166,6 +190,15 @@ def grid_outline(grid: TileGrid, scene: xr.DataArray) -> hv.Rectangles:
         line_width=1,
         line_alpha=0.8,
     )
+
+
+def polygon_outline(polygons: gpd.GeoDataFrame) -> hv.Path:
+    """Every polygon ring as one NaN-separated path (one glyph, however many polygons)."""
+    rings = shapely.get_rings(polygons.geometry.values)
+    coords, index = shapely.get_coordinates(rings, return_index=True)
+    breaks = np.flatnonzero(np.diff(index)) + 1
+    path = np.insert(coords, breaks, np.nan, axis=0)
+    return hv.Path([path]).opts(color="black", line_width=1, line_alpha=0.7)
 
 
 def legend(names: list[str], colors: list[str]) -> str:
@@ -265,6 +298,14 @@ class InferenceView(pn.viewable.Viewer):
             pn.widgets.RadioButtonGroup.from_param(state.param.precision),
             pn.widgets.Select.from_param(state.param.device),
             pn.widgets.Checkbox.from_param(state.param.show_grid),
+            pn.widgets.Checkbox.from_param(state.param.show_polygons),
+            pn.widgets.FileDownload(
+                callback=state.geopackage,
+                filename="classes.gpkg",
+                button_type="light",
+                label="Download polygons (GeoPackage)",
+                disabled=pn.bind(lambda result: result is None, state.param.result),
+            ),
             self._button,
             progress,
             pn.pane.Alert(
@@ -273,7 +314,7 @@ class InferenceView(pn.viewable.Viewer):
             sizing_mode="stretch_width",
         )
 
-    @param.depends("state.result", "state.show_grid")
+    @param.depends("state.result", "state.show_grid", "state.show_polygons")
     def class_map(self) -> pn.viewable.Viewable:
         """The predicted classes (datashader-regridded, categorical) and the legend."""
         result = self.state.result
@@ -292,6 +333,8 @@ class InferenceView(pn.viewable.Viewer):
         )
         if self.state.show_grid:
             plot = plot * grid_outline(self.state.grid(), self.state.scene)
+        if self.state.show_polygons:
+            plot = plot * polygon_outline(self.state.polygons())
         return pn.Column(
             pn.pane.HoloViews(plot, sizing_mode="stretch_width", height=460),
             pn.pane.HTML(legend(names, colors)),

@@ -11,6 +11,7 @@ import pytest
 
 from components.inference_view import InferenceState, InferenceView, grid_outline, legend
 from components.scene_picker import ScenePicker
+from core.errors import SeamlineError
 from core.latency import ModelCache
 from core.runs import RunSettings, run_inference, seam_diagnostic
 from core.synthetic import make_scene
@@ -134,3 +135,29 @@ def test_scene_picker_sources_and_bad_uploads(tmp_path):
     assert picker.use_upload(good.read_bytes(), "up.tif")
     assert picker.scene.shape == (3, 40, 50) and picker.message == "" and picker.source == "Upload"
     assert pn.panel(picker).get_root() is not None
+
+
+def test_class_polygons_overlay_and_geopackage_download(state, tmp_path):
+    import geopandas as gpd
+    from scipy import ndimage
+
+    from components.inference_view import polygon_outline
+
+    with pytest.raises(SeamlineError, match="Run inference first"):
+        state.polygons()
+    result = state.run()
+    polygons = state.polygons()
+    classes = result.classes.values
+    expected = sum(ndimage.label(classes == c)[1] for c in np.unique(classes))
+    assert len(polygons) == expected  # one polygon per connected component (4-connectivity)
+    assert state.polygons() is polygons  # computed once per run
+    path = tmp_path / "classes.gpkg"
+    path.write_bytes(state.geopackage().getvalue())
+    back = gpd.read_file(path)
+    assert len(back) == expected and back.crs == result.classes.rio.crs
+    outline = polygon_outline(polygons)
+    rings = sum(1 + len(g.interiors) for g in polygons.geometry)
+    assert np.isnan(outline.array()[:, 0]).sum() == rings - 1  # one NaN between rings
+    view = InferenceView(state=state)
+    state.show_polygons = True
+    assert isinstance(view.class_map()[0].object[()].get(1), hv.Path)
