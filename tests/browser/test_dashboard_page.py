@@ -120,12 +120,14 @@ def test_page_renders_air_gapped_without_errors(visit):
 def test_run_inference_from_the_page_updates_map_and_figures(visit):
     page = visit.page
     page.get_by_text("Predict & optimise").click()
-    page.locator("select").first.select_option("128")  # tile size
+    page.get_by_text("Press Run inference").wait_for(timeout=30_000)  # no map yet
+    page.locator("select").nth(0).select_option("128")  # tile size
     page.get_by_role("button", name="int8").click()
     page.get_by_role("button", name="Run inference").click()
     agreement = page.get_by_text(re.compile(r"^\d+\.\d\d %$")).first  # int8 vs fp32
     agreement.wait_for(timeout=120_000)
     model_mb = page.get_by_text(re.compile(r"^0\.\d\d MB$")).first.inner_text()
+    assert page.get_by_text("Press Run inference").count() == 0  # the class map replaced it
     page.wait_for_timeout(1500)
     visit.shot("inference.png")
     assert visit.errors == []
