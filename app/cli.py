@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from app import drift_cli
+from app import drift_cli, serve_cli
 from core.errors import InvalidArgumentError, SeamlineError
 
 EXIT_USER_ERROR = 2
@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.set_defaults(func=_cmd_serve)
     drift_cli.add_parser(sub)
+    serve_cli.add_parser(sub)
     return parser
 
 
