@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -57,7 +58,6 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from core.hardware import bf16_is_native, cpu_info, peak_rss_bytes
     from core.io import open_aoi, open_raster
     from core.modelio import load_model, with_precision
-    from core.predict import predict_file
     from core.tiling import pick_device
 
     model = load_model(args.model, model_class=args.model_class)
@@ -80,7 +80,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
         fast = compiled(model.module, batch=batch_size, device=device)
         model = model.with_module(fast, precision=model.precision)
-    report = predict_file(
+    report = _file_predictor(args.scheduler)(
         args.input, args.output, model=model,
         aoi=open_aoi(args.aoi) if args.aoi else None,
         probabilities=args.probabilities, cog=args.cog, block_size=args.block_size,
@@ -90,6 +90,17 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     report.update(model=model.name, precision=model.precision, batch_size=batch_size,
                   peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"])
     _print_json(report)
+
+
+def _file_predictor(scheduler: str | None) -> Callable[..., dict]:
+    """``predict_file``, or its dask.distributed twin on ``scheduler`` (``--scheduler``)."""
+    if scheduler is None:
+        from core.predict import predict_file
+
+        return predict_file
+    from core.distributed import predict_file_distributed
+
+    return functools.partial(predict_file_distributed, scheduler=scheduler)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> None:
@@ -243,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--band-names", type=_band_list, help="comma-separated names, one per band")
     p.add_argument("--block-size", type=int, default=1024, help="pixels per block read from disk")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
+    p.add_argument("--scheduler", metavar="ADDRESS|local",
+                   help="predict on a dask.distributed cluster, one task per block: 'local' "
+                   "starts a LocalCluster, an address (tcp://host:8786) joins a running one")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("quantize", help="FP32 -> INT8 (calibrated) or BF16, with the figures")
