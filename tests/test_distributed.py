@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterio.env import get_gdal_config
 from shapely.geometry import Polygon
 
 from app.cli import main
-from core.distributed import check_many, connect, predict_file_distributed
+from core.distributed import (
+    WORKER_GDAL_CACHE,
+    check_many,
+    connect,
+    predict_file_distributed,
+)
 from core.drift import check, fit_baseline
 from core.errors import InvalidArgumentError, NoDataError
 from core.io import open_raster, write_raster
@@ -124,6 +130,8 @@ def test_predict_cli_with_scheduler_address(client, scene_file, tmp_path, capsys
     with rasterio.open(out) as ds:
         np.testing.assert_array_equal(ds.read(1),
                                       predict_scene("demo", scene, blend="crop", **TILING).values)
+    caches = client.run(lambda: get_gdal_config("GDAL_CACHEMAX"))  # set when the CLI joined
+    assert list(caches.values()) == [WORKER_GDAL_CACHE] * 2
 
 
 def test_all_nodata_raster_fails_and_leaves_no_file(client, tmp_path):
