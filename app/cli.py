@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from app import drift_cli, vectorize_cli
+from app import drift_cli, serve_cli, vectorize_cli
 from core.errors import InvalidArgumentError, SeamlineError
 
 EXIT_USER_ERROR = 2
@@ -57,7 +58,6 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from core.hardware import bf16_is_native, cpu_info, peak_rss_bytes
     from core.io import open_aoi, open_raster
     from core.modelio import load_model, with_precision
-    from core.predict import predict_file
     from core.tiling import pick_device
 
     if args.vector:
@@ -86,7 +86,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
         fast = compiled(model.module, batch=batch_size, device=device)
         model = model.with_module(fast, precision=model.precision)
-    report = predict_file(
+    report = _file_predictor(args.scheduler)(
         args.input, args.output, model=model,
         aoi=open_aoi(args.aoi) if args.aoi else None,
         probabilities=args.probabilities, cog=args.cog, block_size=args.block_size,
@@ -98,6 +98,17 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     if args.vector:
         report["vector"] = vectorize_cli.vectorize(args.output, args.vector)
     _print_json(report)
+
+
+def _file_predictor(scheduler: str | None) -> Callable[..., dict]:
+    """``predict_file``, or its dask.distributed twin on ``scheduler`` (``--scheduler``)."""
+    if scheduler is None:
+        from core.predict import predict_file
+
+        return predict_file
+    from core.distributed import predict_file_distributed
+
+    return functools.partial(predict_file_distributed, scheduler=scheduler)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> None:
@@ -259,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     p.add_argument("--vector", metavar="OUT", help="also write the class polygons (.gpkg, "
                    ".geojson or .parquet) beside the class raster")
+    p.add_argument("--scheduler", metavar="ADDRESS|local",
+                   help="predict on a dask.distributed cluster, one task per block: 'local' "
+                   "starts a LocalCluster, an address (tcp://host:8786) joins a running one")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("quantize", help="FP32 -> INT8 (calibrated) or BF16, with the figures")
@@ -305,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
     drift_cli.add_parser(sub)
     vectorize_cli.add_parser(sub)
+    serve_cli.add_parser(sub)
     return parser
 
 

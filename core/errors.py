@@ -50,3 +50,7 @@ class BaselineError(SeamlineError, ValueError):
 
 class HistoryError(SeamlineError):
     """A drift history database that is corrupt, foreign, locked or of a newer schema."""
+
+
+class SizeLimitError(SeamlineError, ValueError):
+    """An input larger than a configured limit (bytes of an upload, pixels of a scene)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,8 @@ import numpy as np
 import rioxarray
 import shapely
 import xarray as xr
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.io import MemoryFile
 
 from core.errors import (
     GeometryError,
@@ -26,11 +28,14 @@ from core.errors import (
     InvalidArgumentError,
     MissingCRSError,
     OutputPathError,
+    SizeLimitError,
 )
 
 __all__ = [
     "open_raster",
     "open_aoi",
+    "read_geotiff_bytes",
+    "geotiff_bytes",
     "write_raster",
     "valid_mask",
     "band_names",
@@ -89,6 +94,11 @@ def open_raster(
         da = da[0]
     if isinstance(da, xr.Dataset):
         da = _dataset_to_bands(da, path)
+    return _named_bands(da, band_names, path)
+
+
+def _named_bands(da: xr.DataArray, band_names: Sequence[str] | None, path: Path) -> xr.DataArray:
+    """``da`` with a ``band`` dimension named after its bands (see :func:`open_raster`)."""
     if "band" not in da.dims:
         da = da.expand_dims("band")
     names = _resolve_band_names(da, band_names, path)
@@ -96,6 +106,54 @@ def open_raster(
     da.attrs["long_name"] = tuple(names)
     da.name = da.name or path.stem
     return da
+
+
+def read_geotiff_bytes(
+    data: bytes, *, max_pixels: int | None = None, source: str = "upload"
+) -> xr.DataArray:
+    """A GeoTIFF held in memory (e.g. an HTTP upload) as a loaded ``(band, y, x)`` scene.
+
+    The bytes are read through a rasterio ``MemoryFile``: nothing touches the disk. Bytes
+    that are not a GeoTIFF are an :class:`~core.errors.InputFileError`; a raster without a
+    CRS a :class:`~core.errors.MissingCRSError`; one of more than ``max_pixels`` pixels per
+    band a :class:`~core.errors.SizeLimitError`, raised from the header alone, before the
+    pixels are decompressed.
+    """
+    if not data:
+        raise InputFileError(f"The {source} is empty: send a GeoTIFF file.")
+    with MemoryFile(data) as memory, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # MissingCRSError says it
+        try:
+            dataset = memory.open()
+        except RasterioError:
+            raise InputFileError(
+                f"The {source} is not a readable raster: send a GeoTIFF file."
+            ) from None
+        with dataset:
+            if dataset.driver != "GTiff":
+                raise InputFileError(
+                    f"The {source} is a {dataset.driver} raster, not a GeoTIFF: send a GeoTIFF."
+                )
+            if dataset.crs is None:
+                raise MissingCRSError(
+                    f"The {source} has no CRS: write the GeoTIFF with its CRS."
+                )
+            if max_pixels is not None and dataset.width * dataset.height > max_pixels:
+                raise SizeLimitError(
+                    f"The {source} is {dataset.width} x {dataset.height} pixels, more than the "
+                    f"{max_pixels} allowed: send a smaller scene or split it into tiles."
+                )
+            try:
+                # Closed once loaded: an open handle in xarray's file cache kept GDAL's
+                # blocks of every upload (RSS grew ~15 MB per 64 requests).
+                with rioxarray.open_rasterio(dataset, masked=False, cache=False) as opened:
+                    da = opened.load()
+            except RasterioError as exc:
+                raise InputFileError(
+                    f"The {source} could not be decoded ({_first_line(exc)}): send an "
+                    "uncorrupted GeoTIFF."
+                ) from None
+    return _named_bands(da, None, Path(source))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -264,6 +322,31 @@ def write_raster(
     ``"GTiff"`` or ``"COG"`` (Cloud Optimized GeoTIFF with overviews). Extra keyword options
     go to GDAL as creation options.
     """
+    out, creation = _writable(da, driver, compress, blocksize, options)
+    with atomic_path(path) as tmp:
+        out.rio.to_raster(tmp, driver=driver, **creation)
+    return Path(path)
+
+
+def geotiff_bytes(
+    da: xr.DataArray, *, driver: str = "GTiff", compress: str = "deflate", blocksize: int = 256
+) -> bytes:
+    """A scene or prediction as the bytes of a GeoTIFF (or COG) written in memory.
+
+    The in-memory twin of :func:`write_raster` (through a rasterio ``MemoryFile``), e.g. for an
+    HTTP response: CRS, transform, nodata and band names are kept the same way.
+    """
+    out, creation = _writable(da, driver, compress, blocksize, {})
+    with MemoryFile() as memory:
+        out.rio.to_raster(memory.name, driver=driver, **creation)
+        return memory.read()
+
+
+def _writable(
+    da: xr.DataArray, driver: str, compress: str, blocksize: int, options: dict
+) -> tuple[xr.DataArray, dict]:
+    """``da`` ready for ``rio.to_raster`` (band dimension, band descriptions) and the GDAL
+    creation options; one sentence for an unknown driver or a missing CRS."""
     if driver not in RASTER_DRIVERS:
         raise InvalidArgumentError(
             f"driver must be one of {sorted(RASTER_DRIVERS)}, got {driver!r}"
@@ -281,6 +364,4 @@ def write_raster(
         creation.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
     else:
         creation.update(blocksize=blocksize)
-    with atomic_path(path) as tmp:
-        out.rio.to_raster(tmp, driver=driver, **creation)
-    return Path(path)
+    return out, creation

@@ -13,7 +13,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,17 @@ from core.modelio import SegmentationModel, check_bands, load_model
 from core.prepare import align_aoi, crop_to_aoi
 from core.tiling import predict_tiled
 
-__all__ = ["predict_scene", "predict_file", "TileTimer", "CLASS_NODATA"]
+__all__ = [
+    "predict_scene",
+    "predict_file",
+    "predict_block",
+    "as_prediction",
+    "block_halo",
+    "aligned_chunks",
+    "output_raster",
+    "TileTimer",
+    "CLASS_NODATA",
+]
 
 CLASS_NODATA = 255
 try:  # glibc only: see _release_freed_memory
@@ -132,7 +143,17 @@ def predict_scene(
     already prepared. Returns ``(y, x)`` uint8 class ids with nodata 255, or with
     ``probabilities=True`` a ``(class, y, x)`` float32 softmax with NaN nodata. Tiling
     arguments are those of :func:`core.tiling.predict_tiled`.
+
+    A dask-backed scene (``open_raster(path, chunks=...)``) gives a lazy result computed chunk
+    by chunk on the active dask scheduler: see :func:`core.distributed.predict_chunked`.
     """
+    if scene.chunks is not None:
+        from core.distributed import predict_chunked
+
+        return predict_chunked(
+            model, scene, probabilities=probabilities, tile_size=tile_size, overlap=overlap,
+            blend=blend, batch_size=batch_size, device=device,
+        )  # fmt: skip
     model = load_model(model)
     x = _model_input(model, scene)
     valid = valid_mask(scene)
@@ -142,7 +163,15 @@ def predict_scene(
         model.module, x, tile_size=tile_size, overlap=overlap, blend=blend,
         batch_size=batch_size, device=device, progress=progress, align=model.align,
     )  # fmt: skip
-    out = _finish(logits, valid, probabilities)
+    return as_prediction(_finish(logits, valid, probabilities), scene, model)
+
+
+def as_prediction(
+    out: np.ndarray, scene: xr.DataArray, model: SegmentationModel
+) -> xr.DataArray:
+    """``(y, x)`` class ids or ``(class, y, x)`` probabilities (numpy or dask) as a
+    prediction on the scene's grid: CRS, transform, nodata, class names and colours."""
+    probabilities = out.ndim == 3
     coords = {"y": scene["y"], "x": scene["x"]}
     dims: tuple[str, ...] = ("y", "x")
     if probabilities:
@@ -157,6 +186,94 @@ def predict_scene(
     result.rio.write_crs(scene.rio.crs, inplace=True)
     result.rio.write_transform(scene.rio.transform(), inplace=True)
     return result.rio.write_nodata(np.nan if probabilities else CLASS_NODATA, encoded=False)
+
+
+def block_halo(model: SegmentationModel, overlap: int) -> int:
+    """Pixels read around each block: the overlap or the receptive radius, whichever is
+    larger, rounded up to the model's stride so that block origins stay aligned."""
+    reach = max(overlap, model.receptive_radius or 0)
+    return math.ceil(reach / model.align) * model.align
+
+
+def aligned_chunks(length: int, size: int, *, align: int = 1, minimum: int = 1) -> tuple[int, ...]:
+    """Block sizes along an axis of ``length`` pixels: ``size`` rounded up to a multiple of
+    ``align`` (so every block starts aligned), the last block merged into the one before it
+    when it is shorter than ``minimum``.
+
+    With ``minimum = tile_size - halo`` the last block with its halo is at least a tile:
+    a narrower one would be reflection-padded beyond the raster's own padding and differ
+    from a whole-raster run along the far border.
+    """
+    if size < 1:
+        raise InvalidArgumentError(f"block size must be >= 1, got {size}")
+    size = -(-max(size, minimum) // align) * align
+    chunks = [size] * (length // size)
+    rest = length - sum(chunks)
+    if rest and chunks and rest < minimum:
+        chunks[-1] += rest
+    elif rest:
+        chunks.append(rest)
+    return tuple(chunks)
+
+
+def _spans(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """``[start, stop)`` of consecutive blocks of these sizes."""
+    edges = np.cumsum((0, *sizes)).tolist()
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def predict_block(
+    model: SegmentationModel,
+    block: xr.DataArray,
+    valid: np.ndarray,
+    *,
+    probabilities: bool = False,
+    **tiling,
+) -> np.ndarray:
+    """Class ids (or probabilities) of one block of a scene, nodata outside ``valid``;
+    ``tiling`` goes to :func:`core.tiling.predict_tiled`."""
+    logits = predict_tiled(model.module, _model_input(model, block), align=model.align,
+                           **tiling)  # fmt: skip
+    return _finish(logits, valid, probabilities)
+
+
+@contextmanager
+def output_raster(
+    output_path: str | os.PathLike,
+    scene: xr.DataArray,
+    model: SegmentationModel,
+    *,
+    probabilities: bool = False,
+    cog: bool = False,
+) -> Iterator[rasterio.io.DatasetWriter]:
+    """A tiled GeoTIFF on the scene's grid to write predictions into block by block.
+
+    It appears under ``output_path`` (converted to a COG with ``cog``) only when the block
+    ends without an error; nothing is left behind otherwise.
+    """
+    count = len(model.classes) if probabilities else 1
+    profile = dict(
+        driver="GTiff", width=scene.sizes["x"], height=scene.sizes["y"], count=count,
+        crs=scene.rio.crs, transform=scene.rio.transform(), tiled=True, blockxsize=512,
+        blockysize=512, compress="deflate", dtype="float32" if probabilities else "uint8",
+        nodata=np.nan if probabilities else CLASS_NODATA, BIGTIFF="IF_SAFER",
+    )  # fmt: skip
+    # GDAL's block cache defaults to 5 % of RAM; each block is read once here, so a big cache
+    # would only grow RSS with the raster (up to 1.2 GB on a 24 GB machine).
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE), atomic_path(output_path) as final_tmp:
+        staging = final_tmp.with_name(final_tmp.name + ".gtiff") if cog else final_tmp
+        try:
+            with rasterio.open(staging, "w", **profile) as dst:
+                if probabilities:
+                    dst.descriptions = tuple(model.classes)
+                else:  # class names travel with the ids (read back by core.vectorize)
+                    dst.update_tags(classes=json.dumps(list(model.classes)))
+                yield dst
+            if cog:
+                rasterio.shutil.copy(staging, final_tmp, driver="COG", compress="deflate")
+        finally:
+            if cog:
+                staging.unlink(missing_ok=True)
 
 
 def predict_file(
@@ -188,81 +305,54 @@ def predict_file(
     align = model.align
     if block_size % align:
         raise InvalidArgumentError(f"block_size must be a multiple of {align}, got {block_size}")
-    overlap = tiling.get("overlap", 64)
-    reach = max(overlap, model.receptive_radius or 0)
-    halo = math.ceil(reach / align) * align
+    halo = block_halo(model, tiling.get("overlap", 64))
     height, width = scene.sizes["y"], scene.sizes["x"]
     transform = scene.rio.transform()
-    count = len(model.classes) if probabilities else 1
-    profile = dict(
-        driver="GTiff", width=width, height=height, count=count, crs=scene.rio.crs,
-        transform=transform, tiled=True, blockxsize=512, blockysize=512, compress="deflate",
-        dtype="float32" if probabilities else "uint8",
-        nodata=np.nan if probabilities else CLASS_NODATA, BIGTIFF="IF_SAFER",
-    )  # fmt: skip
-    blocks = [(r, c) for r in range(0, height, block_size) for c in range(0, width, block_size)]
+    minimum = tiling.get("tile_size", 512) - halo
+    rows, cols = (aligned_chunks(n, block_size, align=align, minimum=minimum)
+                  for n in (height, width))  # fmt: skip
+    blocks = [(r0, c0, r1, c1) for r0, r1 in _spans(rows) for c0, c1 in _spans(cols)]
     timer = TileTimer()
     start = time.perf_counter()
     any_valid = False
-    # GDAL's block cache defaults to 5 % of RAM; each block is read once here, so a big cache
-    # would only grow RSS with the raster (up to 1.2 GB on a 24 GB machine).
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE), atomic_path(output_path) as final_tmp:
-        staging = final_tmp.with_name(final_tmp.name + ".gtiff") if cog else final_tmp
-        try:
-            with rasterio.open(input_path) as src, rasterio.open(staging, "w", **profile) as dst:
-                # Read every block into one reused buffer: per-block allocations of varying
-                # size fragmented the native heap (RSS grew with the raster's width).
-                col_off, row_off = (round(v) for v in ~src.transform @ (transform.c, transform.f))
-                side = block_size + 2 * halo
-                buffer = np.empty(scene.sizes["band"] * side * side, dtype=src.dtypes[0])
-                if probabilities:
-                    dst.descriptions = tuple(model.classes)
-                else:  # class names travel with the ids (read back by core.vectorize)
-                    dst.update_tags(classes=json.dumps(list(model.classes)))
-                for done, (r0, c0) in enumerate(blocks, start=1):
-                    r1, c1 = min(height, r0 + block_size), min(width, c0 + block_size)
-                    hr0, hc0 = max(0, r0 - halo), max(0, c0 - halo)
-                    hr1, hc1 = min(height, r1 + halo), min(width, c1 + halo)
-                    h, w = hr1 - hr0, hc1 - hc0
-                    data = buffer[: scene.sizes["band"] * h * w].reshape(-1, h, w)
-                    src.read(window=Window(col_off + hc0, row_off + hr0, w, h), out=data)
-                    block = scene.isel(y=slice(hr0, hr1), x=slice(hc0, hc1)).copy(data=data)
-                    valid = valid_mask(block)
-                    if aoi is not None:
-                        valid &= ~geometry_mask(
-                            aoi.geometry, out_shape=valid.shape, transform=block.rio.transform()
-                        )
-                    if valid.any():
-                        any_valid = True
-                        timer.start()
-                        logits = predict_tiled(
-                            model.module,
-                            _model_input(model, block),
-                            progress=timer,
-                            align=align,
-                            **tiling,
-                        )
-                        out = _finish(logits, valid, probabilities)
-                    else:  # nothing to predict here: write nodata, skip the model
-                        out = np.full(
-                            (count, *valid.shape), profile["nodata"], dtype=profile["dtype"]
-                        )
-                    out = out.reshape(count, *valid.shape)
-                    inner = out[:, r0 - hr0 : r0 - hr0 + r1 - r0, c0 - hc0 : c0 - hc0 + c1 - c0]
-                    dst.write(inner, window=Window(c0, r0, c1 - c0, r1 - r0))
-                    _release_freed_memory()
-                    if progress is not None:
-                        progress(done, len(blocks))
-            if not any_valid:
-                raise NoDataError(
-                    f"Raster {str(input_path)!r} has no valid pixels"
-                    f"{' inside the AOI' if aoi is not None else ''}: nothing to predict."
+    with output_raster(output_path, scene, model, probabilities=probabilities, cog=cog) as dst, \
+            rasterio.open(input_path) as src:  # fmt: skip
+        count, nodata = dst.count, dst.nodata
+        # Read every block into one reused buffer: per-block allocations of varying size
+        # fragmented the native heap (RSS grew with the raster's width).
+        col_off, row_off = (round(v) for v in ~src.transform @ (transform.c, transform.f))
+        side = max(*rows, *cols) + 2 * halo
+        buffer = np.empty(scene.sizes["band"] * side * side, dtype=src.dtypes[0])
+        for done, (r0, c0, r1, c1) in enumerate(blocks, start=1):
+            hr0, hc0 = max(0, r0 - halo), max(0, c0 - halo)
+            hr1, hc1 = min(height, r1 + halo), min(width, c1 + halo)
+            h, w = hr1 - hr0, hc1 - hc0
+            data = buffer[: scene.sizes["band"] * h * w].reshape(-1, h, w)
+            src.read(window=Window(col_off + hc0, row_off + hr0, w, h), out=data)
+            block = scene.isel(y=slice(hr0, hr1), x=slice(hc0, hc1)).copy(data=data)
+            valid = valid_mask(block)
+            if aoi is not None:
+                valid &= ~geometry_mask(
+                    aoi.geometry, out_shape=valid.shape, transform=block.rio.transform()
                 )
-            if cog:
-                rasterio.shutil.copy(staging, final_tmp, driver="COG", compress="deflate")
-        finally:
-            if cog:
-                staging.unlink(missing_ok=True)
+            if valid.any():
+                any_valid = True
+                timer.start()
+                out = predict_block(model, block, valid, probabilities=probabilities,
+                                    progress=timer, **tiling)  # fmt: skip
+            else:  # nothing to predict here: write nodata, skip the model
+                out = np.full((count, *valid.shape), nodata, dtype=dst.dtypes[0])
+            out = out.reshape(count, *valid.shape)
+            inner = out[:, r0 - hr0 : r0 - hr0 + r1 - r0, c0 - hc0 : c0 - hc0 + c1 - c0]
+            dst.write(inner, window=Window(c0, r0, c1 - c0, r1 - r0))
+            _release_freed_memory()
+            if progress is not None:
+                progress(done, len(blocks))
+        if not any_valid:
+            raise NoDataError(
+                f"Raster {str(input_path)!r} has no valid pixels"
+                f"{' inside the AOI' if aoi is not None else ''}: nothing to predict."
+            )
     seconds = time.perf_counter() - start
     return {
         "output": str(Path(output_path)),

@@ -82,6 +82,10 @@ class OnnxModule(nn.Module):
         self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
+    def __reduce__(self) -> tuple:
+        """Pickled as its ONNX bytes (e.g. to a dask worker), where a new session is built."""
+        return (_onnx_module, (self.onnx_bytes, self.align))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run the session on ``x``; the result comes back on ``x``'s device."""
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -104,6 +108,11 @@ class OnnxModule(nn.Module):
             ort.InferenceSession(self.onnx_bytes, options, providers=["CPUExecutionProvider"])
             graph = onnx.load(options.optimized_model_filepath).graph
         return Counter(node.op_type for node in graph.node)
+
+
+def _onnx_module(onnx_bytes: bytes, align: int) -> OnnxModule:
+    """Unpickle an :class:`OnnxModule`: a session on this process's threads."""
+    return OnnxModule(onnx_bytes, align=align)
 
 
 def _layer_of(exc: BaseException, program: torch.export.ExportedProgram) -> str:

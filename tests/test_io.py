@@ -11,8 +11,17 @@ from core.errors import (
     InputFileError,
     MissingCRSError,
     OutputPathError,
+    SizeLimitError,
 )
-from core.io import atomic_path, open_aoi, open_raster, valid_mask, write_raster
+from core.io import (
+    atomic_path,
+    geotiff_bytes,
+    open_aoi,
+    open_raster,
+    read_geotiff_bytes,
+    valid_mask,
+    write_raster,
+)
 
 
 def test_open_raster_real_landsat(shared_data):
@@ -150,3 +159,31 @@ def test_valid_mask_any_band_semantics(tmp_path):
     da = open_raster(write_tif(Path(tmp_path) / "m.tif", data))
     mask = valid_mask(da)
     assert not mask[0, 0] and mask[1, 1] and mask.sum() == 8
+
+
+def test_geotiff_bytes_round_trip_in_memory(small_tif, tmp_path):
+    scene = open_raster(small_tif).load()
+    data = geotiff_bytes(scene)
+    assert data[:4] == b"II*\x00"
+    again = read_geotiff_bytes(data)
+    assert again.rio.crs == scene.rio.crs and again.rio.transform() == scene.rio.transform()
+    assert again.rio.nodata == 0 and list(again["band"].values) == ["blue", "green", "red", "nir"]
+    np.testing.assert_array_equal(again.values, scene.values)
+    assert [p.name for p in tmp_path.iterdir()] == ["small.tif"]  # nothing else written
+
+
+def test_read_geotiff_bytes_refuses_what_is_not_a_bounded_geotiff(small_tif, tmp_path):
+    with pytest.raises(InputFileError, match="empty"):
+        read_geotiff_bytes(b"")
+    with pytest.raises(InputFileError, match="not a readable raster"):
+        read_geotiff_bytes(b"\x89PNG garbage" * 10)
+    png = tmp_path / "scene.png"
+    with rasterio.open(small_tif) as src:
+        with rasterio.open(png, "w", driver="PNG", width=src.width, height=src.height,
+                           count=3, dtype="uint16", crs=src.crs, transform=src.transform) as dst:
+            dst.write(src.read([1, 2, 3]))
+    with pytest.raises(InputFileError, match="a PNG raster, not a GeoTIFF"):
+        read_geotiff_bytes(png.read_bytes())
+    with pytest.raises(SizeLimitError, match="60 x 80|80 x 60"):
+        read_geotiff_bytes(small_tif.read_bytes(), max_pixels=80 * 60 - 1)
+    assert read_geotiff_bytes(small_tif.read_bytes(), max_pixels=80 * 60).shape == (4, 60, 80)

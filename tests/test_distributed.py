@@ -1,0 +1,179 @@
+"""Scale-out: chunked prediction on a dask.distributed LocalCluster, drift checks as tasks."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.env import get_gdal_config
+from shapely.geometry import Polygon
+
+from app.cli import main
+from core.distributed import (
+    WORKER_GDAL_CACHE,
+    check_many,
+    connect,
+    predict_file_distributed,
+)
+from core.drift import check, fit_baseline
+from core.errors import InvalidArgumentError, NoDataError
+from core.io import open_raster, write_raster
+from core.modelio import load_model
+from core.predict import CLASS_NODATA, aligned_chunks, predict_file, predict_scene
+from core.quantize import OnnxModule
+from core.synthetic import make_scene
+
+# Half the overlap (24) covers the demo model's receptive radius (22): crop is exact.
+TILING = {"tile_size": 96, "overlap": 48}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect("local", n_workers=2, processes=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory):
+    scene, _ = make_scene(212, 236, seed=4)
+    scene[:, :6, :] = 0  # a nodata stripe along the top
+    return scene, write_raster(scene, tmp_path_factory.mktemp("dist") / "scene.tif")
+
+
+@pytest.mark.parametrize(
+    ("length", "size", "align", "minimum", "expected"),
+    [
+        (300, 96, 4, 48, (96, 96, 108)),  # a 12-pixel rest merges into the last chunk
+        (340, 96, 4, 48, (96, 96, 96, 52)),
+        (100, 30, 4, 1, (32, 32, 32, 4)),  # rounded up to the stride
+        (50, 96, 4, 48, (50,)),
+        (256, 64, 8, 80, (80, 80, 96)),  # at least the minimum
+    ],
+)
+def test_aligned_chunks(length, size, align, minimum, expected):
+    chunks = aligned_chunks(length, size, align=align, minimum=minimum)
+    assert chunks == expected and sum(chunks) == length
+    assert all(c % align == 0 for c in chunks[:-1])
+
+
+@pytest.mark.parametrize("blend", ["crop", "cosine"])
+def test_chunked_prediction_equals_the_in_process_engine(client, demo, scene_file, blend):
+    scene, path = scene_file
+    lazy = predict_scene(demo, open_raster(path, chunks={"band": -1, "y": 64, "x": 64}),
+                         probabilities=True, blend=blend, **TILING)  # fmt: skip
+    assert len(lazy.data.chunks[1]) > 1 and len(lazy.data.chunks[2]) > 1  # really chunked
+    got = client.compute(lazy).result()
+    expected = predict_scene(demo, scene, probabilities=True, blend=blend, **TILING)
+    assert got.rio.transform() == expected.rio.transform() and got.rio.crs == scene.rio.crs
+    valid = np.isfinite(expected.values)
+    np.testing.assert_array_equal(np.isfinite(got.values), valid)
+    diff = np.linalg.norm(got.values[valid] - expected.values[valid])
+    assert diff / np.linalg.norm(expected.values[valid]) < 1e-3
+    if blend == "crop":
+        np.testing.assert_array_equal(np.fmax(got.values, -1).argmax(0),
+                                      np.fmax(expected.values, -1).argmax(0))  # fmt: skip
+        classes = predict_scene(demo, open_raster(path, chunks=64), blend="crop", **TILING)
+        np.testing.assert_array_equal(client.compute(classes).result().values,
+                                      predict_scene(demo, scene, blend="crop", **TILING).values)
+
+
+def test_distributed_file_equals_predict_file_and_is_a_cog(client, demo, scene_file, tmp_path):
+    _, path = scene_file
+    reference = predict_file(path, tmp_path / "ref.tif", model=demo, block_size=96,
+                             blend="crop", **TILING)  # fmt: skip
+    report = predict_file_distributed(path, tmp_path / "dist.tif", model=demo, scheduler=client,
+                                      block_size=96, cog=True, blend="crop", **TILING)  # fmt: skip
+    assert report["blocks"] == 4 and report["workers"] == 2
+    assert report["shape"] == reference["shape"]
+    with rasterio.open(tmp_path / "ref.tif") as ref, rasterio.open(tmp_path / "dist.tif") as out:
+        assert out.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert (out.crs, out.transform, out.nodata) == (ref.crs, ref.transform, CLASS_NODATA)
+        np.testing.assert_array_equal(out.read(1), ref.read(1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.tif", "ref.tif"]
+
+
+def test_aoi_crops_and_masks_as_predict_file_does(client, demo, scene_file, tmp_path):
+    scene, path = scene_file
+    x0, y0 = scene.rio.transform() * (30, 50)  # a triangle inside the scene, in its CRS
+    x1, y1 = scene.rio.transform() * (200, 180)
+    aoi = gpd.GeoDataFrame(geometry=[Polygon([(x0, y0), (x1, y0), (x0, y1)])],
+                           crs=scene.rio.crs).to_crs("EPSG:4326")  # fmt: skip
+    predict_file(path, tmp_path / "ref.tif", model=demo, aoi=aoi, block_size=64, blend="crop",
+                 **TILING)  # fmt: skip
+    predict_file_distributed(path, tmp_path / "dist.tif", model=demo, aoi=aoi, block_size=64,
+                             scheduler=client, blend="crop", **TILING)  # fmt: skip
+    with rasterio.open(tmp_path / "ref.tif") as ref, rasterio.open(tmp_path / "dist.tif") as out:
+        assert out.shape == ref.shape == (130, 170) and out.transform == ref.transform
+        classes = out.read(1)
+        np.testing.assert_array_equal(classes, ref.read(1))
+    assert 0 < (classes == CLASS_NODATA).mean() < 0.6  # outside the triangle
+
+
+def test_predict_cli_with_scheduler_address(client, scene_file, tmp_path, capsys):
+    scene, path = scene_file
+    out = tmp_path / "classes.tif"
+    code = main(["predict", str(path), str(out), "--scheduler", client.scheduler.address,
+                 "--tile-size", "96", "--overlap", "48", "--blend", "crop",
+                 "--block-size", "128"])  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["workers"] == 2 and report["blocks"] == 4
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(ds.read(1),
+                                      predict_scene("demo", scene, blend="crop", **TILING).values)
+    caches = client.run(lambda: get_gdal_config("GDAL_CACHEMAX"))  # set when the CLI joined
+    assert list(caches.values()) == [WORKER_GDAL_CACHE] * 2
+
+
+def test_all_nodata_raster_fails_and_leaves_no_file(client, tmp_path):
+    scene, _ = make_scene(64, 64, seed=1)
+    path = write_raster(scene * 0, tmp_path / "empty.tif")
+    with pytest.raises(NoDataError, match="no valid pixels"):
+        predict_file_distributed(path, tmp_path / "out.tif", scheduler=client, block_size=32,
+                                 **TILING)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.tif"]
+
+
+def test_unreachable_scheduler_is_one_sentence():
+    with pytest.raises(InvalidArgumentError, match="Cannot reach the dask scheduler"):
+        with connect("tcp://127.0.0.1:9", timeout=0.5):
+            pass
+
+
+def test_onnx_module_travels_to_workers_by_pickle():
+    from onnx import TensorProto, helper
+
+    shape = ["batch", 6, "height", "width"]
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["logits"])], "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)],
+    )  # fmt: skip
+    onnx_bytes = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                   ir_version=8)
+    module = OnnxModule(onnx_bytes.SerializeToString(), align=4)
+    again = pickle.loads(pickle.dumps(module))
+    x = torch.randn(2, 6, 16, 16)
+    assert again is not module and again.session is not module.session and again.align == 4
+    torch.testing.assert_close(again(x), torch.relu(x))
+
+
+def test_check_many_equals_sequential_checks(client, tmp_path):
+    scenes = [make_scene(96, 96, seed=s)[0] for s in range(4)]
+    baseline = fit_baseline(scenes[:2], "demo", tile_size=32)
+    paths = [write_raster(s, tmp_path / f"s{i}.tif") for i, s in enumerate(scenes[2:])]
+    results = check_many(paths, baseline, model="demo", client=client)
+    expected = [check(open_raster(p).load(), baseline, model="demo") for p in paths]
+    assert [r.to_dict() for r in results] == [e.to_dict() for e in expected]
+    assert all(r.prediction is None for r in results)
+    kept = check_many(paths[:1], baseline, model="demo", client=client, keep_predictions=True)
+    np.testing.assert_array_equal(kept[0].prediction.values, expected[0].prediction.values)
