@@ -12,6 +12,7 @@ import io
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import holoviews as hv
@@ -20,7 +21,7 @@ import panel as pn
 from bokeh.resources import INLINE
 from holoviews.operation.datashader import regrid
 
-from components.inference_view import class_image, legend
+from components.inference_view import RUN_COLUMNS, class_image, legend
 from components.scene_view import SceneView
 from core.demo import sentinel2_aoi, sentinel2_sample
 from core.io import atomic_path, check_output_path
@@ -50,8 +51,9 @@ def build_report(
     )
     runs, maps, reference = [], [], None
     for precision in precisions:
-        result = run_inference(scene, RunSettings(**{**settings.__dict__, "precision": precision}),
-                               cache, reference=reference)  # fmt: skip
+        result = run_inference(
+            scene, replace(settings, precision=precision), cache, reference=reference
+        )
         reference = reference if reference is not None else result.classes
         runs.append(result.row())
         names, colors = result.classes.attrs["classes"], result.classes.attrs["colors"]
@@ -61,10 +63,7 @@ def build_report(
                 xformatter="%.0f", yformatter="%.0f",
             )
         )  # fmt: skip
-    table = pd.DataFrame(runs)[
-        ["run", "seconds", "tile_ms_p50", "tile_ms_p95", "megapixels_per_s", "size_mb",
-         "agreement_fp32"]
-    ].round(4)  # fmt: skip
+    table = pd.DataFrame(runs)[RUN_COLUMNS].round(4)
     metadata = "\n".join(f"- **{k}**: {v}" for k, v in view.metadata().items())
     return pn.Column(
         pn.pane.Markdown("# Seamline report\nprepare → predict → optimise → serve → monitor"),
