@@ -13,7 +13,7 @@ from components.scene_view import SceneView
 from core.latency import ModelCache
 
 PIPELINE = "prepare → predict → optimise → serve → monitor"
-MODELS = ModelCache()  # shared on purpose: every session reuses the warm, quantized models
+MODELS = ModelCache(freeze=True)  # shared on purpose: sessions reuse the warm, quantized models
 
 
 class Sections(NamedTuple):

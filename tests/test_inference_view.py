@@ -67,20 +67,50 @@ def test_new_scene_clears_results(state):
     assert state.result is None and state.runs.empty
 
 
+def _class_map(view: InferenceView) -> tuple[pn.Column, hv.Overlay]:
+    """The class-map section and its overlay as the page would show it now."""
+    section = view.class_map()
+    plot = section.select(pn.pane.HoloViews)[0].object
+    return section, plot[()]  # evaluate the DynamicMaps
+
+
 def test_view_follows_state(state):
     view = InferenceView(state=state)
-    assert isinstance(view.class_map(), pn.pane.Markdown)  # nothing run yet
+    section, _ = _class_map(view)
+    prompt, title, shown = section
+    assert prompt.visible and not shown.visible  # nothing run yet: the prompt
     state.run()
     state.show_grid = True
-    image, rects = view.class_map()[0].object[()]  # evaluate the regridded DynamicMap
+    _, (image, rects, path) = _class_map(view)
+    assert prompt.visible is False and shown.visible is True
+    assert state.result.settings.label() in title.object
     assert isinstance(image, hv.Image) and set(np.unique(image.data["class"])) <= {0, 1, 2, 3, 4}
     assert isinstance(rects, hv.Rectangles) and len(rects) == len(state.grid())
+    assert len(path) == 0  # polygons off
     state.show_grid = False
-    assert isinstance(view.class_map()[0].object[()], hv.Image)
-    shown = " ".join(pane.object for pane in view.figures())
-    assert "Tile p50" in shown and f"{state.result.seconds:.2f} s" in shown
+    assert len(_class_map(view)[1].get(1)) == 0
+    shown_figures = " ".join(pane.object for pane in view.figures())
+    assert "Tile p50" in shown_figures and f"{state.result.seconds:.2f} s" in shown_figures
     assert len(view.runs_view()[0].value) == 1
     assert pn.panel(view).get_root() is not None
+
+
+def test_map_updates_in_place(state):
+    """A new run changes the data of the same plot; the figure is not rebuilt."""
+    view = InferenceView(state=state)
+    section = view.class_map()
+    pane = section.select(pn.pane.HoloViews)[0]
+    plot = pane.object
+    state.run()
+    first = pane.object[()].get(0).data["class"].values.copy()
+    state.scene = make_scene(128, 96, seed=5)[0]
+    state.run()
+    image = pane.object[()].get(0)
+    assert pane.object is plot  # the same DynamicMaps, fed new data
+    assert image.data["class"].shape != first.shape  # the new scene's map, same pane
+    left, bottom, right, top = state.scene.rio.bounds()
+    x0, y0, x1, y1 = image.bounds.lbrt()
+    assert (x0, y0, x1, y1) == pytest.approx((left, bottom, right, top), abs=20)
 
 
 def test_async_run_and_seam_diagnostic(state):
@@ -160,4 +190,5 @@ def test_class_polygons_overlay_and_geopackage_download(state, tmp_path):
     assert np.isnan(outline.array()[:, 0]).sum() == rings - 1  # one NaN between rings
     view = InferenceView(state=state)
     state.show_polygons = True
-    assert isinstance(view.class_map()[0].object[()].get(1), hv.Path)
+    path = _class_map(view)[1].get(2)
+    assert isinstance(path, hv.Path) and len(path) == 1  # one NaN-separated path

@@ -127,7 +127,8 @@ def test_run_inference_from_the_page_updates_map_and_figures(visit):
     agreement = page.get_by_text(re.compile(r"^\d+\.\d\d %$")).first  # int8 vs fp32
     agreement.wait_for(timeout=120_000)
     model_mb = page.get_by_text(re.compile(r"^0\.\d\d MB$")).first.inner_text()
-    assert page.get_by_text("Press Run inference").count() == 0  # the class map replaced it
+    assert page.get_by_text("Press Run inference").is_hidden()  # the class map replaced it
+    assert page.get_by_text("Predicted classes").first.is_visible()
     page.wait_for_timeout(1500)
     visit.shot("inference.png")
     assert visit.errors == []
