@@ -11,6 +11,7 @@ import argparse
 import functools
 import json
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -192,7 +193,16 @@ def _cmd_demo_data(args: argparse.Namespace) -> None:
     _print_json({role: str(path) for role, path in paths.items()})
 
 
-def _cmd_serve(args: argparse.Namespace) -> None:
+def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The ``panel serve`` command line and environment that ``seamline serve`` runs.
+
+    The data roots travel in ``SEAMLINE_DATA_ROOTS`` and the cookie secret in
+    ``PANEL_COOKIE_SECRET`` (environment, not argv: other users can read a process's argv).
+    ``--basic-auth`` without ``--cookie-secret`` gets a random secret: logins then last until
+    the server restarts.
+    """
+    from core.paths import DATA_ROOTS_ENV, data_roots, roots_to_env
+
     command = [
         sys.executable, "-m", "panel", "serve", str(DASHBOARD),
         "--address", args.address, "--port", str(args.port),
@@ -200,9 +210,19 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         "--allow-websocket-origin", f"localhost:{args.port}",
         "--setup", str(WARMUP),
     ]  # fmt: skip
+    env = {**os.environ, DATA_ROOTS_ENV: roots_to_env(data_roots(args.data_root))}
+    if args.basic_auth:
+        command += ["--basic-auth", args.basic_auth]
+    if args.basic_auth or args.cookie_secret:
+        env["PANEL_COOKIE_SECRET"] = args.cookie_secret or secrets.token_urlsafe(32)
     if args.show:
         command.append("--show")
-    os.execv(sys.executable, command)
+    return command, env
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    command, env = serve_command(args)
+    os.execve(sys.executable, command, env)
 
 
 def _band_list(text: str) -> list[str]:
@@ -316,6 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5006)
     p.add_argument("--show", action="store_true", help="open a browser tab")
+    p.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                   help="a server folder the dashboard may read (repeatable); default: "
+                   "the demo data only")
+    p.add_argument("--basic-auth", metavar="FILE|PASSWORD",
+                   help="ask for a login (Panel's --basic-auth): a JSON file of "
+                   "{\"user\": \"password\"} (keep it private), or one password for any user")
+    p.add_argument("--cookie-secret", metavar="SECRET",
+                   help="signs the login cookie (default with --basic-auth: a random one "
+                   "per start); set it so logins survive restarts")
     p.set_defaults(func=_cmd_serve)
     drift_cli.add_parser(sub)
     vectorize_cli.add_parser(sub)
