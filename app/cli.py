@@ -67,7 +67,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         if args.probabilities:
             raise InvalidArgumentError("--vector needs class ids: drop --probabilities.")
         vector_format(args.vector)  # a bad path fails now, not after the prediction
-    model = load_model(args.model, model_class=args.model_class)
+    model = load_model(args.model, model_class=args.model_class, trust_model=args.trust_model)
     precision = args.precision or model.precision
     if precision == "bf16" and not bf16_is_native():
         print("seamline predict: warning: BF16 is emulated on this CPU (no AMX or "
@@ -123,7 +123,7 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
             "--out saves an INT8 model; a BF16 model is the FP32 one run with --precision bf16."
         )
     cache = ModelCache()
-    fp32 = cache.get(args.model)
+    fp32 = cache.get(args.model, trust_model=args.trust_model)
     calibration = None
     if args.calibration:
         from core.io import open_raster
@@ -133,7 +133,8 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")  # the exporters' own chatter
         warnings.simplefilter("always", QuantizationWarning)
-        optimised = cache.get(args.model, precision=args.precision, calibration=calibration)
+        optimised = cache.get(args.model, precision=args.precision, calibration=calibration,
+                              trust_model=args.trust_model)
     for warning in caught:
         print(f"seamline quantize: warning: {warning.message}", file=sys.stderr)
     if optimised.precision != args.precision:
@@ -150,8 +151,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
     cache = ModelCache()
     rows = [
-        measure_latency(cache.get(args.model, precision=precision), tile_size=args.tile_size,
-                        batch_size=args.batch_size, runs=args.runs).to_dict()
+        measure_latency(cache.get(args.model, precision=precision, trust_model=args.trust_model),
+                        tile_size=args.tile_size, batch_size=args.batch_size,
+                        runs=args.runs).to_dict()
         for precision in args.precisions
     ]  # fmt: skip
     if args.json:
@@ -232,6 +234,12 @@ def _band_list(text: str) -> list[str]:
     return names
 
 
+def _add_trust_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-model", action="store_true",
+                        help="allow a model file that runs code when loaded (a pickled full "
+                        "model, a class outside core.models): only for files you trust")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subcommand per stage."""
     parser = argparse.ArgumentParser(
@@ -270,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo",
                    help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
     p.add_argument("--model-class", help="package.module:Class for a state dict")
+    _add_trust_model(p)
     p.add_argument("--tile-size", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--blend", default="cosine", help="crop, linear, cosine or gaussian")
@@ -297,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="FP32 -> INT8 (calibrated) or BF16, with the figures")
     p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
+    _add_trust_model(p)
     p.add_argument("--precision", default="int8", choices=("int8", "bf16"))
     p.add_argument("--calibration", metavar="SCENE",
                    help="calibrate on tiles of this scene (default: synthetic scenes in the "
@@ -309,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="latency report: fp32, bf16 and int8 side by side")
     p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
+    _add_trust_model(p)
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=1)
