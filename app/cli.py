@@ -11,6 +11,7 @@ import argparse
 import functools
 import json
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -66,7 +67,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         if args.probabilities:
             raise InvalidArgumentError("--vector needs class ids: drop --probabilities.")
         vector_format(args.vector)  # a bad path fails now, not after the prediction
-    model = load_model(args.model, model_class=args.model_class)
+    model = load_model(args.model, model_class=args.model_class, trust_model=args.trust_model)
     precision = args.precision or model.precision
     if precision == "bf16" and not bf16_is_native():
         print("seamline predict: warning: BF16 is emulated on this CPU (no AMX or "
@@ -122,7 +123,7 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
             "--out saves an INT8 model; a BF16 model is the FP32 one run with --precision bf16."
         )
     cache = ModelCache()
-    fp32 = cache.get(args.model)
+    fp32 = cache.get(args.model, trust_model=args.trust_model)
     calibration = None
     if args.calibration:
         from core.io import open_raster
@@ -132,7 +133,8 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")  # the exporters' own chatter
         warnings.simplefilter("always", QuantizationWarning)
-        optimised = cache.get(args.model, precision=args.precision, calibration=calibration)
+        optimised = cache.get(args.model, precision=args.precision, calibration=calibration,
+                              trust_model=args.trust_model)
     for warning in caught:
         print(f"seamline quantize: warning: {warning.message}", file=sys.stderr)
     if optimised.precision != args.precision:
@@ -149,8 +151,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
     cache = ModelCache()
     rows = [
-        measure_latency(cache.get(args.model, precision=precision), tile_size=args.tile_size,
-                        batch_size=args.batch_size, runs=args.runs).to_dict()
+        measure_latency(cache.get(args.model, precision=precision, trust_model=args.trust_model),
+                        tile_size=args.tile_size, batch_size=args.batch_size,
+                        runs=args.runs).to_dict()
         for precision in args.precisions
     ]  # fmt: skip
     if args.json:
@@ -192,7 +195,16 @@ def _cmd_demo_data(args: argparse.Namespace) -> None:
     _print_json({role: str(path) for role, path in paths.items()})
 
 
-def _cmd_serve(args: argparse.Namespace) -> None:
+def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The ``panel serve`` command line and environment that ``seamline serve`` runs.
+
+    The data roots travel in ``SEAMLINE_DATA_ROOTS`` and the cookie secret in
+    ``PANEL_COOKIE_SECRET`` (environment, not argv: other users can read a process's argv).
+    ``--basic-auth`` without ``--cookie-secret`` gets a random secret: logins then last until
+    the server restarts.
+    """
+    from core.paths import DATA_ROOTS_ENV, data_roots, roots_to_env
+
     command = [
         sys.executable, "-m", "panel", "serve", str(DASHBOARD),
         "--address", args.address, "--port", str(args.port),
@@ -200,9 +212,19 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         "--allow-websocket-origin", f"localhost:{args.port}",
         "--setup", str(WARMUP),
     ]  # fmt: skip
+    env = {**os.environ, DATA_ROOTS_ENV: roots_to_env(data_roots(args.data_root))}
+    if args.basic_auth:
+        command += ["--basic-auth", args.basic_auth]
+    if args.basic_auth or args.cookie_secret:
+        env["PANEL_COOKIE_SECRET"] = args.cookie_secret or secrets.token_urlsafe(32)
     if args.show:
         command.append("--show")
-    os.execv(sys.executable, command)
+    return command, env
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    command, env = serve_command(args)
+    os.execve(sys.executable, command, env)
 
 
 def _band_list(text: str) -> list[str]:
@@ -210,6 +232,12 @@ def _band_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError("give band names separated by commas, e.g. red,green,blue")
     return names
+
+
+def _add_trust_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-model", action="store_true",
+                        help="allow a model file that runs code when loaded (a pickled full "
+                        "model, a class outside core.models): only for files you trust")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo",
                    help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
     p.add_argument("--model-class", help="package.module:Class for a state dict")
+    _add_trust_model(p)
     p.add_argument("--tile-size", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--blend", default="cosine", help="crop, linear, cosine or gaussian")
@@ -277,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="FP32 -> INT8 (calibrated) or BF16, with the figures")
     p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
+    _add_trust_model(p)
     p.add_argument("--precision", default="int8", choices=("int8", "bf16"))
     p.add_argument("--calibration", metavar="SCENE",
                    help="calibrate on tiles of this scene (default: synthetic scenes in the "
@@ -289,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="latency report: fp32, bf16 and int8 side by side")
     p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
+    _add_trust_model(p)
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=1)
@@ -316,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5006)
     p.add_argument("--show", action="store_true", help="open a browser tab")
+    p.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                   help="a server folder the dashboard may read (repeatable); default: "
+                   "the demo data only")
+    p.add_argument("--basic-auth", metavar="FILE|PASSWORD",
+                   help="ask for a login (Panel's --basic-auth): a JSON file of "
+                   "{\"user\": \"password\"} (keep it private), or one password for any user")
+    p.add_argument("--cookie-secret", metavar="SECRET",
+                   help="signs the login cookie (default with --basic-auth: a random one "
+                   "per start); set it so logins survive restarts")
     p.set_defaults(func=_cmd_serve)
     drift_cli.add_parser(sub)
     vectorize_cli.add_parser(sub)

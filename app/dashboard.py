@@ -1,5 +1,10 @@
-"""The dashboard served by ``panel serve app/dashboard.py`` (or ``seamline serve``)."""
+"""The dashboard served by ``panel serve app/dashboard.py`` (or ``seamline serve``).
+
+The server folders it may read come from ``SEAMLINE_DATA_ROOTS`` (``seamline serve
+--data-root DIR`` sets it); without it, only the demo data is read.
+"""
 
 from app.layout import create_app
+from core.paths import roots_from_env
 
-create_app().servable(title="Seamline")
+create_app(data_roots=roots_from_env()).servable(title="Seamline")

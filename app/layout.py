@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import panel as pn
@@ -27,9 +29,12 @@ class Sections(NamedTuple):
     drift: DriftSeries
 
 
-def create_sections(cache: ModelCache = MODELS) -> Sections:
+def create_sections(cache: ModelCache = MODELS, data_roots: Sequence[Path] = ()) -> Sections:
     """The sidebar (pipeline and scene choice) and the sections, built fresh: every session
-    gets its own objects (no shared mutable state besides the model cache)."""
+    gets its own objects (no shared mutable state besides the model cache).
+
+    ``data_roots`` are the server folders a visitor may read (the drift section's folder of
+    GeoTIFFs); with none, only the demo data is read."""
     picker = ScenePicker()
     scene_view = SceneView(scene=picker.scene, aoi=picker.aoi, title=picker.title)
     inference = InferenceState(cache, scene=picker.scene)
@@ -42,7 +47,7 @@ def create_sections(cache: ModelCache = MODELS) -> Sections:
     sidebar = pn.Column(
         pn.pane.Markdown(f"**Pipeline:** {PIPELINE}"), picker, sizing_mode="stretch_width"
     )
-    drift = DriftSeries()
+    drift = DriftSeries(data_roots=list(data_roots))
     tabs = pn.Tabs(
         ("Scene", scene_view),
         ("Predict & optimise", InferenceView(state=inference)),
@@ -53,9 +58,11 @@ def create_sections(cache: ModelCache = MODELS) -> Sections:
     return Sections(sidebar, tabs, picker, scene_view, inference, drift)
 
 
-def create_app(cache: ModelCache = MODELS) -> pn.template.BaseTemplate:
+def create_app(
+    cache: ModelCache = MODELS, data_roots: Sequence[Path] = ()
+) -> pn.template.BaseTemplate:
     """The dashboard as served by ``panel serve``: the sections in a template."""
-    sections = create_sections(cache)
+    sections = create_sections(cache, data_roots)
     template = pn.template.BootstrapTemplate(
         title="Seamline", header_background="#1f4e5f", sidebar_width=330
     )
@@ -64,9 +71,9 @@ def create_app(cache: ModelCache = MODELS) -> pn.template.BaseTemplate:
     return template
 
 
-def create_inline(cache: ModelCache = MODELS) -> pn.Row:
+def create_inline(cache: ModelCache = MODELS, data_roots: Sequence[Path] = ()) -> pn.Row:
     """The same dashboard for a notebook cell: sidebar beside the sections."""
-    sections = create_sections(cache)
+    sections = create_sections(cache, data_roots)
     return pn.Row(
         pn.Column(sections.sidebar, width=300), sections.tabs, sizing_mode="stretch_width"
     )

@@ -89,6 +89,11 @@ class DriftSeries(param.Parameterized):
 
     source = param.Selector(objects=list(SOURCES), default="synthetic", label="Source")
     folder = param.String(default="", label="Folder of GeoTIFFs", doc="For source 'folder'.")
+    data_roots = param.List(
+        default=[],
+        doc="Server folders the 'folder' source may read (``seamline serve --data-root``); "
+        "a folder outside them is refused, and none is read when empty.",
+    )
     eo_folder = param.String(
         default=str(EO_TIMESERIES),
         doc="The eo_timeseries folder; the source is offered if it exists.",
@@ -135,7 +140,7 @@ class DriftSeries(param.Parameterized):
             return synthetic_series(self.n_dates, self.size, seed=self.seed)
         if self.source == "eo_timeseries":
             return eo_series(self.eo_folder)
-        return folder_series(self.folder)
+        return folder_series(self.folder, roots=self.data_roots)
 
     def _progress(self, done: int, total: int) -> None:
         self.param.update(done=done, total=total)

@@ -54,3 +54,11 @@ class HistoryError(SeamlineError):
 
 class SizeLimitError(SeamlineError, ValueError):
     """An input larger than a configured limit (bytes of an upload, pixels of a scene)."""
+
+
+class PathOutsideRootsError(SeamlineError, PermissionError):
+    """A server-side path outside the data roots the dashboard was allowed to read."""
+
+
+class UntrustedModelError(SeamlineError):
+    """A model file whose loading would run code, given without ``trust_model``."""

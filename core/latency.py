@@ -220,8 +220,12 @@ class ModelCache:
         precision: str = "fp32",
         device: str = "cpu",
         calibration: Callable[[SegmentationModel], object] | None = None,
+        trust_model: bool = False,
     ) -> SegmentationModel:
-        """The model ``spec`` at ``precision``, loaded and prepared on first use."""
+        """The model ``spec`` at ``precision``, loaded and prepared on first use.
+
+        ``trust_model`` lets a model file run code when loaded (see
+        :func:`core.modelio.load_model`)."""
         if precision not in PRECISIONS:
             raise InvalidArgumentError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
@@ -230,7 +234,8 @@ class ModelCache:
         key = (name, precision, str(device))
         with self._lock:  # held while building: two sessions never quantize twice
             if key not in self._models:
-                self._models[key] = _prepare(load_model(spec), precision, calibration)
+                model = load_model(spec, trust_model=trust_model)
+                self._models[key] = _prepare(model, precision, calibration)
                 if self.freeze:
                     gc.collect()
                     gc.freeze()

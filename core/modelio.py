@@ -8,6 +8,13 @@ A model on disk is a weights file plus a JSON sidecar of the same stem::
                  "model_class", "init", ...}
 
 ``load_model("demo")`` gives the shipped demo U-Net; it loads offline from the package.
+
+Loading a model file runs no code from it unless ``trust_model=True`` (``--trust-model``):
+state dicts and checkpoints load with ``torch.load(weights_only=True)``, ``.pt2`` archives
+with every pickled payload forced to ``weights_only`` and without compiled (AOTInductor) code
+or Python objects, and a class is imported only from Seamline's own :mod:`core.models`. A
+pickled full model (``torch.save(model)``) or another import path needs the flag, since
+unpickling or importing it runs arbitrary code.
 """
 
 from __future__ import annotations
@@ -15,15 +22,25 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pickle
+import threading
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from unittest import mock
 
 import torch
 import xarray as xr
 from torch import nn
+from torch.export.pt2_archive import constants as pt2
 
 from core.bandstats import BandStats, band_order
-from core.errors import InputFileError, InvalidArgumentError
+from core.errors import (
+    InputFileError,
+    InvalidArgumentError,
+    SeamlineError,
+    UntrustedModelError,
+)
 from core.io import atomic_path
 from core.tiling import eval_mode
 
@@ -40,6 +57,17 @@ __all__ = [
 ASSETS = Path(__file__).with_name("assets")
 DEMO_MODEL = ASSETS / "demo_unet.pt"
 PRECISIONS = ("fp32", "bf16")
+TRUSTED_CLASS_MODULES = ("core.models",)
+"""Modules whose classes a sidecar may name without ``trust_model``: Seamline's own."""
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+"""Where a training checkpoint (a dict) keeps the model's state dict."""
+_UNSAFE_PT2 = (
+    pt2.AOTINDUCTOR_DIR,  # a compiled shared library
+    pt2.CONSTANTS_DIR + pt2.CUSTOM_OBJ_FILENAME_PREFIX,  # TorchBind objects
+    pt2.CONSTANTS_DIR + pt2.OPAQUE_OBJ_FILENAME_PREFIX,  # read with a plain pickle.loads
+)
+_LOADING = threading.Lock()
+"""Held while a load sets or needs torch's process-wide TORCH_FORCE_WEIGHTS_ONLY_LOAD."""
 
 
 @dataclass(frozen=True)
@@ -76,14 +104,80 @@ class SegmentationModel:
         }
 
 
-def _import_class(path: str) -> type[nn.Module]:
+def _untrusted(path: Path, what: str) -> UntrustedModelError:
+    return UntrustedModelError(
+        f"Model file {str(path)!r} {what}, and loading it runs arbitrary code: pass "
+        "--trust-model (trust_model=True) only if you trust its source."
+    )
+
+
+def _import_class(path: str, *, trust_model: bool) -> type[nn.Module]:
+    """The ``nn.Module`` class at ``package.module:Class``; importing runs the module's code,
+    so only :data:`TRUSTED_CLASS_MODULES` are imported without ``trust_model``."""
     module_name, _, class_name = path.partition(":")
+    if module_name not in TRUSTED_CLASS_MODULES and not trust_model:
+        raise UntrustedModelError(
+            f"Model class {path!r} is not one of Seamline's own (core.models), and importing "
+            "it runs its code: pass --trust-model (trust_model=True) only if you trust it."
+        )
     try:
-        return getattr(importlib.import_module(module_name), class_name)
+        cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError):
         raise InputFileError(
             f"Model class {path!r} cannot be imported: give it as 'package.module:ClassName'."
         ) from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise InputFileError(f"Model class {path!r} is not a torch.nn.Module class: name one.")
+    return cls
+
+
+def _load_pt2(path: Path, *, trust_model: bool) -> nn.Module:
+    """A ``torch.export`` archive; untrusted, it may hold nothing that runs code on load."""
+    if trust_model:
+        return torch.export.load(str(path)).module()
+    with zipfile.ZipFile(path) as archive:  # members sit under one root folder
+        unsafe = [n for n in archive.namelist() if n.partition("/")[2].startswith(_UNSAFE_PT2)]
+    if unsafe:
+        raise _untrusted(path, f"holds compiled code or Python objects ({unsafe[0]})")
+    # torch.export.load unpickles tensors and sample inputs with weights_only=False (and
+    # falls back to it): the variable makes every torch.load in it weights_only.
+    with _LOADING, mock.patch.dict(os.environ, {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}):
+        try:
+            return torch.export.load(str(path)).module()
+        except pickle.UnpicklingError:
+            raise _untrusted(path, "holds pickled Python objects beyond tensors") from None
+
+
+def _load_pt(path: Path, meta: dict, *, model_class: str | None, trust_model: bool) -> nn.Module:
+    """A state dict or checkpoint (+ its class), or, trusted, a pickled full model."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust_model:
+            raise _untrusted(
+                path, "is not a plain state dict but pickled Python objects (a full model "
+                "saved with torch.save(model)?)"
+            ) from None
+        with _LOADING:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, nn.Module):
+        return state
+    if not isinstance(state, dict):
+        raise InputFileError(
+            f"Model file {str(path)!r} holds a {type(state).__name__}, not a model, state dict "
+            "or checkpoint: save model.state_dict()."
+        )
+    state = next((state[k] for k in CHECKPOINT_KEYS if isinstance(state.get(k), dict)), state)
+    cls_path = model_class or meta.get("model_class")
+    if cls_path is None:
+        raise InputFileError(
+            f"Model file {str(path)!r} is a state dict without a class: pass "
+            "--model-class package.module:ClassName or add \"model_class\" to "
+            f"{path.with_suffix('.json').name}."
+        )
+    module = _import_class(cls_path, trust_model=trust_model)(**meta.get("init", {}))
+    module.load_state_dict(state)
+    return module
 
 
 def _first_conv_in_channels(module: nn.Module) -> int | None:
@@ -124,10 +218,14 @@ def load_model(
     spec: str | os.PathLike | nn.Module | SegmentationModel = "demo",
     *,
     model_class: str | None = None,
+    trust_model: bool = False,
 ) -> SegmentationModel:
     """Load a model: ``"demo"``, a ``.pt`` state dict (+ class), a ``.pt2`` archive, or a module.
 
     ``model_class`` (``"package.module:Class"``) overrides the sidecar's for a state dict.
+    ``trust_model`` allows what runs code from the file: a pickled full model, a class outside
+    :mod:`core.models`, a ``.pt2`` archive with pickled objects or compiled code. Without it
+    those raise :class:`~core.errors.UntrustedModelError`, before any of their code runs.
     """
     if isinstance(spec, SegmentationModel):
         return spec
@@ -143,23 +241,17 @@ def load_model(
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     try:
         if path.suffix == ".pt2":
-            module = torch.export.load(str(path)).module()
+            module = _load_pt2(path, trust_model=trust_model)
         elif path.suffix == ".onnx":  # an INT8 model saved by core.quantize.save_quantized
             from core.quantize import OnnxModule
 
             module = OnnxModule(path.read_bytes(), align=int(meta.get("align") or 1))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            cls_path = model_class or meta.get("model_class")
-            if cls_path is None:
-                raise InputFileError(
-                    f"Model file {str(path)!r} is a state dict without a class: pass "
-                    "--model-class package.module:ClassName or add \"model_class\" to "
-                    f"{sidecar.name}."
-                )
-            module = _import_class(cls_path)(**meta.get("init", {}))
-            module.load_state_dict(state)
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+            module = _load_pt(path, meta, model_class=model_class, trust_model=trust_model)
+    except SeamlineError:
+        raise
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AssertionError,
+            pickle.UnpicklingError, zipfile.BadZipFile) as exc:  # torch's readers assert too
         raise InputFileError(
             f"Model file {str(path)!r} could not be loaded ({str(exc).splitlines()[0]}): "
             "check that it matches its class and sidecar."

@@ -25,6 +25,7 @@ from core.drift import assess_refit, check, fit_baseline
 from core.errors import BandMismatchError, InputFileError, InvalidArgumentError
 from core.io import band_names, open_raster
 from core.modelio import load_model
+from core.paths import resolve_under
 from core.synthetic import SeriesEvents, make_series
 
 __all__ = [
@@ -116,21 +117,28 @@ def _file_time(path: Path) -> dt.datetime:
     return dt.datetime.fromtimestamp(path.stat().st_mtime)
 
 
-def folder_series(folder: str | Path) -> list[DatedScene]:
+def folder_series(
+    folder: str | Path, *, roots: Sequence[str | Path] | None = None
+) -> list[DatedScene]:
     """Every GeoTIFF of a folder, in date order (date from the file name, else mtime).
 
+    With ``roots`` (a server's data roots), the folder and every file in it must resolve
+    inside them (:func:`core.paths.resolve_under`): ``..``, other absolute paths and symlinks
+    leading out are refused before anything is read.
+
     Raises :class:`~core.errors.SeamlineError` with one sentence for a missing folder, a
-    folder without GeoTIFFs, an unreadable file or files whose bands differ.
+    folder outside ``roots``, a folder without GeoTIFFs, an unreadable file or files whose
+    bands differ.
     """
     if not str(folder).strip():
         raise InputFileError("No folder given: enter a folder of dated GeoTIFFs.")
-    path = Path(folder).expanduser()
+    path = Path(folder).expanduser() if roots is None else resolve_under(folder, roots)
     if not path.is_dir():
         raise InputFileError(
             f"Folder {str(path)!r} does not exist: enter a folder of dated GeoTIFFs."
         )
     files = sorted(
-        (_file_time(p), p)
+        (_file_time(p), p if roots is None else resolve_under(p, roots))
         for p in path.iterdir()
         if p.is_file() and p.suffix.lower() in GEOTIFF_SUFFIXES
     )

@@ -128,7 +128,9 @@ def test_bad_folder_sets_one_sentence_message(tmp_path, case):
         data = np.full((3, 40, 40), 500, dtype=np.uint16)
         write_tif(folder / "2024-01-01.tif", data, descriptions=("red", "green", "blue"))
         write_tif(folder / "2024-02-01.tif", data, descriptions=("nir", "green", "blue"))
-    state = DriftSeries(source="folder", folder="" if case == "blank" else str(folder))
+    state = DriftSeries(
+        source="folder", folder="" if case == "blank" else str(folder), data_roots=[tmp_path]
+    )
     assert state.compute() is False
     assert state.message.count(".") >= 1 and "\n" not in state.message
     expected = {"missing": "does not exist", "empty": "no GeoTIFF", "bands": "bands",
@@ -144,7 +146,9 @@ def test_folder_dates_from_file_names_and_too_few_clear_dates(tmp_path):
         data = rng.integers(100, 3000, size=(3, 48, 48), dtype=np.uint16) + 100 * i
         write_tif(tmp_path / name, data, descriptions=("red", "green", "blue"))
     os.utime(tmp_path / "undated.tif", (2e9, 2e9))  # mtime 2033: the last date
-    state = DriftSeries(source="folder", folder=str(tmp_path), baseline_count=2, tile_size=16)
+    state = DriftSeries(
+        source="folder", folder=str(tmp_path), data_roots=[tmp_path], baseline_count=2, tile_size=16
+    )
     assert state.with_model is False  # no model by default for a folder of unknown bands
     assert state.compute(), state.message
     days = [f"{t:%Y-%m-%d}" for t in state.results["time"]]
@@ -153,6 +157,30 @@ def test_folder_dates_from_file_names_and_too_few_clear_dates(tmp_path):
     state.baseline_count = 5
     assert state.compute() is False and "baseline count" in state.message
     assert len(state.results) == 4  # the previous results stay
+
+
+def test_folder_outside_the_data_roots_is_refused_and_the_series_kept(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    rng = np.random.default_rng(1)
+    for folder in (root / "site", outside):
+        folder.mkdir(parents=True)
+        for day in ("2024-01-01", "2024-02-01", "2024-03-01"):
+            data = rng.integers(100, 3000, size=(3, 32, 32), dtype=np.uint16)
+            write_tif(folder / f"{day}.tif", data, descriptions=("red", "green", "blue"))
+    state = DriftSeries(source="folder", folder="site", data_roots=[root], baseline_count=2)
+    assert state.compute(), state.message
+    results, scenes = state.results, state.scenes
+    (root / "site" / "2024-04-01.tif").symlink_to(outside / "2024-01-01.tif")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    attempts = ["../outside", str(outside), "link", "site", "/"]  # site: holds an escaping link
+    for folder in attempts:
+        state.folder = folder
+        assert state.compute() is False
+        assert "outside the data roots" in state.message and "\n" not in state.message
+        assert state.results is results and state.scenes is scenes  # the previous series stays
+    view = pn.panel(DriftView(state=state))
+    assert "outside the data roots" in str(view.select(pn.pane.Alert)[0].object)
+    assert DriftSeries(source="folder", folder=str(root / "site")).compute() is False  # no roots
 
 
 def test_eo_source_offered_only_when_present(tmp_path):

@@ -20,3 +20,8 @@ def test_each_session_gets_its_own_objects():
     assert a.picker is not b.picker and a.inference is not b.inference and a.drift is not b.drift
     assert isinstance(create_app(), pn.template.BaseTemplate)
     assert create_inline().get_root() is not None
+
+
+def test_the_data_roots_reach_the_drift_section(tmp_path):
+    assert create_sections(ModelCache(), [tmp_path]).drift.data_roots == [tmp_path]
+    assert create_sections(ModelCache()).drift.data_roots == []  # default: no server folder
