@@ -54,3 +54,7 @@ class HistoryError(SeamlineError):
 
 class SizeLimitError(SeamlineError, ValueError):
     """An input larger than a configured limit (bytes of an upload, pixels of a scene)."""
+
+
+class DataTypeError(SeamlineError, ValueError):
+    """A raster whose pixel data type is not among those allowed (e.g. complex values)."""

@@ -28,8 +28,8 @@ from core.errors import (
     InvalidArgumentError,
     MissingCRSError,
     OutputPathError,
-    SizeLimitError,
 )
+from core.limits import InputBudget
 
 __all__ = [
     "open_raster",
@@ -109,18 +109,21 @@ def _named_bands(da: xr.DataArray, band_names: Sequence[str] | None, path: Path)
 
 
 def read_geotiff_bytes(
-    data: bytes, *, max_pixels: int | None = None, source: str = "upload"
+    data: bytes, *, budget: InputBudget | None = None, source: str = "upload"
 ) -> xr.DataArray:
     """A GeoTIFF held in memory (e.g. an HTTP upload) as a loaded ``(band, y, x)`` scene.
 
     The bytes are read through a rasterio ``MemoryFile``: nothing touches the disk. Bytes
     that are not a GeoTIFF are an :class:`~core.errors.InputFileError`; a raster without a
-    CRS a :class:`~core.errors.MissingCRSError`; one of more than ``max_pixels`` pixels per
-    band a :class:`~core.errors.SizeLimitError`, raised from the header alone, before the
-    pixels are decompressed.
+    CRS a :class:`~core.errors.MissingCRSError`. With a ``budget``, too many bytes or values
+    are a :class:`~core.errors.SizeLimitError` and a refused data type a
+    :class:`~core.errors.DataTypeError`, raised from the header alone, before the pixels
+    are decompressed.
     """
     if not data:
         raise InputFileError(f"The {source} is empty: send a GeoTIFF file.")
+    if budget is not None:
+        budget.check_bytes(len(data), source=source)
     with MemoryFile(data) as memory, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # MissingCRSError says it
         try:
@@ -138,11 +141,8 @@ def read_geotiff_bytes(
                 raise MissingCRSError(
                     f"The {source} has no CRS: write the GeoTIFF with its CRS."
                 )
-            if max_pixels is not None and dataset.width * dataset.height > max_pixels:
-                raise SizeLimitError(
-                    f"The {source} is {dataset.width} x {dataset.height} pixels, more than the "
-                    f"{max_pixels} allowed: send a smaller scene or split it into tiles."
-                )
+            if budget is not None:
+                budget.check_dataset(dataset, source=source)
             try:
                 # Closed once loaded: an open handle in xarray's file cache kept GDAL's
                 # blocks of every upload (RSS grew ~15 MB per 64 requests).
