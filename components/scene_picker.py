@@ -12,7 +12,7 @@ import xarray as xr
 
 from core.demo import sentinel2_aoi, sentinel2_sample
 from core.errors import SeamlineError
-from core.io import open_aoi, open_raster
+from core.io import decoding, open_aoi, open_raster
 from core.limits import DEFAULT_BUDGET
 from core.synthetic import make_scene
 
@@ -35,7 +35,8 @@ def _read_scene(path: Path) -> xr.DataArray:
     DEFAULT_BUDGET.check_bytes(path.stat().st_size, source=source, fix=fix)
     scene = open_raster(path)
     DEFAULT_BUDGET.check_scene(scene, source=source, fix=fix)
-    return scene.load()
+    with decoding(f"The {source}", fix="upload an uncorrupted GeoTIFF"):
+        return scene.load()
 
 
 class ScenePicker(pn.viewable.Viewer):

@@ -8,6 +8,7 @@ validity mask, one-sentence errors, and atomic writes (no partial file on failur
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "atomic_path",
     "check_aoi",
     "check_output_path",
+    "decoding",
 ]
 
 RASTER_DRIVERS = {"GTiff", "COG"}
@@ -143,21 +145,37 @@ def read_geotiff_bytes(
                 )
             if budget is not None:
                 budget.check_dataset(dataset, source=source)
-            try:
-                # Closed once loaded: an open handle in xarray's file cache kept GDAL's
-                # blocks of every upload (RSS grew ~15 MB per 64 requests).
+            # Closed once loaded: an open handle in xarray's file cache kept GDAL's
+            # blocks of every upload (RSS grew ~15 MB per 64 requests).
+            with decoding(f"The {source}", fix="send an uncorrupted GeoTIFF"):
                 with rioxarray.open_rasterio(dataset, masked=False, cache=False) as opened:
                     da = opened.load()
-            except RasterioError as exc:
-                raise InputFileError(
-                    f"The {source} could not be decoded ({_first_line(exc)}): send an "
-                    "uncorrupted GeoTIFF."
-                ) from None
     return _named_bands(da, None, Path(source))
+
+
+@contextmanager
+def decoding(what: str, *, fix: str = "pass an uncorrupted raster") -> Iterator[None]:
+    """Turn GDAL's read errors inside the block into one :class:`InputFileError` sentence.
+
+    A raster opens lazily from its header; corrupt or truncated pixel data only fails
+    when a window is read, later. ``what`` names the input (``"Raster file 'a.tif'"``).
+    """
+    try:
+        yield
+    except RasterioError as exc:
+        raise InputFileError(f"{what} could not be decoded ({_gdal_reason(exc)}): {fix}.") from None
 
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _gdal_reason(exc: BaseException) -> str:
+    """GDAL's own reason, not rasterio's "Read failed. See previous exception": the first
+    line of the innermost chained error, without the file name GDAL puts before it."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return re.sub(r"^\S+\.tiff?[,:]\s*", "", _first_line(exc))
 
 
 def _dataset_to_bands(ds: xr.Dataset, path: Path) -> xr.DataArray:

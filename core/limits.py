@@ -96,7 +96,7 @@ class InputBudget:
             decoded = values * max(np.dtype(d).itemsize for d in kinds) if kinds else values
             raise SizeLimitError(
                 f"The {source} is {width} x {height} pixels x {count} bands ({values:,} "
-                f"values, {decoded / 2**30:.1f} GiB decoded), more than the "
+                f"values, {decoded / 2**20:,.1f} MiB decoded), more than the "
                 f"{self.max_pixels:,} allowed: {fix}."
             )
 

@@ -29,7 +29,15 @@ from core.errors import (
     MissingCRSError,
     NoDataError,
 )
-from core.io import check_aoi, check_output_path, open_aoi, open_raster, valid_mask, write_raster
+from core.io import (
+    check_aoi,
+    check_output_path,
+    decoding,
+    open_aoi,
+    open_raster,
+    valid_mask,
+    write_raster,
+)
 from core.limits import InputBudget
 
 __all__ = [
@@ -279,11 +287,12 @@ def prepare_file(
         budget.check_scene(window, source=f"raster {str(input_path)!r}{where}",
                            fix="clip it with --aoi, or lift the limit with --no-input-limits")
     stats = BandStats.load(stats_path) if stats_path is not None else None
-    prepared = prepare(scene, aoi=aoi, stats=stats, **options)
-    if fit_stats is not None:
-        stats = fit_band_stats(prepared)
-        prepared = normalise(prepared, stats, method=options.get("normalisation", "zscore"))
-    write_raster(prepared, output_path, driver="COG" if cog else "GTiff")
+    with decoding(f"Raster file {str(input_path)!r}"):  # pixels are read from here on
+        prepared = prepare(scene, aoi=aoi, stats=stats, **options)
+        if fit_stats is not None:
+            stats = fit_band_stats(prepared)
+            prepared = normalise(prepared, stats, method=options.get("normalisation", "zscore"))
+        write_raster(prepared, output_path, driver="COG" if cog else "GTiff")
     if fit_stats is not None:
         stats.save(fit_stats)
     res = prepared.rio.resolution()

@@ -28,7 +28,7 @@ def test_check_raster_counts_values_over_all_bands_and_names_the_decoded_size():
     with pytest.raises(SizeLimitError) as info:
         budget.check_raster(100, 100, 4, ["uint16", "float64"], source="scene", fix="crop it")
     message = str(info.value)
-    assert "100 x 100 pixels x 4 bands (40,000 values, 0.0 GiB decoded)" in message
+    assert "100 x 100 pixels x 4 bands (40,000 values, 0.3 MiB decoded)" in message
     assert message.endswith("more than the 30,000 allowed: crop it.")
 
 
