@@ -39,6 +39,7 @@ FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=timedelta(seconds=5),  # "no hang": generous, the machine is shared
     database=None,
+    derandomize="SEAMLINE_FUZZ_EXAMPLES" not in os.environ,  # the suite: same inputs each run
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 BUDGET = InputBudget(max_bytes=2**20, max_pixels=512 * 512 * 6)
