@@ -16,9 +16,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import drift_cli, serve_cli, vectorize_cli
 from core.errors import InvalidArgumentError, SeamlineError
+
+if TYPE_CHECKING:
+    from core.limits import InputBudget
 
 EXIT_USER_ERROR = 2
 PRECISIONS = ("fp32", "bf16", "int8")  # core.latency.PRECISIONS, without importing torch
@@ -28,6 +32,13 @@ WARMUP = Path(__file__).with_name("warmup.py")
 
 def _print_json(obj: dict) -> None:
     print(json.dumps(obj, indent=2, default=str))
+
+
+def _budget(args: argparse.Namespace) -> InputBudget | None:
+    """The default input budget, or None with ``--no-input-limits``."""
+    from core.limits import DEFAULT_BUDGET
+
+    return None if args.no_input_limits else DEFAULT_BUDGET
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -51,6 +62,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         resampling=args.resampling,
         all_touched=args.all_touched,
         normalisation=args.normalisation,
+        budget=_budget(args),
     )
     _print_json(asdict(report))
 
@@ -67,6 +79,13 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         if args.probabilities:
             raise InvalidArgumentError("--vector needs class ids: drop --probabilities.")
         vector_format(args.vector)  # a bad path fails now, not after the prediction
+    if (budget := _budget(args)) is not None:
+        # Blocks stream through memory: the budget bounds the file's own blocks (GDAL decodes
+        # a tile or strip whole to serve any window of it) and its data types.
+        budget.check_scene(open_raster(args.input, band_names=args.band_names),
+                           source=f"raster {args.input!r}", streaming=True,
+                           fix="rewrite it tiled (gdal_translate -co TILED=YES), or lift the "
+                           "limit with --no-input-limits")  # fmt: skip
     model = load_model(args.model, model_class=args.model_class, trust_model=args.trust_model)
     precision = args.precision or model.precision
     if precision == "bf16" and not bf16_is_native():
@@ -234,7 +253,8 @@ def _band_list(text: str) -> list[str]:
     return names
 
 
-def _add_trust_model(parser: argparse.ArgumentParser) -> None:
+def add_trust_model_flag(parser: argparse.ArgumentParser) -> None:
+    """``--trust-model`` on a command that loads a model (see SECURITY.md, "Models")."""
     parser.add_argument("--trust-model", action="store_true",
                         help="allow a model file that runs code when loaded (a pickled full "
                         "model, a class outside core.models): only for files you trust")
@@ -260,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--band-names", type=_band_list, help="comma-separated names, one per band")
     p.add_argument("--normalisation", choices=("zscore", "percentile"), default="zscore")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
+    p.add_argument("--no-input-limits", action="store_true",
+                   help="lift the input budget (4096 x 4096 x 8 values held in memory) for a "
+                   "batch job on trusted files")
     stats = p.add_mutually_exclusive_group()
     stats.add_argument(
         "--fit-stats",
@@ -278,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo",
                    help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
     p.add_argument("--model-class", help="package.module:Class for a state dict")
-    _add_trust_model(p)
+    add_trust_model_flag(p)
     p.add_argument("--tile-size", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--blend", default="cosine", help="crop, linear, cosine or gaussian")
@@ -299,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     p.add_argument("--vector", metavar="OUT", help="also write the class polygons (.gpkg, "
                    ".geojson or .parquet) beside the class raster")
+    p.add_argument("--no-input-limits", action="store_true",
+                   help="lift the input budget on the file's internal blocks and data types "
+                   "(the raster itself streams: its size is not limited)")
     p.add_argument("--scheduler", metavar="ADDRESS|local",
                    help="predict on a dask.distributed cluster, one task per block: 'local' "
                    "starts a LocalCluster, an address (tcp://host:8786) joins a running one")
@@ -306,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="FP32 -> INT8 (calibrated) or BF16, with the figures")
     p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
-    _add_trust_model(p)
+    add_trust_model_flag(p)
     p.add_argument("--precision", default="int8", choices=("int8", "bf16"))
     p.add_argument("--calibration", metavar="SCENE",
                    help="calibrate on tiles of this scene (default: synthetic scenes in the "
@@ -319,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="latency report: fp32, bf16 and int8 side by side")
     p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
-    _add_trust_model(p)
+    add_trust_model_flag(p)
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=1)

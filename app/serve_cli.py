@@ -4,37 +4,114 @@ Registered by :func:`app.cli.build_parser`. The model is loaded, quantized and w
 the server binds its port, so a bad model or option is one sentence from
 :func:`app.cli.main`, exit status 2. FastAPI, uvicorn and torch are imported only when the
 command runs.
+
+The token comes from ``--token-file`` or, failing that, the ``SEAMLINE_API_TOKEN``
+environment variable. Without one the service listens on a loopback address only, unless
+``--insecure`` says that something else (a proxy, a private network) guards it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
+import stat
+from pathlib import Path
 
-from core.errors import InvalidArgumentError
+from core.errors import InputFileError, InvalidArgumentError
+
+TOKEN_ENV = "SEAMLINE_API_TOKEN"
+MIN_TOKEN_LENGTH = 16
+MAKE_TOKEN = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def _checked_token(token: str, source: str) -> str:
+    """``token`` stripped, if it is long enough and fits an HTTP header; else one sentence."""
+    token = token.strip()
+    if not token:
+        raise InvalidArgumentError(f"{source} is empty: put the token in it (e.g. {MAKE_TOKEN}).")
+    if len(token) < MIN_TOKEN_LENGTH or not (token.isascii() and token.isprintable()) \
+            or any(c.isspace() for c in token):  # fmt: skip
+        raise InvalidArgumentError(
+            f"{source} must hold one token of at least {MIN_TOKEN_LENGTH} printable ASCII "
+            f"characters without spaces: make one with {MAKE_TOKEN}."
+        )
+    return token
+
+
+def resolve_token(token_file: str | os.PathLike | None) -> str | None:
+    """The service token: from ``token_file`` if given, else ``$SEAMLINE_API_TOKEN``, else None.
+
+    A token file that is missing, empty, or readable by other users (mode ``o+r``: then it
+    is no secret on a shared machine) is refused, as ssh refuses such a private key.
+    """
+    if token_file is None:
+        token = os.environ.get(TOKEN_ENV)
+        return None if token is None else _checked_token(token, f"${TOKEN_ENV}")
+    path = Path(token_file)
+    if not path.is_file():
+        raise InputFileError(f"Token file {str(path)!r} does not exist: check --token-file.")
+    if path.stat().st_mode & stat.S_IROTH:
+        raise InvalidArgumentError(
+            f"Token file {str(path)!r} is readable by every user of this machine: "
+            f"restrict it with `chmod 600 {path}` (or pass the token in ${TOKEN_ENV})."
+        )
+    return _checked_token(path.read_text(errors="replace"), f"Token file {str(path)!r}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (``localhost`` or a loopback address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _cmd_serve_api(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise InvalidArgumentError(f"--port must be between 0 and 65535, got {args.port}.")
+    token = resolve_token(args.token_file)
+    if token is None and not args.insecure and not is_loopback(args.host):
+        raise InvalidArgumentError(
+            f"--host {args.host} can be reached from other machines and no token is set, so "
+            f"anyone there could use the service: pass --token-file FILE (or set {TOKEN_ENV}), "
+            "or --insecure if a proxy or firewall guards it."
+        )
+    from core.limits import InputBudget
+
+    limits = {"max_bytes": args.max_bytes, "max_pixels": args.max_pixels,
+              "dtypes": args.dtypes and frozenset(t.strip() for t in args.dtypes.split(","))}
+    budget = InputBudget(**{name: value for name, value in limits.items() if value is not None})
     import uvicorn
 
     from app.service import create_app
 
-    if not 0 <= args.port <= 65535:
-        raise InvalidArgumentError(f"--port must be between 0 and 65535, got {args.port}.")
-    limits = {name: value for name in ("max_bytes", "max_pixels")
-              if (value := getattr(args, name)) is not None}  # fmt: skip
     app = create_app(args.model, precision=args.precision, tile_size=args.tile_size,
-                     overlap=args.overlap, blend=args.blend, **limits)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+                     overlap=args.overlap, blend=args.blend, budget=budget,
+                     token=token, trust_model=args.trust_model)  # fmt: skip
+    # The access log has the method, path and status, never the headers (nor the token).
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                server_header=False)  # fmt: skip
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``serve-api``."""
-    from app.cli import PRECISIONS  # here: app.cli imports this module
+    from app.cli import PRECISIONS, add_trust_model_flag  # here: app.cli imports this module
 
     p = sub.add_parser("serve-api", help="HTTP prediction service: POST a GeoTIFF to /predict")
+    add_trust_model_flag(p)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only)")
+                   help="address to listen on (default 127.0.0.1: this machine only; any "
+                   "other needs a token or --insecure)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (logged)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help=f"require 'Authorization: Bearer <token>' on every path but /health, "
+                   f"with the token in FILE (not readable by others); default: ${TOKEN_ENV}")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without a token (behind an "
+                   "authenticating proxy or on a closed network)")
     p.add_argument("--model", default="demo",
                    help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
     p.add_argument("--precision", choices=PRECISIONS, default="int8",
@@ -42,7 +119,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "scenes in the demo bands")
     p.add_argument("--max-bytes", type=int, help="largest upload in bytes (default 64 MiB)")
     p.add_argument("--max-pixels", type=int,
-                   help="largest scene in pixels per band (default 4096 x 4096)")
+                   help="largest scene in values, width x height x bands (default "
+                   "4096 x 4096 x 8)")
+    p.add_argument("--dtypes", metavar="TYPES",
+                   help="allowed pixel types, comma-separated (default: 8 to 32-bit integers, "
+                   "float32, float64)")
     p.add_argument("--tile-size", type=int, default=512, help="default tile side per request")
     p.add_argument("--overlap", type=int, default=64, help="default tile overlap per request")
     p.add_argument("--blend", default="cosine", help="default blend: crop, linear, cosine or "

@@ -9,9 +9,14 @@ in ``X-Seamline-Latency-Ms``. ``GET /health`` describes the model and the limits
   once per process, by :func:`create_app`, before the server accepts a request.
 - Inference runs on one worker thread: concurrent requests queue for it, so the model never
   runs twice at once on the same CPU threads. Decoding an upload runs beside it.
-- Uploads are bounded in bytes (``Content-Length`` and the body as it streams) and in pixels
-  (from the GeoTIFF header, before decompression). User mistakes are 4xx with a JSON body
-  ``{"error": "one sentence"}``; anything else is a 500 with no traceback in the response.
+- Uploads are bounded by a :class:`core.limits.InputBudget`: in bytes (``Content-Length``
+  and the body as it streams), in values and data types (from the GeoTIFF header, before
+  decompression). Tiling options are bounded too (tile side, overlap), so a request cannot
+  buy unbounded work. User mistakes are 4xx with a JSON body ``{"error": "one sentence"}``;
+  anything else is a 500 with no traceback in the response.
+- With a ``token``, every path but ``/health`` requires ``Authorization: Bearer <token>``,
+  compared in constant time (:func:`hmac.compare_digest`); a missing or wrong one is a 401
+  before the request's body or parameters are looked at. The token is never logged.
 
 Nothing here is module-level state but the model cache, shared on purpose: each
 :func:`create_app` call builds its own executor, metrics and limits.
@@ -20,6 +25,8 @@ Nothing here is module-level state but the model cache, shared on purpose: each
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import time
 from collections import Counter, deque
@@ -35,25 +42,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from core.errors import SeamlineError, SizeLimitError
+from core.errors import InvalidArgumentError, SeamlineError, SizeLimitError
 from core.io import geotiff_bytes, read_geotiff_bytes
 from core.latency import ModelCache
+from core.limits import DEFAULT_BUDGET, RASTER_FIX, InputBudget
 from core.modelio import SegmentationModel
 from core.predict import predict_scene
 from core.tiling import Blend, predict_tiled
 
-__all__ = ["create_app", "MODELS", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS"]
+__all__ = ["create_app", "MODELS", "MAX_TILE_SIZE", "OPEN_PATHS"]
 
 log = logging.getLogger("seamline.service")
 
-MODELS = ModelCache()
+MODELS = ModelCache(freeze=True)
 """Models built once per process (shared on purpose: quantizing twice costs seconds)."""
-DEFAULT_MAX_BYTES = 64 * 2**20  # a 2048 x 2048 x 6 uint16 GeoTIFF is 48 MiB uncompressed
-DEFAULT_MAX_PIXELS = 4096 * 4096  # per band; bounds the decoded size of a compressed upload
+MAX_TILE_SIZE = 1024  # a 1024^2 tile is ~60 GFLOP for the demo U-Net; larger buys nothing
+OPEN_PATHS = frozenset({"/health"})  # everything else needs the token when one is set
 LATENCY_WINDOW = 1000  # requests kept for the latency percentiles in /metrics
 TIFF_TYPES = ("image/tiff", "application/octet-stream")
 LATENCY_HEADER = "X-Seamline-Latency-Ms"
 INFERENCE_HEADER = "X-Seamline-Inference-Ms"
+TOKEN_FIX = "send the service's token as 'Authorization: Bearer <token>'"
+BEARER_CHALLENGE = 'Bearer realm="seamline"'
 INTERNAL_ERROR = "The prediction failed with an internal error: the server log has the details."
 
 
@@ -98,20 +108,49 @@ def _validation_sentence(exc: RequestValidationError) -> str:
     return f"Parameter {name!r}: {first.get('msg', 'invalid value').lower()}{got}."
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (``SizeLimitError``) once it passes ``limit`` bytes, by
+async def _read_body(request: Request, budget: InputBudget) -> bytes:
+    """The request body, refused (``SizeLimitError``) once it passes the budget's bytes, by
     its declared ``Content-Length`` or as it streams in."""
-    too_large = f"The upload is larger than the {limit} bytes allowed: send a smaller scene."
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise SizeLimitError(too_large)
+    if declared is not None and declared.isdigit():
+        budget.check_bytes(int(declared), source="upload", fix=RASTER_FIX)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise SizeLimitError(too_large)
+        budget.check_bytes(size, source="upload", fix=RASTER_FIX)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _check_tiling(options: dict) -> None:
+    """Refuse tiling that would buy unbounded work: the tile side is bounded by the query's
+    validation, the overlap here (a stride of a few pixels means thousands of tiles)."""
+    tile, overlap = options["tile_size"], options["overlap"]
+    if tile > MAX_TILE_SIZE or overlap > tile // 2:
+        raise InvalidArgumentError(
+            f"overlap must be at most half of tile_size, and tile_size at most "
+            f"{MAX_TILE_SIZE}, on this service, got tile_size {tile} and overlap {overlap}: "
+            "a larger overlap multiplies the work per request."
+        )
+
+
+def _authorised(request: Request, digest: bytes) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` with the token whose
+    SHA-256 is ``digest`` (digests compared in constant time: no length leaks either)."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    given = hashlib.sha256(credentials.strip().encode()).digest()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, digest)
+
+
+def _unauthorised(request: Request) -> JSONResponse:
+    """401 with ``WWW-Authenticate: Bearer`` (RFC 6750); says whether a token was sent."""
+    if "authorization" in request.headers:
+        message, challenge = (f"The token is not valid: {TOKEN_FIX}.",
+                              'Bearer realm="seamline", error="invalid_token"')  # fmt: skip
+    else:
+        message, challenge = f"This service requires a token: {TOKEN_FIX}.", BEARER_CHALLENGE
+    return JSONResponse({"error": message}, status_code=401,
+                        headers={"WWW-Authenticate": challenge})  # fmt: skip
 
 
 def _warm(model: SegmentationModel, tile_size: int) -> None:
@@ -134,11 +173,12 @@ def create_app(
     model: str | SegmentationModel = "demo",
     *,
     precision: str = "int8",
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    budget: InputBudget = DEFAULT_BUDGET,
+    token: str | None = None,
     tile_size: int = 512,
     overlap: int = 64,
     blend: str = "cosine",
+    trust_model: bool = False,
 ) -> FastAPI:
     """The prediction service as an ASGI app, with the model loaded and warmed.
 
@@ -149,15 +189,23 @@ def create_app(
     precision
         ``fp32``, ``bf16`` or ``int8`` (default: quantized once per process, calibrated on
         the synthetic scenes for the demo bands).
-    max_bytes, max_pixels
-        Largest upload in bytes (413 beyond) and largest scene in pixels per band (413).
+    budget
+        Largest upload in bytes and scene in values (413 beyond), allowed data types (422).
+    token
+        When set, every path but ``/health`` requires ``Authorization: Bearer <token>``
+        (401 otherwise). See :func:`app.serve_cli.resolve_token` for where it comes from.
     tile_size, overlap, blend
-        Tiling used when a request does not set ``tile_size``, ``overlap`` or ``blend``.
+        Tiling used when a request does not set ``tile_size``, ``overlap`` or ``blend``
+        (at most :data:`MAX_TILE_SIZE`, overlap at most half the tile).
+    trust_model
+        Allow model files whose loading runs code (see :func:`core.modelio.load_model`).
 
     Raises :class:`core.errors.SeamlineError` (a bad model or option) before serving.
     """
-    ready = MODELS.get(model, precision=precision, device="cpu")
     defaults = {"tile_size": tile_size, "overlap": overlap, "blend": Blend.parse(blend)}
+    _check_tiling(defaults)
+    digest = hashlib.sha256(token.encode()).digest() if token else None
+    ready = MODELS.get(model, precision=precision, device="cpu", trust_model=trust_model)
     _warm(ready, tile_size)
     metrics = _Metrics()
     workers: dict[str, ThreadPoolExecutor] = {}
@@ -182,6 +230,15 @@ def create_app(
         return _error(exc.status_code, f"{exc.detail}.")
 
     @app.middleware("http")
+    async def authenticated(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # Registered before `timed`, so it runs inside it: 401s on /predict are counted.
+        if digest is None or request.url.path in OPEN_PATHS or _authorised(request, digest):
+            return await call_next(request)
+        return _unauthorised(request)
+
+    @app.middleware("http")
     async def timed(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
@@ -199,7 +256,9 @@ def create_app(
             "status": "ok", "model": ready.name, "precision": ready.precision,
             "bands": list(ready.bands), "classes": list(ready.classes),
             "defaults": {**defaults, "blend": str(defaults["blend"])},
-            "max_bytes": max_bytes, "max_pixels": max_pixels,
+            "max_bytes": budget.max_bytes, "max_pixels": budget.max_pixels,
+            "dtypes": sorted(budget.dtypes), "max_tile_size": MAX_TILE_SIZE,
+            "auth": "bearer" if digest is not None else None,
         }  # fmt: skip
 
     @app.get("/metrics")
@@ -209,8 +268,8 @@ def create_app(
     @app.post("/predict")
     async def predict(
         request: Request,
-        tile_size: int | None = Query(None, ge=8, le=4096),
-        overlap: int | None = Query(None, ge=0, le=2048),
+        tile_size: int | None = Query(None, ge=8, le=MAX_TILE_SIZE),
+        overlap: int | None = Query(None, ge=0, le=MAX_TILE_SIZE // 2),
         blend: str | None = None,
     ) -> Response:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -222,8 +281,9 @@ def create_app(
             for key, value in (("tile_size", tile_size), ("overlap", overlap), ("blend", blend))
         }  # fmt: skip
         try:
-            body = await _read_body(request, max_bytes)
-            scene = await asyncio.to_thread(read_geotiff_bytes, body, max_pixels=max_pixels)
+            _check_tiling(options)
+            body = await _read_body(request, budget)
+            scene = await asyncio.to_thread(read_geotiff_bytes, body, budget=budget)
             loop = asyncio.get_running_loop()
             metrics.queued += 1
             try:

@@ -12,13 +12,12 @@ import xarray as xr
 
 from core.demo import sentinel2_aoi, sentinel2_sample
 from core.errors import SeamlineError
-from core.io import open_aoi, open_raster
+from core.io import decoding, open_aoi, open_raster
+from core.limits import DEFAULT_BUDGET
 from core.synthetic import make_scene
 
 SOURCES = ("Sentinel-2 demo", "Synthetic", "Upload")
 SYNTHETIC_SIZES = (256, 512, 1024, 2048, 4096)
-MAX_UPLOAD_PIXELS = 4096 * 4096 * 8
-"""Largest upload (width x height x bands) the dashboard reads into memory."""
 
 
 def _from_bytes(data: bytes, filename: str, reader):
@@ -31,14 +30,13 @@ def _from_bytes(data: bytes, filename: str, reader):
 
 
 def _read_scene(path: Path) -> xr.DataArray:
+    """The uploaded scene, loaded once its size and header pass the shared input budget."""
+    source, fix = f"upload {path.name!r}", "use `seamline predict` for it"
+    DEFAULT_BUDGET.check_bytes(path.stat().st_size, source=source, fix=fix)
     scene = open_raster(path)
-    pixels = scene.sizes["band"] * scene.sizes["y"] * scene.sizes["x"]
-    if pixels > MAX_UPLOAD_PIXELS:
-        raise SeamlineError(
-            f"{path.name!r} has {pixels:,} values (bands x height x width), more than the "
-            f"dashboard reads ({MAX_UPLOAD_PIXELS:,}): use `seamline predict` for it."
-        )
-    return scene.load()
+    DEFAULT_BUDGET.check_scene(scene, source=source, fix=fix)
+    with decoding(f"The {source}", fix="upload an uncorrupted GeoTIFF"):
+        return scene.load()
 
 
 class ScenePicker(pn.viewable.Viewer):

@@ -62,3 +62,7 @@ class PathOutsideRootsError(SeamlineError, PermissionError):
 
 class UntrustedModelError(SeamlineError):
     """A model file whose loading would run code, given without ``trust_model``."""
+
+
+class DataTypeError(SeamlineError, ValueError):
+    """A raster whose pixel data type is not among those allowed (e.g. complex values)."""

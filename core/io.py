@@ -8,6 +8,7 @@ validity mask, one-sentence errors, and atomic writes (no partial file on failur
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -28,8 +29,8 @@ from core.errors import (
     InvalidArgumentError,
     MissingCRSError,
     OutputPathError,
-    SizeLimitError,
 )
+from core.limits import InputBudget
 
 __all__ = [
     "open_raster",
@@ -42,6 +43,7 @@ __all__ = [
     "atomic_path",
     "check_aoi",
     "check_output_path",
+    "decoding",
 ]
 
 RASTER_DRIVERS = {"GTiff", "COG"}
@@ -109,18 +111,21 @@ def _named_bands(da: xr.DataArray, band_names: Sequence[str] | None, path: Path)
 
 
 def read_geotiff_bytes(
-    data: bytes, *, max_pixels: int | None = None, source: str = "upload"
+    data: bytes, *, budget: InputBudget | None = None, source: str = "upload"
 ) -> xr.DataArray:
     """A GeoTIFF held in memory (e.g. an HTTP upload) as a loaded ``(band, y, x)`` scene.
 
     The bytes are read through a rasterio ``MemoryFile``: nothing touches the disk. Bytes
     that are not a GeoTIFF are an :class:`~core.errors.InputFileError`; a raster without a
-    CRS a :class:`~core.errors.MissingCRSError`; one of more than ``max_pixels`` pixels per
-    band a :class:`~core.errors.SizeLimitError`, raised from the header alone, before the
-    pixels are decompressed.
+    CRS a :class:`~core.errors.MissingCRSError`. With a ``budget``, too many bytes or values
+    are a :class:`~core.errors.SizeLimitError` and a refused data type a
+    :class:`~core.errors.DataTypeError`, raised from the header alone, before the pixels
+    are decompressed.
     """
     if not data:
         raise InputFileError(f"The {source} is empty: send a GeoTIFF file.")
+    if budget is not None:
+        budget.check_bytes(len(data), source=source)
     with MemoryFile(data) as memory, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # MissingCRSError says it
         try:
@@ -138,26 +143,39 @@ def read_geotiff_bytes(
                 raise MissingCRSError(
                     f"The {source} has no CRS: write the GeoTIFF with its CRS."
                 )
-            if max_pixels is not None and dataset.width * dataset.height > max_pixels:
-                raise SizeLimitError(
-                    f"The {source} is {dataset.width} x {dataset.height} pixels, more than the "
-                    f"{max_pixels} allowed: send a smaller scene or split it into tiles."
-                )
-            try:
-                # Closed once loaded: an open handle in xarray's file cache kept GDAL's
-                # blocks of every upload (RSS grew ~15 MB per 64 requests).
+            if budget is not None:
+                budget.check_dataset(dataset, source=source)
+            # Closed once loaded: an open handle in xarray's file cache kept GDAL's
+            # blocks of every upload (RSS grew ~15 MB per 64 requests).
+            with decoding(f"The {source}", fix="send an uncorrupted GeoTIFF"):
                 with rioxarray.open_rasterio(dataset, masked=False, cache=False) as opened:
                     da = opened.load()
-            except RasterioError as exc:
-                raise InputFileError(
-                    f"The {source} could not be decoded ({_first_line(exc)}): send an "
-                    "uncorrupted GeoTIFF."
-                ) from None
     return _named_bands(da, None, Path(source))
+
+
+@contextmanager
+def decoding(what: str, *, fix: str = "pass an uncorrupted raster") -> Iterator[None]:
+    """Turn GDAL's read errors inside the block into one :class:`InputFileError` sentence.
+
+    A raster opens lazily from its header; corrupt or truncated pixel data only fails
+    when a window is read, later. ``what`` names the input (``"Raster file 'a.tif'"``).
+    """
+    try:
+        yield
+    except RasterioError as exc:
+        raise InputFileError(f"{what} could not be decoded ({_gdal_reason(exc)}): {fix}.") from None
 
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _gdal_reason(exc: BaseException) -> str:
+    """GDAL's own reason, not rasterio's "Read failed. See previous exception": the first
+    line of the innermost chained error, without the file name GDAL puts before it."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return re.sub(r"^\S+\.tiff?[,:]\s*", "", _first_line(exc))
 
 
 def _dataset_to_bands(ds: xr.Dataset, path: Path) -> xr.DataArray:

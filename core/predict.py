@@ -29,7 +29,7 @@ from rasterio.windows import Window
 
 from core.bandstats import normalise
 from core.errors import BandMismatchError, InvalidArgumentError, NoDataError
-from core.io import atomic_path, check_output_path, open_raster, valid_mask
+from core.io import atomic_path, check_output_path, decoding, open_raster, valid_mask
 from core.modelio import SegmentationModel, check_bands, load_model
 from core.prepare import align_aoi, crop_to_aoi
 from core.tiling import predict_tiled
@@ -315,7 +315,8 @@ def predict_file(
     timer = TileTimer()
     start = time.perf_counter()
     any_valid = False
-    with output_raster(output_path, scene, model, probabilities=probabilities, cog=cog) as dst, \
+    with decoding(f"Raster file {str(input_path)!r}"), \
+            output_raster(output_path, scene, model, probabilities=probabilities, cog=cog) as dst, \
             rasterio.open(input_path) as src:  # fmt: skip
         count, nodata = dst.count, dst.nodata
         # Read every block into one reused buffer: per-block allocations of varying size

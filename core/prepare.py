@@ -29,7 +29,16 @@ from core.errors import (
     MissingCRSError,
     NoDataError,
 )
-from core.io import check_aoi, check_output_path, open_aoi, open_raster, valid_mask, write_raster
+from core.io import (
+    check_aoi,
+    check_output_path,
+    decoding,
+    open_aoi,
+    open_raster,
+    valid_mask,
+    write_raster,
+)
+from core.limits import InputBudget
 
 __all__ = [
     "parse_crs",
@@ -253,6 +262,7 @@ def prepare_file(
     stats_path: str | os.PathLike | None = None,
     band_names: list[str] | None = None,
     cog: bool = False,
+    budget: InputBudget | None = None,
     **options,
 ) -> PrepareReport:
     """Prepare a raster file into a GeoTIFF/COG; the CLI's ``seamline prepare``.
@@ -260,6 +270,9 @@ def prepare_file(
     ``fit_stats`` fits baseline band statistics on the prepared scene, saves them there as
     JSON and normalises with them; ``stats_path`` normalises with existing statistics.
     Everything is validated before the output is written, and the output appears atomically.
+
+    The scene (its AOI window, when there is an AOI) is held in memory, so its header is
+    checked against ``budget`` (if given; the CLI gives the default) before a pixel is read.
     """
     if fit_stats is not None and stats_path is not None:
         raise InvalidArgumentError("give either fit_stats or stats_path, not both")
@@ -268,12 +281,18 @@ def prepare_file(
         check_output_path(fit_stats)
     scene = open_raster(input_path, band_names=band_names)
     aoi = open_aoi(aoi_path) if aoi_path is not None else None
+    if budget is not None:
+        window = crop_to_aoi(scene, aoi) if aoi is not None else scene
+        where = " inside the AOI" if aoi is not None else ""
+        budget.check_scene(window, source=f"raster {str(input_path)!r}{where}",
+                           fix="clip it with --aoi, or lift the limit with --no-input-limits")
     stats = BandStats.load(stats_path) if stats_path is not None else None
-    prepared = prepare(scene, aoi=aoi, stats=stats, **options)
-    if fit_stats is not None:
-        stats = fit_band_stats(prepared)
-        prepared = normalise(prepared, stats, method=options.get("normalisation", "zscore"))
-    write_raster(prepared, output_path, driver="COG" if cog else "GTiff")
+    with decoding(f"Raster file {str(input_path)!r}"):  # pixels are read from here on
+        prepared = prepare(scene, aoi=aoi, stats=stats, **options)
+        if fit_stats is not None:
+            stats = fit_band_stats(prepared)
+            prepared = normalise(prepared, stats, method=options.get("normalisation", "zscore"))
+        write_raster(prepared, output_path, driver="COG" if cog else "GTiff")
     if fit_stats is not None:
         stats.save(fit_stats)
     res = prepared.rio.resolution()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import geopandas as gpd
@@ -9,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 from shapely.geometry import Polygon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,3 +67,33 @@ def small_aoi(tmp_path: Path) -> Path:
     path = tmp_path / "aoi.geojson"
     utm.to_crs("EPSG:4326").to_file(path, driver="GeoJSON")
     return path
+
+
+def write_bomb(path: Path, *, side: int = 60000, block: int = 256) -> Path:
+    """A "decompression bomb": a sparse, deflated GeoTIFF of a few hundred kB whose header
+    declares ``side`` x ``side`` uint8 pixels in ``block`` x ``block`` tiles (one written)."""
+    with rasterio.open(
+        path, "w", driver="GTiff", width=side, height=side, count=1, dtype="uint8",
+        crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10), nodata=0,
+        tiled=True, blockxsize=block, blockysize=block, compress="deflate", sparse_ok=True,
+        BIGTIFF="YES",
+    ) as dst:  # fmt: skip
+        dst.write(np.ones((1, block, block), dtype="uint8"), window=Window(0, 0, block, block))
+    return path
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(f"{key}:"))
+
+
+@contextmanager
+def peak_memory() -> Iterator[dict]:
+    """Measure the block: ``seconds``, and ``peak_growth`` (bytes) of this process's peak
+    RSS over its RSS at the start (VmHWM, reset through /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # Linux >= 4.0: resets VmHWM to the current RSS
+    before, start, figures = _status_kib("VmRSS"), time.perf_counter(), {}
+    yield figures
+    figures["seconds"] = time.perf_counter() - start
+    figures["peak_growth"] = (_status_kib("VmHWM") - before) * 1024

@@ -22,6 +22,7 @@ from core.io import (
     valid_mask,
     write_raster,
 )
+from core.limits import InputBudget
 
 
 def test_open_raster_real_landsat(shared_data):
@@ -185,5 +186,6 @@ def test_read_geotiff_bytes_refuses_what_is_not_a_bounded_geotiff(small_tif, tmp
     with pytest.raises(InputFileError, match="a PNG raster, not a GeoTIFF"):
         read_geotiff_bytes(png.read_bytes())
     with pytest.raises(SizeLimitError, match="60 x 80|80 x 60"):
-        read_geotiff_bytes(small_tif.read_bytes(), max_pixels=80 * 60 - 1)
-    assert read_geotiff_bytes(small_tif.read_bytes(), max_pixels=80 * 60).shape == (4, 60, 80)
+        read_geotiff_bytes(small_tif.read_bytes(), budget=InputBudget(max_pixels=80 * 60 * 4 - 1))
+    fits = InputBudget(max_pixels=80 * 60 * 4)
+    assert read_geotiff_bytes(small_tif.read_bytes(), budget=fits).shape == (4, 60, 80)

@@ -24,6 +24,7 @@ import uvicorn
 from app.cli import EXIT_USER_ERROR, main
 from app.service import INTERNAL_ERROR, LATENCY_HEADER, create_app
 from core.io import geotiff_bytes, read_geotiff_bytes
+from core.limits import InputBudget
 from core.modelio import load_model
 from core.predict import CLASS_NODATA, predict_scene
 from core.synthetic import make_scene
@@ -102,7 +103,8 @@ def scenes():
 
 @pytest.fixture(scope="module")
 def service(probe):
-    app = create_app(probe, precision="fp32", max_bytes=300_000, max_pixels=256 * 256, **TILING)
+    budget = InputBudget(max_bytes=300_000, max_pixels=256 * 256 * 6)
+    app = create_app(probe, precision="fp32", budget=budget, **TILING)
     with serving(app) as url:
         yield url
 
@@ -168,12 +170,14 @@ BAD = {
     "oversized stream": (lambda s: (b"\0" * 50_000 for _ in range(8)), {}, TIFF, 413,
                          "larger than"),
     "too many pixels": (lambda s: geotiff_bytes(make_scene(300, 300, seed=1)[0] * 0 + 900), {},
-                        TIFF, 413, "more than the 65536"),  # compresses to a few kB
+                        TIFF, 413, "more than the 393,216"),  # compresses to a few kB
     "wrong media type": (geotiff_bytes, {}, {"content-type": "text/plain"}, 415, "image/tiff"),
     "three bands": (_three_bands, {}, TIFF, 422, "lack ['nir', 'swir1', 'swir2']"),
     "no crs": (_no_crs, {}, TIFF, 422, "no CRS"),
     "tile_size not a number": (geotiff_bytes, {"tile_size": "abc"}, TIFF, 422, "'tile_size'"),
-    "tile_size off the stride": (geotiff_bytes, {"tile_size": 30}, TIFF, 422, "multiple"),
+    "tile_size off the stride": (geotiff_bytes, {"tile_size": 30, "overlap": 8}, TIFF, 422,
+                                 "multiple"),
+    "overlap over half the tile": (geotiff_bytes, {"overlap": 40}, TIFF, 422, "at most half"),
     "tile_size too large": (geotiff_bytes, {"tile_size": 10**6}, TIFF, 422, "'tile_size'"),
     "overlap >= tile": (geotiff_bytes, {"overlap": 64}, TIFF, 422, "overlap must be"),
     "blend typo": (geotiff_bytes, {"blend": "cosin"}, TIFF, 422, "Did you mean 'cosine'"),
