@@ -126,8 +126,11 @@ def test_pt2_archives_load_untrusted_only_without_code(tmp_path):
         ["bench", "--precisions", "fp32"],
     ],
 )
-def test_cli_refuses_a_full_model_without_trust_model(full_model, tmp_path, capsys, command):
-    command = [tmp_path / c if c.startswith(("scene", "out")) else c for c in command]
+def test_cli_refuses_a_full_model_without_trust_model(
+    full_model, small_tif, tmp_path, capsys, command
+):
+    paths = {"scene.tif": small_tif, **{c: tmp_path / c for c in ("out.tif", "out.onnx")}}
+    command = [paths.get(c, c) for c in command]
     assert main([*map(str, command), "--model", str(full_model)]) == 2
     err = capsys.readouterr().err.strip()
     assert str(full_model) in err and "--trust-model" in err
