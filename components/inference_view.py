@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -388,55 +389,63 @@ class InferenceView(pn.viewable.Viewer):
             sizing_mode="stretch_width",
         )
 
-    @param.depends("state.result")
-    def figures(self) -> pn.viewable.Viewable:
-        """Latency and quality figures of the latest run."""
-        r = self.state.result
-        if r is None:
-            return pn.Spacer()
-        agreement = "-" if r.agreement_fp32 is None else f"{100 * r.agreement_fp32:.2f} %"
-        cells = [
-            ("Total", f"{r.seconds:.2f} s"),
-            ("Tile p50", f"{r.tile_ms_p50:.1f} ms"),
-            ("Tile p95", f"{r.tile_ms_p95:.1f} ms"),
-            ("Throughput", f"{r.megapixels_per_s:.2f} Mpx/s"),
-            ("Model size", f"{r.size_mb:.2f} MB"),
-            ("Agreement with fp32", agreement),
-        ]
-        return pn.FlexBox(
-            *[
-                pn.pane.HTML(
+    def figures(self) -> pn.FlexBox:
+        """Latency and quality figures of the latest run (panes updated in place)."""
+        result = self.state.param.result
+
+        def cell(name: str, value: Callable[[RunResult], str]) -> pn.pane.HTML:
+            def html(r: RunResult | None) -> str:
+                return (
                     f'<div class="seamline-figure"><div style="font-size:12px;color:#555">'
-                    f'{name}</div><div style="font-size:22px;font-weight:600">{value}'
-                    "</div></div>",
-                    width=150,
-                    margin=(4, 8),
+                    f'{name}</div><div style="font-size:22px;font-weight:600">'
+                    f"{'' if r is None else value(r)}</div></div>"
                 )
-                for name, value in cells
-            ]
+
+            return pn.pane.HTML(pn.bind(html, result), width=150, margin=(4, 8))
+
+        def agreement(r: RunResult) -> str:
+            return "-" if r.agreement_fp32 is None else f"{100 * r.agreement_fp32:.2f} %"
+
+        return pn.FlexBox(
+            cell("Total", lambda r: f"{r.seconds:.2f} s"),
+            cell("Tile p50", lambda r: f"{r.tile_ms_p50:.1f} ms"),
+            cell("Tile p95", lambda r: f"{r.tile_ms_p95:.1f} ms"),
+            cell("Throughput", lambda r: f"{r.megapixels_per_s:.2f} Mpx/s"),
+            cell("Model size", lambda r: f"{r.size_mb:.2f} MB"),
+            cell("Agreement with fp32", agreement),
+            visible=pn.bind(lambda r: r is not None, result),
         )
 
-    @param.depends("state.runs")
-    def runs_view(self) -> pn.viewable.Viewable:
-        """This session's runs as a table and a throughput chart."""
-        runs = self.state.runs
-        if runs.empty:
-            return pn.Spacer()
-        chart = hv.Bars(runs, "run", "megapixels_per_s").opts(
-            responsive=True,
-            height=220,
-            xrotation=20,
-            ylabel="Mpx/s",
-            xlabel="",
-            title="Throughput per run",
-            color="#1f4e5f",
-        )
+    def runs_view(self) -> pn.Column:
+        """This session's runs as a table and a throughput chart (updated in place)."""
+        runs = self.state.param.runs
+
+        def chart(runs: pd.DataFrame) -> hv.Bars:
+            if runs.empty:  # one blank bar: the axis is categorical from the start
+                runs = pd.DataFrame({"run": [""], "megapixels_per_s": [0.0]})
+            return hv.Bars(runs, "run", "megapixels_per_s").opts(
+                responsive=True,
+                height=220,
+                xrotation=20,
+                ylabel="Mpx/s",
+                xlabel="",
+                title="Throughput per run",
+                color="#1f4e5f",
+                framewise=True,
+            )
+
         table = pn.widgets.Tabulator(
-            runs.round(3), disabled=True, show_index=False, sizing_mode="stretch_width", height=180
+            pn.bind(lambda runs: runs.round(3), runs),
+            disabled=True,
+            show_index=False,
+            sizing_mode="stretch_width",
+            height=180,
         )
+        bars = hv.DynamicMap(chart, streams=[hv.streams.Params(self.state, ["runs"])])
         return pn.Column(
             table,
-            pn.pane.HoloViews(chart, sizing_mode="stretch_width"),
+            pn.pane.HoloViews(bars, sizing_mode="stretch_width"),
+            visible=pn.bind(lambda runs: not runs.empty, runs),
             sizing_mode="stretch_width",
         )
 
@@ -449,9 +458,9 @@ class InferenceView(pn.viewable.Viewer):
             collapsed=True,
             sizing_mode="stretch_width",
         )
-        runs = pn.Card(self.runs_view, title="Runs of this session", sizing_mode="stretch_width")
+        runs = pn.Card(self.runs_view(), title="Runs of this session", sizing_mode="stretch_width")
         return pn.Row(
             pn.Column(self.controls(), width=300),
-            pn.Column(self.figures, self.class_map(), seams, runs, sizing_mode="stretch_width"),
+            pn.Column(self.figures(), self.class_map(), seams, runs, sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
