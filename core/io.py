@@ -8,11 +8,8 @@ validity mask, one-sentence errors, and atomic writes (no partial file on failur
 from __future__ import annotations
 
 import os
-import re
-import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import geopandas as gpd
@@ -28,8 +25,10 @@ from core.errors import (
     InputFileError,
     InvalidArgumentError,
     MissingCRSError,
-    OutputPathError,
 )
+from core.files import atomic_path, check_output_path, decoding
+from core.files import existing_file as _existing_file
+from core.files import first_line as _first_line
 from core.limits import InputBudget
 
 __all__ = [
@@ -47,15 +46,6 @@ __all__ = [
 ]
 
 RASTER_DRIVERS = {"GTiff", "COG"}
-
-
-def _existing_file(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{what} file {str(path)!r} does not exist: check the path.")
-    if path.is_dir():
-        raise InputFileError(f"{what} path {str(path)!r} is a folder, not a file: pass a file.")
-    return path
 
 
 def open_raster(
@@ -151,31 +141,6 @@ def read_geotiff_bytes(
                 with rioxarray.open_rasterio(dataset, masked=False, cache=False) as opened:
                     da = opened.load()
     return _named_bands(da, None, Path(source))
-
-
-@contextmanager
-def decoding(what: str, *, fix: str = "pass an uncorrupted raster") -> Iterator[None]:
-    """Turn GDAL's read errors inside the block into one :class:`InputFileError` sentence.
-
-    A raster opens lazily from its header; corrupt or truncated pixel data only fails
-    when a window is read, later. ``what`` names the input (``"Raster file 'a.tif'"``).
-    """
-    try:
-        yield
-    except RasterioError as exc:
-        raise InputFileError(f"{what} could not be decoded ({_gdal_reason(exc)}): {fix}.") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _gdal_reason(exc: BaseException) -> str:
-    """GDAL's own reason, not rasterio's "Read failed. See previous exception": the first
-    line of the innermost chained error, without the file name GDAL puts before it."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__
-    return re.sub(r"^\S+\.tiff?[,:]\s*", "", _first_line(exc))
 
 
 def _dataset_to_bands(ds: xr.Dataset, path: Path) -> xr.DataArray:
@@ -285,44 +250,6 @@ def check_aoi(gdf: gpd.GeoDataFrame, *, source: str = "AOI") -> gpd.GeoDataFrame
             "(e.g. shapely.make_valid or QGIS 'Fix geometries') and try again."
         )
     return gdf
-
-
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail early, with one sentence, if ``path`` cannot be written (missing folder)."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputPathError(
-            f"Output folder {str(parent)!r} does not exist: create it or choose another path."
-        )
-    if not os.access(parent, os.W_OK):
-        raise OutputPathError(f"Output folder {str(parent)!r} is not writable: choose another.")
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
-
-    A failure (or Ctrl-C) inside the block removes the temporary file, so no partial output
-    is ever left under the final name.
-    """
-    path = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs get normal modes
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def write_raster(

@@ -27,24 +27,40 @@ import ast
 import difflib
 import itertools
 import os
+import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
-import xarray as xr
 from affine import Affine
-from rasterio.features import shapes
-from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.features import rasterize, shapes
+from rasterio.windows import Window
 
-from core.errors import BandMismatchError, InvalidArgumentError, MissingCRSError
-from core.io import atomic_path, check_output_path, open_raster
+from core.errors import (
+    BandMismatchError,
+    InputFileError,
+    InvalidArgumentError,
+    MissingCRSError,
+)
+from core.files import atomic_path, check_output_path, existing_file, first_line
+from core.gpkg import GeoPackageWriter
+
+# No xarray, rioxarray or geopandas at import time: `seamline vectorize` reads the file with
+# rasterio and writes a GeoPackage with sqlite3, and those imports would be most of its
+# memory. polygonize() imports geopandas for the GeoDataFrame it returns.
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import xarray as xr
+    from rasterio.crs import CRS
+
+    Classes = xr.DataArray | str | os.PathLike
 
 __all__ = [
     "polygonize",
@@ -65,22 +81,25 @@ VECTOR_FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".parquet": "GeoParque
 """Output formats by file extension."""
 
 GDAL_CACHE = 8 * 2**20  # bytes: windows are read once each; a bigger block cache only grows RSS
+POLYGONIZE_TYPES = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32")}
+SHAPES_CHUNK = 4096  # polygons converted from GDAL's GeoJSON-like dicts at a time
+COLUMNS = {"class_id": "i", "class_name": "O", "area": "f"}  # the attributes, in order
 
-Classes = xr.DataArray | str | os.PathLike
+Batch = tuple[np.ndarray, np.ndarray]  # polygons in CRS coordinates and their class ids
 
 
 @dataclass(frozen=True)
 class _Raster:
-    """A validated ``(y, x)`` class raster and what the polygons need from it."""
+    """A validated ``(y, x)`` class raster: a window reader and what the polygons need."""
 
-    values: xr.DataArray
+    read: Callable[[int, int, int, int], np.ndarray]  # rows r0:r1, columns c0:c1
+    shape: tuple[int, int]
+    dtype: np.dtype
+    transform: Affine
+    crs: CRS
     source: str
     names: tuple[str, ...]
     nodata: float | None
-
-    @property
-    def transform(self) -> Affine:
-        return self.values.rio.transform()
 
     @property
     def pixel_area(self) -> float:
@@ -130,28 +149,23 @@ def polygonize(
     GeoDataFrame with ``class_id``, ``class_name``, ``area`` (CRS units squared) and
     ``geometry``, in the raster's CRS, sorted by class, then north to south and west to east.
     """
-    raster, options = _prepare(
+    with _prepare(
         classes, classes_to_keep, min_area, simplify, connectivity, window, background
-    )
-    return _collect(raster, options, simplify)
+    ) as (raster, options):
+        return _frame(*_collect(raster, options, simplify), raster)
 
 
-def _collect(raster: _Raster, options: dict, simplify: float) -> gpd.GeoDataFrame:
-    """All polygons in one GeoDataFrame, in a canonical order, coverage-simplified if asked."""
+def _collect(raster: _Raster, options: dict, simplify: float) -> Batch:
+    """All polygons at once, in a canonical order, coverage-simplified if asked."""
     batches = list(_batches(raster, **options))
-    gdf = _frame(
-        np.concatenate([b.geometry.to_numpy() for b in batches]),
-        np.concatenate([b["class_id"].to_numpy() for b in batches]),
-        raster,
-        transform=False,
-    )
-    bounds = shapely.bounds(gdf.geometry.to_numpy())
-    order = np.lexsort((bounds[:, 1], bounds[:, 2], bounds[:, 0], -bounds[:, 3], gdf["class_id"]))
-    gdf = gdf.iloc[order].reset_index(drop=True)
-    if simplify > 0 and len(gdf):
-        geoms = shapely.coverage_simplify(gdf.geometry.to_numpy(), simplify)
-        gdf = _frame(geoms, gdf["class_id"].to_numpy(), raster, transform=False)
-    return gdf
+    geoms = np.concatenate([b[0] for b in batches])
+    class_ids = np.concatenate([b[1] for b in batches])
+    bounds = shapely.bounds(geoms)
+    order = np.lexsort((bounds[:, 1], bounds[:, 2], bounds[:, 0], -bounds[:, 3], class_ids))
+    geoms, class_ids = geoms[order], class_ids[order]
+    if simplify > 0 and len(geoms):
+        geoms = shapely.coverage_simplify(geoms, simplify)
+    return geoms, class_ids
 
 
 def vector_format(path: str | os.PathLike) -> str:
@@ -189,54 +203,70 @@ def write_polygons(
     """Polygonize ``classes`` (see :func:`polygonize`) into a vector file, atomically.
 
     The format follows the extension (:data:`VECTOR_FORMATS`). A GeoPackage without
-    ``simplify`` is written window by window, so memory does not grow with the raster;
-    GeoJSON, GeoParquet and simplified output are written from memory at once. Returns a
-    summary: output, format, polygon count per class name, window size.
+    ``simplify`` is written window by window as the polygons are completed (by
+    :class:`core.gpkg.GeoPackageWriter`), so memory does not grow with the raster; GeoJSON,
+    GeoParquet and simplified output are written from memory at once, through geopandas.
+    Returns a summary: output, format, polygon count per class name, window size, CRS.
     """
     fmt = vector_format(path)
     path = Path(path)
-    raster, options = _prepare(
-        classes, classes_to_keep, min_area, simplify, connectivity, window, background
-    )
-    if fmt == "GPKG" and simplify == 0:
-        batches: Iterator[gpd.GeoDataFrame] = _batches(raster, **options)
-    else:
-        batches = iter([_collect(raster, options, simplify)])
     counts: Counter[str] = Counter()
-    layer = {
-        "layer": path.stem,
-        "geometry_type": "Polygon" if connectivity == 4 else "MultiPolygon",
-        "promote_to_multi": connectivity == 8,
-    }
-    with atomic_path(path) as tmp:
-        staging = tmp.with_name(tmp.name + path.suffix)  # GDAL checks a GeoPackage's extension
-        try:
-            for batch in batches:
-                if fmt == "GeoParquet":
-                    batch.to_parquet(staging)
-                elif staging.exists():
-                    if len(batch):
-                        batch.to_file(staging, driver=fmt, mode="a", **layer)
-                else:  # GeoPackage 1.2: GDAL 3.6 (Debian 12, its QGIS) warns on 1.4 files
-                    version = {"VERSION": "1.2"} if fmt == "GPKG" else {}
-                    batch.to_file(staging, driver=fmt, dataset_options=version, **layer)
-                counts.update(batch["class_name"].tolist())
-            os.replace(staging, tmp)
-        finally:
-            staging.unlink(missing_ok=True)
+    with (
+        _prepare(
+            classes, classes_to_keep, min_area, simplify, connectivity, window, background
+        ) as (raster, options),
+        atomic_path(path) as tmp,
+    ):
+        if fmt == "GPKG":
+            if simplify == 0:
+                batches: Iterator[Batch] = _batches(raster, **options)
+            else:
+                batches = iter([_collect(raster, options, simplify)])
+            kind = "POLYGON" if connectivity == 4 else "MULTIPOLYGON"
+            with GeoPackageWriter(tmp, path.stem, kind, raster.crs, COLUMNS) as out:
+                for geoms, class_ids in batches:
+                    columns = _columns(geoms, class_ids, raster.names)
+                    out.write(geoms, **columns)
+                    counts.update(columns["class_name"].tolist())
+        else:
+            frame = _frame(*_collect(raster, options, simplify), raster)
+            _write_frame(frame, fmt, tmp, path, connectivity)
+            counts.update(frame["class_name"].tolist())
     return {
         "output": str(path),
         "format": fmt,
         "polygons": dict(sorted(counts.items())),
         "total_polygons": sum(counts.values()),
         "window": options["window"],
-        "crs": raster.values.rio.crs.to_string(),
+        "crs": raster.crs.to_string(),
     }
+
+
+def _write_frame(
+    gdf: gpd.GeoDataFrame, fmt: str, tmp: Path, path: Path, connectivity: int
+) -> None:
+    """GeoJSON or GeoParquet through geopandas, into ``tmp``."""
+    staging = tmp.with_name(tmp.name + path.suffix)  # GDAL checks the extension
+    try:
+        if fmt == "GeoParquet":
+            gdf.to_parquet(staging)
+        else:
+            gdf.to_file(
+                staging,
+                driver=fmt,
+                layer=path.stem,
+                geometry_type="Polygon" if connectivity == 4 else "MultiPolygon",
+                promote_to_multi=connectivity == 8,
+            )
+        os.replace(staging, tmp)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 # -- validation -------------------------------------------------------------------------------
 
 
+@contextmanager
 def _prepare(
     classes: Classes,
     classes_to_keep: Sequence[int | str] | None,
@@ -245,8 +275,8 @@ def _prepare(
     connectivity: int,
     window: int | None,
     background: int | str | None,
-) -> tuple[_Raster, dict]:
-    """Validate the arguments first (cheap), then the raster; return the engine's options."""
+) -> Iterator[tuple[_Raster, dict]]:
+    """Validate the arguments first (cheap), then the raster; give it and the engine's options."""
     if connectivity not in (4, 8):
         raise InvalidArgumentError(f"connectivity must be 4 or 8, got {connectivity!r}.")
     if not min_area >= 0 or not simplify >= 0:
@@ -255,45 +285,89 @@ def _prepare(
         )
     if window is not None and (not isinstance(window, int | np.integer) or window < 1):
         raise InvalidArgumentError(f"window must be a positive number of pixels, got {window!r}.")
-    raster = _open(classes)
-    if window is None and raster.values.size > AUTO_WINDOW_PIXELS:
-        window = DEFAULT_WINDOW
-    keep = None if classes_to_keep is None else _class_ids(classes_to_keep, raster)
-    drop = set() if background is None else _class_ids([background], raster)
-    return raster, {
-        "keep": keep,
-        "drop": drop,
-        "min_area": float(min_area),
-        "connectivity": connectivity,
-        "window": int(window) if window else None,
-    }
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE), _opened(classes) as raster:
+        if window is None and raster.shape[0] * raster.shape[1] > AUTO_WINDOW_PIXELS:
+            window = DEFAULT_WINDOW
+        keep = None if classes_to_keep is None else _class_ids(classes_to_keep, raster)
+        drop = set() if background is None else _class_ids([background], raster)
+        yield raster, {
+            "keep": keep,
+            "drop": drop,
+            "min_area": float(min_area),
+            "connectivity": connectivity,
+            "window": int(window) if window else None,
+        }
 
 
-def _open(classes: Classes) -> _Raster:
-    if isinstance(classes, xr.DataArray):
-        da, source = classes, str(classes.name or "the class array")
-    else:
-        da, source = open_raster(classes), str(classes)
-    bands = int(np.prod([da.sizes[d] for d in da.dims if d not in ("y", "x")]))
-    if da.dtype.kind not in "iub" or bands != 1:
+@contextmanager
+def _opened(classes: Classes) -> Iterator[_Raster]:
+    """The class raster, checked: a file read window by window through rasterio (no xarray:
+    see the imports), or a DataArray sliced window by window."""
+    if isinstance(classes, str | os.PathLike):
+        path = existing_file(classes, "Raster")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # MissingCRSError says it
+            try:
+                dataset = rasterio.open(path)
+            except RasterioError as exc:
+                raise InputFileError(
+                    f"Raster file {str(path)!r} could not be read ({first_line(exc)}): "
+                    "pass a class GeoTIFF."
+                ) from None
+        with dataset:
+            _check(str(classes), np.dtype(dataset.dtypes[0]), dataset.count, dataset.crs)
+            tags = {**dataset.tags(1), **dataset.tags()}
+            yield _Raster(
+                lambda r0, r1, c0, c1: dataset.read(1, window=Window(c0, r0, c1 - c0, r1 - r0)),
+                dataset.shape,
+                np.dtype(dataset.dtypes[0]),
+                dataset.transform,
+                dataset.crs,
+                str(classes),
+                _class_names(tags.get("classes")),
+                _nodata(dataset.nodata),
+            )
+        return
+    import xarray as xr
+
+    if not isinstance(classes, xr.DataArray):
+        raise InvalidArgumentError(
+            f"classes must be a class DataArray or the path of a class GeoTIFF, not a "
+            f"{type(classes).__name__}."
+        )
+    source = str(classes.name or "the class array")
+    bands = int(np.prod([classes.sizes[d] for d in classes.dims if d not in ("y", "x")]))
+    _check(source, classes.dtype, bands, classes.rio.crs)
+    values = classes.squeeze([d for d in classes.dims if d not in ("y", "x")], drop=True)
+    yield _Raster(
+        lambda r0, r1, c0, c1: np.asarray(values[r0:r1, c0:c1].values),
+        values.shape,
+        values.dtype,
+        classes.rio.transform(),
+        classes.rio.crs,
+        source,
+        _class_names(classes.attrs.get("classes")),
+        _nodata(classes.rio.nodata),
+    )
+
+
+def _check(source: str, dtype: np.dtype, bands: int, crs: CRS | None) -> None:
+    """One band of integer class ids with a CRS, or one sentence that says what is wrong."""
+    if dtype.kind not in "iub" or bands != 1:
         raise BandMismatchError(
-            f"Raster {source!r} holds {da.dtype} values in {bands} band(s), but polygons need "
+            f"Raster {source!r} holds {dtype} values in {bands} band(s), but polygons need "
             "one band of integer class ids: pass a class raster (what `seamline predict` writes "
             "without --probabilities)."
         )
-    if da.rio.crs is None:
+    if crs is None:
         raise MissingCRSError(
             f"Raster {source!r} has no CRS, so its polygons cannot be placed: set one "
             "(da.rio.write_crs() or gdal_edit.py -a_srs) and try again."
         )
-    values = da.squeeze([d for d in da.dims if d not in ("y", "x")], drop=True)
-    nodata = da.rio.nodata
-    return _Raster(
-        values,
-        source,
-        _class_names(da.attrs.get("classes")),
-        None if nodata is None or np.isnan(nodata) else nodata,
-    )
+
+
+def _nodata(value: float | None) -> float | None:
+    return None if value is None or np.isnan(value) else value
 
 
 def _class_names(value: object) -> tuple[str, ...]:
@@ -343,51 +417,42 @@ def _batches(
     min_area: float,
     connectivity: int,
     window: int | None,
-) -> Iterator[gpd.GeoDataFrame]:
+) -> Iterator[Batch]:
     """Final polygons (in CRS): each window's own, then after each row of windows the groups
     of seam pieces that the next row cannot extend any more, merged."""
-    height, width = raster.values.shape
+    height, width = raster.shape
     size = window or max(height, width)
-    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
     min_pixels = min_area / raster.pixel_area
-    seams = _Seams(width, raster.values.dtype, connectivity)
+    seams = _Seams(width, raster.dtype, connectivity)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (geoms, ids, class ids)
-    next_id = 0  # raster-wide id of a window's component = window-local id + next_id
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE):
-        for r0 in range(0, height, size):
-            for c0 in range(0, width, size):
-                r1, c1 = min(height, r0 + size), min(width, c0 + size)
-                data = np.asarray(raster.values[r0:r1, c0:c1].values)
-                wanted = _wanted(data, raster.nodata, keep, drop)
-                local, class_of = _components(data, wanted, structure)
-                del wanted
-                edges = [
-                    local[0] if r0 else (),
-                    local[-1] if r1 < height else (),
-                    local[:, 0] if c0 else (),
-                    local[:, -1] if c1 < width else (),
-                ]
-                seam = np.unique(np.concatenate([[0], *edges]).astype(np.int64))
-                if min_pixels > 0:  # drop small components that cannot grow across a seam
-                    small = np.bincount(local.ravel(), minlength=len(class_of)) < min_pixels
-                    small[seam] = False
-                    local[small[local]] = 0
-                geoms, ids = _shapes(local, connectivity, c0, r0)
-                at_seam = np.isin(ids, seam)
-                yield _finish(geoms[~at_seam], class_of[ids[~at_seam]], raster, min_pixels)
-                pending.append((geoms[at_seam], ids[at_seam] + next_id, class_of[ids[at_seam]]))
-                seams.add(local, data, next_id, c0)
-                next_id += len(class_of) - 1
-                del data, local
-            seams.pair_above()
-            # A group is complete unless it reaches the bottom of this row of windows; the
-            # open ones are unioned so far and carried on as one piece under one id each.
-            reaching = seams.bottom[0] if r1 < height else np.zeros(0, np.int64)
-            closed, carried, ids_to_group = _merge(pending, seams.pairs, reaching)
-            yield _finish(*closed, raster, min_pixels)
-            pending, seams.pairs = [carried], []
-            if r1 < height:
-                seams.next_row(*ids_to_group)
+    next_id = 0  # raster-wide id of a window's polygon: its index in the window + 1 + next_id
+    for r0 in range(0, height, size):
+        for c0 in range(0, width, size):
+            r1, c1 = min(height, r0 + size), min(width, c0 + size)
+            data = raster.read(r0, r1, c0, c1)
+            wanted = _wanted(data, raster.nodata, keep, drop)
+            geoms, class_ids = _shapes(data, wanted, connectivity, c0, r0)
+            del wanted
+            lines = _edge_ids(geoms, (r0, r1, c0, c1), (height, width))
+            at_seam = np.zeros(len(geoms) + 1, bool)
+            for line in lines:
+                at_seam[line] = True
+            at_seam = at_seam[1:]
+            yield _finish(geoms[~at_seam], class_ids[~at_seam], raster, min_pixels)
+            ids = np.flatnonzero(at_seam) + 1 + next_id
+            pending.append((geoms[at_seam], ids, class_ids[at_seam]))
+            seams.add(lines, data, next_id, c0)
+            next_id += len(geoms)
+            del data, geoms, class_ids
+        seams.pair_above()
+        # A group is complete unless it reaches the bottom of this row of windows; the
+        # open ones are unioned so far and carried on as one piece under one id each.
+        reaching = seams.bottom[0] if r1 < height else np.zeros(0, np.int64)
+        closed, carried, ids_to_group = _merge(pending, seams.pairs, reaching)
+        yield _finish(*closed, raster, min_pixels)
+        pending, seams.pairs = [carried], []
+        if r1 < height:
+            seams.next_row(*ids_to_group)
 
 
 class _Seams:
@@ -409,18 +474,18 @@ class _Seams:
     def _line(self) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(self.width, np.int64), np.zeros(self.width, self.dtype)
 
-    def add(self, local: np.ndarray, data: np.ndarray, offset: int, c0: int) -> None:
-        """Record a window's edges (raster-wide ids, classes); pair its left edge."""
+    def add(self, lines: list[np.ndarray], data: np.ndarray, offset: int, c0: int) -> None:
+        """Record a window's edges (raster-wide ids, classes); pair its left edge.
 
-        def ids(line: np.ndarray) -> np.ndarray:
-            return np.where(line > 0, line.astype(np.int64) + offset, 0)
-
+        ``lines`` are the window-local ids on its top, bottom, left and right pixel lines.
+        """
+        top, bottom, left, right = (np.where(line > 0, line + offset, 0) for line in lines)
         if self.left is not None:
-            self.pairs.append(_seam_pairs(self.left, (ids(local[:, 0]), data[:, 0]), self.shifts))
-        self.left = (ids(local[:, -1]), data[:, -1])
-        c1 = c0 + local.shape[1]
-        self.top[0][c0:c1], self.top[1][c0:c1] = ids(local[0]), data[0]
-        self.bottom[0][c0:c1], self.bottom[1][c0:c1] = ids(local[-1]), data[-1]
+            self.pairs.append(_seam_pairs(self.left, (left, data[:, 0]), self.shifts))
+        self.left = (right, data[:, -1].copy())
+        c1 = c0 + data.shape[1]
+        self.top[0][c0:c1], self.top[1][c0:c1] = top, data[0]
+        self.bottom[0][c0:c1], self.bottom[1][c0:c1] = bottom, data[-1]
 
     def pair_above(self) -> None:
         """Pair the top line of the finished row of windows with the row above."""
@@ -450,42 +515,39 @@ def _wanted(
     return wanted
 
 
-def _components(
-    data: np.ndarray, wanted: np.ndarray, structure: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components per class: int32 ids (0 = none) and the class of each id."""
-    local = np.zeros(data.shape, np.int32)
-    mask, labels = np.empty(data.shape, bool), np.empty(data.shape, np.int32)  # reused
-    class_of = [np.zeros(1, np.int64)]  # id 0: no component
-    total = 0
-    for value in np.unique(data[wanted]):  # one pass per class present, not per pixel
-        np.equal(data, value, out=mask)
-        mask &= wanted
-        count = ndimage.label(mask, structure=structure, output=labels)
-        np.add(labels, total, out=local, where=mask)
-        class_of.append(np.full(count, value, np.int64))
-        total += count
-    return local, np.concatenate(class_of)
-
-
 def _shapes(
-    local: np.ndarray, connectivity: int, c0: int, r0: int
+    data: np.ndarray, wanted: np.ndarray, connectivity: int, c0: int, r0: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """GDAL's polygons of each component id, in raster pixel coordinates, made valid."""
+    """The connected components of each class in a window as polygons, and their classes.
+
+    GDAL (:func:`rasterio.features.shapes`) finds the components, same value and
+    connectivity, and traces them in raster pixel coordinates, where every vertex is an
+    integer; the polygons are made valid. No label raster: it would cost 4 bytes a pixel.
+    """
+    if data.dtype.kind == "b":
+        data = data.view(np.uint8)
+    elif data.dtype not in POLYGONIZE_TYPES:  # GDAL traces 32-bit integers at most
+        if data.size and (data.min() < -(2**31) or data.max() >= 2**31):
+            raise InvalidArgumentError(
+                "Class ids must fit in 32 bits to be polygonized: renumber the classes."
+            )
+        data = data.astype(np.int32)
     found = shapes(
-        local, mask=local > 0, connectivity=connectivity, transform=Affine.translation(c0, r0)
+        data, mask=wanted, connectivity=connectivity, transform=Affine.translation(c0, r0)
     )
-    rings: list[list] = []
-    ring_counts, ids = [], []
-    for geometry, value in found:  # GeoJSON-like dicts: gather rings, build geometries at once
-        rings += geometry["coordinates"]
-        ring_counts.append(len(geometry["coordinates"]))
-        ids.append(value)
-    if not ids:
-        return np.array([], dtype=object), np.array([], np.int64)
+    geoms, class_ids = [np.array([], dtype=object)], [np.array([], np.int64)]
+    while chunk := list(itertools.islice(found, SHAPES_CHUNK)):  # GeoJSON-like dicts
+        geoms.append(_polygons([geometry["coordinates"] for geometry, _ in chunk]))
+        class_ids.append(np.array([value for _, value in chunk], dtype=np.int64))
+    return np.concatenate(geoms), np.concatenate(class_ids)
+
+
+def _polygons(rings_of: list[list]) -> np.ndarray:
+    """Valid shapely polygons from GeoJSON-like rings, built at once."""
+    rings = list(itertools.chain.from_iterable(rings_of))
     xy = np.array(list(itertools.chain.from_iterable(rings)), dtype=np.float64)
     ring_of = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
-    polygon_of = np.repeat(np.arange(len(ids)), ring_counts)
+    polygon_of = np.repeat(np.arange(len(rings_of)), [len(r) for r in rings_of])
     geoms = shapely.polygons(shapely.linearrings(xy, indices=ring_of), indices=polygon_of)
     # GDAL writes a component joined only at a corner (8-connectivity) as one self-touching
     # ring; its valid form is a MultiPolygon ("structure" keeps areas, never lines).
@@ -493,7 +555,39 @@ def _shapes(
     geoms[bad] = _canonical(
         shapely.make_valid(geoms[bad], method="structure", keep_collapsed=False)
     )
-    return geoms, np.array(ids, dtype=np.int64)
+    return geoms
+
+
+def _edge_ids(
+    geoms: np.ndarray, window: tuple[int, int, int, int], shape: tuple[int, int]
+) -> list[np.ndarray]:
+    """Which polygon covers each pixel of the window's top, bottom, left and right lines.
+
+    Window-local ids (index in ``geoms`` + 1; 0: none, and all 0 on the raster's border).
+    A polygon reaches an edge when its bounds do (pixel coordinates: exact); GDAL burns it
+    (:func:`rasterio.features.rasterize`) onto the one-pixel line, after GEOS clipped it to
+    that line so that only a few vertices go through.
+    """
+    (r0, r1, c0, c1), (height, width) = window, shape
+    bounds = shapely.bounds(geoms)  # x: column, y: row
+    strips = [
+        (r0 > 0, bounds[:, 1] == r0, (c0, r0, c1, r0 + 1)),
+        (r1 < height, bounds[:, 3] == r1, (c0, r1 - 1, c1, r1)),
+        (c0 > 0, bounds[:, 0] == c0, (c0, r0, c0 + 1, r1)),
+        (c1 < width, bounds[:, 2] == c1, (c1 - 1, r0, c1, r1)),
+    ]
+    lines = []
+    for inner, reaching, (x0, y0, x1, y1) in strips:
+        line = np.zeros((y1 - y0, x1 - x0), np.int32)
+        if inner and reaching.any():
+            clipped = shapely.clip_by_rect(geoms[reaching], x0, y0, x1, y1)
+            parts, index = shapely.get_parts(clipped, return_index=True)
+            areas = shapely.get_type_id(parts) == 3  # clipping can leave lines on the edge
+            ids = np.flatnonzero(reaching)[index[areas]] + 1
+            burn = zip(parts[areas], ids.tolist(), strict=True)
+            rasterize(burn, out=line, transform=Affine.translation(x0, y0))
+        lines.append(line.ravel().astype(np.int64))
+    return lines
 
 
 def _canonical(geoms: np.ndarray) -> np.ndarray:
@@ -540,8 +634,8 @@ def _merge(
     geoms, ids, class_ids = geoms[order], ids[order], class_ids[order]
     edges = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
     index = np.searchsorted(ids, edges)
-    graph = coo_matrix((np.ones(len(index)), (index[:, 0], index[:, 1])), (len(ids),) * 2)
-    count, group = connected_components(graph, directed=False)
+    roots, group = np.unique(_smallest_connected(len(ids), index), return_inverse=True)
+    count = len(roots)
     order = np.argsort(group, kind="stable")  # group by group, smallest id first
     starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0])[:count]
     members = np.split(order, starts[1:]) if count else []
@@ -557,14 +651,42 @@ def _merge(
     )
 
 
+def _smallest_connected(count: int, edges: np.ndarray) -> np.ndarray:
+    """For each node of an undirected graph, the smallest node connected to it.
+
+    Hand-written, though scipy.sparse.csgraph.connected_components does the same: importing
+    scipy.sparse costs 30 MB of resident memory (measured), a sixth of what the whole
+    windowed run may use (issue #9's aim), for graphs of a few thousand seam pieces. Hook
+    and compress (as in Shiloach-Vishkin), vectorised: every edge hooks the larger of its
+    two roots under the smaller, then pointer jumping flattens the trees; a round hooks at
+    least one root, so it ends, and here after a few rounds.
+    """
+    parent = np.arange(count)
+    a, b = edges[:, 0], edges[:, 1]
+    while len(a) and (parent[a] != parent[b]).any():
+        ra, rb = parent[a], parent[b]
+        low = np.minimum(ra, rb)
+        np.minimum.at(parent, ra, low)
+        np.minimum.at(parent, rb, low)
+        while (parent[parent] != parent).any():
+            parent = parent[parent]
+    return parent
+
+
 def _finish(
     geoms: np.ndarray, class_ids: np.ndarray, raster: _Raster, min_pixels: float
-) -> gpd.GeoDataFrame:
-    """Final pixel-space polygons -> canonical CRS polygons with their attributes."""
+) -> Batch:
+    """Final pixel-space polygons -> canonical CRS polygons and their class ids."""
     if min_pixels > 0 and len(geoms):
         big = shapely.area(geoms) >= min_pixels
         geoms, class_ids = _fill_holes(geoms[big], min_pixels), class_ids[big]
-    return _frame(geoms, class_ids, raster)
+    t = raster.transform
+
+    def to_crs(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f])
+
+    return shapely.normalize(shapely.transform(geoms, to_crs)), class_ids
 
 
 def _fill_holes(geoms: np.ndarray, min_pixels: float) -> np.ndarray:
@@ -584,28 +706,24 @@ def _fill_holes(geoms: np.ndarray, min_pixels: float) -> np.ndarray:
     return out
 
 
-def _frame(
-    geoms: np.ndarray, class_ids: np.ndarray, raster: _Raster, *, transform: bool = True
-) -> gpd.GeoDataFrame:
-    """A GeoDataFrame in the raster's CRS; ``transform`` maps pixel to CRS coordinates."""
-    if transform:
-        t = raster.transform
+def _frame(geoms: np.ndarray, class_ids: np.ndarray, raster: _Raster) -> gpd.GeoDataFrame:
+    """CRS polygons and their attributes as a GeoDataFrame in the raster's CRS."""
+    import geopandas as gpd
 
-        def to_crs(xy: np.ndarray) -> np.ndarray:
-            x, y = xy[:, 0], xy[:, 1]
-            return np.column_stack([t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f])
-
-        geoms = shapely.normalize(shapely.transform(geoms, to_crs))
-    present, inverse = np.unique(class_ids, return_inverse=True)
-    names = np.array([_name(int(i), raster.names) for i in present] + [""], dtype=object)
     return gpd.GeoDataFrame(
-        {
-            "class_id": class_ids.astype(np.int64),
-            "class_name": names[inverse.reshape(-1)],
-            "area": shapely.area(geoms),
-        },
-        geometry=gpd.GeoSeries(geoms, crs=raster.values.rio.crs),
+        _columns(geoms, class_ids, raster.names), geometry=gpd.GeoSeries(geoms, crs=raster.crs)
     )
+
+
+def _columns(geoms: np.ndarray, class_ids: np.ndarray, names: tuple[str, ...]) -> dict:
+    """The attributes of polygons: class id, class name and area (CRS units squared)."""
+    present, inverse = np.unique(class_ids, return_inverse=True)
+    known = np.array([_name(int(i), names) for i in present] + [""], dtype=object)
+    return {
+        "class_id": class_ids.astype(np.int64),
+        "class_name": known[inverse.reshape(-1)],
+        "area": shapely.area(geoms),
+    }
 
 
 def _name(class_id: int, names: tuple[str, ...]) -> str:

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 import core.vectorize as vectorize
 from core.errors import BandMismatchError, InvalidArgumentError, MissingCRSError
+from core.gpkg import GeoPackageWriter
 from core.io import write_raster
 from core.synthetic import CLASSES, make_scene
 from core.vectorize import polygonize, write_polygons
@@ -314,12 +315,22 @@ def test_bad_input_is_one_clear_error_and_no_file(tmp_path):
     assert set(tmp_path.iterdir()) == {probs_tif, no_crs}
 
 
-def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson"])
+def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, suffix):
+    written = []
+
+    def fails_after_one_batch(self, *args, **kwargs):  # a GeoPackage is written in batches
+        if written:
+            raise OSError("disk full")
+        written.append(real_write(self, *args, **kwargs))
+
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
+    real_write = GeoPackageWriter.write
+    monkeypatch.setattr(GeoPackageWriter, "write", fails_after_one_batch)
     monkeypatch.setattr(gpd.GeoDataFrame, "to_file", broken)
-    out = tmp_path / "polygons.gpkg"
+    out = tmp_path / f"polygons{suffix}"
     with pytest.raises(OSError, match="disk full"):
         write_polygons(class_array(known_shapes()), out, window=16)
     assert list(tmp_path.iterdir()) == []
