@@ -5,20 +5,21 @@
 raster's CRS. :func:`write_polygons` writes them as GeoPackage, GeoJSON or GeoParquet.
 
 How windows stay invisible. The raster is read ``window`` x ``window`` pixels at a time. In
-each window the components of each class are labelled (:func:`scipy.ndimage.label`, same
-connectivity) and polygonized by GDAL (:func:`rasterio.features.shapes`) in *pixel*
-coordinates, where every vertex is an integer and so exact. A component that does not touch an
-inner window edge is final. The others wait: on every seam the pixels facing each other
-(straight across, and diagonally too with 8-connectivity, window corners included) pair up the
-pieces of the same class that continue across it, and the connected groups of that pairing (a
-sparse graph) are unioned into one polygon each. With 4-connectivity two pieces that meet only
-at a corner are never paired, so they stay apart as in a whole-raster run. After each row of
-windows, a group that does not reach that row's bottom edge is complete and is written; the
-others are unioned so far and carried on as one piece. Every polygon is put in one canonical
-form (valid, no collinear vertices, normalised) and only then mapped to CRS coordinates, so a
-windowed run gives exactly the polygons of a whole-raster run. Memory holds one window and the
+each window GDAL (:func:`rasterio.features.shapes`) finds the connected components of each
+class (same connectivity) and traces them in *pixel* coordinates, where every vertex is an
+integer and so exact. A component that does not touch an inner window edge is final. The
+others wait: GDAL burns them onto the window's edge lines (:func:`rasterio.features.rasterize`),
+and on every seam the pixels facing each other (straight across, and diagonally too with
+8-connectivity, window corners included) pair up the pieces of the same class that continue
+across it; the connected groups of that pairing are unioned into one polygon each. With
+4-connectivity two pieces that meet only at a corner are never paired, so they stay apart as
+in a whole-raster run. After each row of windows, a group that does not reach that row's
+bottom edge is complete and is written; the others are unioned so far and carried on as one
+piece. Every polygon is put in one canonical form (valid, no collinear vertices, normalised)
+and only then mapped to CRS coordinates, so a windowed run gives exactly the polygons of a
+whole-raster run. Memory holds one window (its classes and a mask: 2 bytes a pixel) and the
 polygons crossing one row of seams, not the raster; :func:`write_polygons` streams the
-polygons into a GeoPackage as they are completed.
+polygons into a GeoPackage as they are completed (:mod:`core.gpkg`).
 """
 
 from __future__ import annotations
@@ -80,9 +81,9 @@ AUTO_WINDOW_PIXELS = 4096 * 4096
 VECTOR_FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".parquet": "GeoParquet"}
 """Output formats by file extension."""
 
-GDAL_CACHE = 8 * 2**20  # bytes: windows are read once each; a bigger block cache only grows RSS
+GDAL_CACHE = 2 * 2**20  # bytes: windows are read once each; a bigger block cache only grows RSS
 POLYGONIZE_TYPES = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32")}
-SHAPES_CHUNK = 4096  # polygons converted from GDAL's GeoJSON-like dicts at a time
+SHAPES_CHUNK = 256  # polygons converted from GDAL's GeoJSON-like dicts at a time (RSS)
 COLUMNS = {"class_id": "i", "class_name": "O", "area": "f"}  # the attributes, in order
 
 Batch = tuple[np.ndarray, np.ndarray]  # polygons in CRS coordinates and their class ids

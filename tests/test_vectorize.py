@@ -1,7 +1,10 @@
 """Class polygons: components, areas, masks, seams (windowed == whole), files and bad input."""
 
+import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -12,6 +15,8 @@ import xarray as xr
 from affine import Affine
 from rasterio.features import rasterize
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 import core.vectorize as vectorize
 from core.errors import BandMismatchError, InvalidArgumentError, MissingCRSError
@@ -21,6 +26,7 @@ from core.synthetic import CLASSES, make_scene
 from core.vectorize import polygonize, write_polygons
 from tests.conftest import write_tif
 
+ROOT = Path(__file__).resolve().parents[1]
 NODATA = 255
 TRANSFORM = Affine(10, 0, 500000, 0, -20, 5000000)  # 10 x 20 m pixels: area is not x^2
 PIXEL_AREA = 200.0
@@ -286,6 +292,60 @@ def test_geoparquet_needs_pyarrow_or_round_trips(tmp_path):
     assert_same_polygons(gpd.read_parquet(out), polygonize(da))
 
 
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_a_class_geotiff_streamed_into_a_geopackage_equals_the_whole_raster(
+    tmp_path, connectivity
+):
+    da = class_array(known_shapes())
+    src = write_raster(da, tmp_path / "classes.tif")
+    out = tmp_path / "polygons.gpkg"
+    options = {"connectivity": connectivity, "min_area": 1000.0}
+    report = write_polygons(src, out, window=16, **options)  # read and written per window
+    expected = polygonize(da, **options)  # in memory, at once
+    back = gpd.read_file(out)
+    assert report["total_polygons"] == len(back) == len(expected) > 20
+    assert back.crs == "EPSG:32633"
+    assert_same_polygons(back, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint32, np.int16])
+def test_any_integer_dtype_gives_the_same_polygons(dtype):
+    values = known_shapes()
+    expected = polygonize(class_array(values), window=16)
+    assert_same_polygons(polygonize(class_array(values).astype(dtype), window=16), expected)
+    with pytest.raises(InvalidArgumentError, match="32 bits"):
+        polygonize(class_array(values).astype(np.int64) + 2**40)
+
+
+def test_seam_groups_are_the_connected_components_scipy_finds():
+    rng = np.random.default_rng(3)
+    graphs = [(n, rng.integers(0, n, (int(rng.integers(0, 2 * n)), 2))) for n in range(1, 300, 7)]
+    path = rng.permutation(500)  # a long path through shuffled nodes: many rounds of hooking
+    graphs += [(500, np.column_stack([path[:-1], path[1:]])), (3, np.zeros((0, 2), int))]
+    for n, edges in graphs:
+        graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), (n, n))
+        count, labels = connected_components(graph, directed=False)
+        smallest = np.full(count, n)
+        np.minimum.at(smallest, labels, np.arange(n))
+        assert np.array_equal(vectorize._smallest_connected(n, edges), smallest[labels])
+
+
+def test_the_vectorize_command_imports_no_xarray_geopandas_or_scipy(tmp_path):
+    """Issue #9's memory aim rests on it: those imports alone are 100 MB of RSS."""
+    src = write_tif(tmp_path / "classes.tif", known_shapes()[None], nodata=NODATA)
+    code = (
+        "import sys; from app.cli import main; main(sys.argv[1:]); "
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)"
+    )
+    argv = ["vectorize", str(src), str(tmp_path / "out.gpkg"), "--window", "32"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert json.loads(proc.stdout)["total_polygons"] > 20
+    heavy = {"xarray", "rioxarray", "geopandas", "pandas", "pyogrio", "pyproj", "scipy", "dask"}
+    assert not heavy & set(proc.stderr.split())
+
+
 def test_bad_input_is_one_clear_error_and_no_file(tmp_path):
     probabilities = xr.DataArray(
         np.random.default_rng(0).random((4, 10, 10), np.float32), dims=("class", "y", "x")
@@ -310,6 +370,8 @@ def test_bad_input_is_one_clear_error_and_no_file(tmp_path):
         polygonize(good, connectivity=6)
     with pytest.raises(InvalidArgumentError, match="window must be"):
         polygonize(good, window=0)
+    with pytest.raises(InvalidArgumentError, match="DataArray or the path"):
+        polygonize(known_shapes())
     with pytest.raises(InvalidArgumentError, match=">= 0"):
         polygonize(good, min_area=-1)
     assert set(tmp_path.iterdir()) == {probs_tif, no_crs}
