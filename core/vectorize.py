@@ -50,7 +50,7 @@ from core.errors import (
     InvalidArgumentError,
     MissingCRSError,
 )
-from core.files import atomic_path, check_output_path, existing_file, first_line
+from core.files import atomic_path, check_output_path, decoding, existing_file, first_line
 from core.gpkg import GeoPackageWriter
 
 # No xarray, rioxarray or geopandas at import time: `seamline vectorize` reads the file with
@@ -315,11 +315,16 @@ def _opened(classes: Classes) -> Iterator[_Raster]:
                     f"Raster file {str(path)!r} could not be read ({first_line(exc)}): "
                     "pass a class GeoTIFF."
                 ) from None
+
+        def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+            with decoding(f"Raster file {str(path)!r}", fix="pass an uncorrupted class raster"):
+                return dataset.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+
         with dataset:
             _check(str(classes), np.dtype(dataset.dtypes[0]), dataset.count, dataset.crs)
             tags = {**dataset.tags(1), **dataset.tags()}
             yield _Raster(
-                lambda r0, r1, c0, c1: dataset.read(1, window=Window(c0, r0, c1 - c0, r1 - r0)),
+                read,
                 dataset.shape,
                 np.dtype(dataset.dtypes[0]),
                 dataset.transform,

@@ -4,6 +4,7 @@ import json
 
 import geopandas as gpd
 import numpy as np
+import rasterio
 
 from app.cli import EXIT_USER_ERROR, main
 from core.io import write_raster
@@ -92,3 +93,19 @@ def test_predict_cli_writes_polygons_beside_the_class_raster(tmp_path, capsys):
     code = main(["predict", str(src), str(tmp_path / "c2.tif"), "--vector", str(bad)])
     assert code == EXIT_USER_ERROR and "unsupported format" in capsys.readouterr().err
     assert not (tmp_path / "c2.tif").exists()  # refused before predicting
+
+
+def test_vectorize_cli_corrupt_pixel_data_is_one_sentence(tmp_path, capsys):
+    """The header reads, the pixels (read window by window, later) do not."""
+    _, labels = make_scene(64, 64, seed=4)
+    src = write_raster(labels, tmp_path / "labels.tif")
+    with rasterio.open(src) as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+    data = bytearray(src.read_bytes())
+    data[offset + 2 : offset + 64] = b"\xff" * 62  # the deflate stream of the first block
+    src.write_bytes(bytes(data))
+    out = tmp_path / "out.gpkg"
+    code = main(["vectorize", str(src), str(out), "--window", "32"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "could not be decoded" in err and err.count("\n") == 1
+    assert "Traceback" not in err and not out.exists()
