@@ -41,17 +41,24 @@ class InputBudget:
         (134 million values: 256 MiB decoded as uint16, 512 MiB as float32).
     dtypes
         Allowed pixel data types (numpy names). Default :data:`DEFAULT_DTYPES`.
+    max_bands
+        Most bands. Default 512: hyperspectral sensors have 200-450. Every band costs GDAL
+        and the readers a fixed overhead, so a tiny file declaring 65535 bands of 8 x 8
+        pixels (found by fuzzing) took 167 s to prepare while its values were within
+        ``max_pixels``.
     """
 
     max_bytes: int = 64 * 2**20
     max_pixels: int = 4096 * 4096 * 8
     dtypes: frozenset[str] = DEFAULT_DTYPES
+    max_bands: int = 512
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.max_pixels < 1:
+        if self.max_bytes < 1 or self.max_pixels < 1 or self.max_bands < 1:
             raise InvalidArgumentError(
-                f"The input budget must allow at least one byte and one pixel, got "
-                f"max_bytes={self.max_bytes} and max_pixels={self.max_pixels}."
+                f"The input budget must allow at least one byte, one pixel and one band, got "
+                f"max_bytes={self.max_bytes}, max_pixels={self.max_pixels} and "
+                f"max_bands={self.max_bands}."
             )
         unknown = sorted(name for name in self.dtypes if not _is_dtype(name))
         if unknown or not self.dtypes:
@@ -90,6 +97,11 @@ class InputBudget:
             raise DataTypeError(
                 f"The {source} holds {', '.join(refused)} pixels, which are not allowed "
                 f"(allowed: {', '.join(sorted(self.dtypes))}): convert it to one of those."
+            )
+        if count > self.max_bands:
+            raise SizeLimitError(
+                f"The {source} declares {count:,} bands, more than the {self.max_bands} "
+                f"allowed: {fix}."
             )
         values = width * height * count
         if values > self.max_pixels:

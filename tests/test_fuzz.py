@@ -256,3 +256,14 @@ def test_corrupt_pixel_data_found_by_fuzzing_is_one_sentence(tmp_path, capsys):
     code, err = _prepare(bytes(data))
     assert code == EXIT_USER_ERROR and "could not be decoded" in err
     assert "See previous exception" not in err
+
+
+def test_tiff_declaring_65535_bands_found_by_fuzzing_is_refused_at_once():
+    """Regression: an 8 x 8 TIFF whose SamplesPerPixel tag says 65535 was within the value
+    budget (4.2 million values) and took 167 s in ``prepare``; the band count is bounded."""
+    data = bytearray(SEEDS[2])
+    samples_per_pixel = (277).to_bytes(2, "little")
+    entry = next(e for e in _ifd_entries(SEEDS[2]) if data[e : e + 2] == samples_per_pixel)
+    data[entry + 8 : entry + 10] = (65535).to_bytes(2, "little")
+    code, err = _prepare(bytes(data))
+    assert code == EXIT_USER_ERROR and "65,535 bands, more than the 512 allowed" in err
