@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from app import drift_cli, serve_cli, vectorize_cli
 from core.errors import InvalidArgumentError, SeamlineError
+from core.files import quiet_undecodable_gdal_messages
 
 if TYPE_CHECKING:
     from core.limits import InputBudget
@@ -393,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seamline`` console script."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
+    quiet_undecodable_gdal_messages()
     try:
         func(args)
     except SeamlineError as exc:

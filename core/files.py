@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,14 @@ from rasterio.errors import RasterioError
 
 from core.errors import InputFileError, OutputPathError
 
-__all__ = ["existing_file", "first_line", "decoding", "check_output_path", "atomic_path"]
+__all__ = [
+    "existing_file",
+    "first_line",
+    "decoding",
+    "check_output_path",
+    "atomic_path",
+    "quiet_undecodable_gdal_messages",
+]
 
 
 def existing_file(path: str | os.PathLike, what: str) -> Path:
@@ -93,3 +101,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def quiet_undecodable_gdal_messages() -> None:
+    """Drop the "Exception ignored" traceback rasterio prints when GDAL's error message about
+    a corrupt file is not UTF-8 (rasterio issue #3128; found by fuzzing). GDAL's error still
+    reaches the caller as an exception, which becomes one sentence; only the noise goes.
+    Installs a :data:`sys.unraisablehook` once; other unraisable errors are reported as
+    before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "seamline", False):
+        return
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, UnicodeDecodeError) and str(
+            unraisable.object
+        ).startswith("rasterio._err"):
+            return
+        previous(unraisable)
+
+    hook.seamline = True
+    sys.unraisablehook = hook

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from contextlib import redirect_stderr
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import numpy as np
@@ -28,6 +30,7 @@ from rasterio.io import MemoryFile
 from app.cli import EXIT_USER_ERROR, main
 from app.service import create_app
 from core.errors import SeamlineError
+from core.files import quiet_undecodable_gdal_messages
 from core.io import geotiff_bytes, read_geotiff_bytes
 from core.limits import InputBudget
 from core.modelio import load_model
@@ -267,3 +270,19 @@ def test_tiff_declaring_65535_bands_found_by_fuzzing_is_refused_at_once():
     data[entry + 8 : entry + 10] = (65535).to_bytes(2, "little")
     code, err = _prepare(bytes(data))
     assert code == EXIT_USER_ERROR and "65,535 bands, more than the 512 allowed" in err
+
+
+def test_undecodable_gdal_messages_print_no_traceback(monkeypatch):
+    """Regression (fuzzing, rasterio #3128): a corrupt file can make GDAL's error message
+    non-UTF-8; rasterio's handler then printed an "Exception ignored" traceback."""
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)  # the hook before ours
+    quiet_undecodable_gdal_messages()  # as main() and the service install it
+    quiet_undecodable_gdal_messages()  # once only
+    decode = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    other = ValueError("not ours")
+    for exc, where in ((decode, "rasterio._err.chaining_error_handler"), (other, "elsewhere")):
+        args = SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None,
+                               err_msg=None, object=where)  # fmt: skip
+        sys.unraisablehook(args)
+    assert [r.exc_value for r in reported] == [other]
