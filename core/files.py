@@ -103,22 +103,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def _from_rasterio_err(exc: BaseException | None, where: object = None) -> bool:
+    """Whether ``exc`` is a UnicodeDecodeError raised in rasterio's GDAL error handler."""
+    if not isinstance(exc, UnicodeDecodeError):
+        return False
+    if str(where).startswith("rasterio._err"):
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(("rasterio/_err.pyx", "rasterio\\_err.pyx")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def quiet_undecodable_gdal_messages() -> None:
-    """Drop the "Exception ignored" traceback rasterio prints when GDAL's error message about
-    a corrupt file is not UTF-8 (rasterio issue #3128; found by fuzzing). GDAL's error still
-    reaches the caller as an exception, which becomes one sentence; only the noise goes.
-    Installs a :data:`sys.unraisablehook` once; other unraisable errors are reported as
-    before."""
-    previous = sys.unraisablehook
-    if getattr(previous, "seamline", False):
+    """Drop the traceback rasterio prints when GDAL's error message about a corrupt file is
+    not UTF-8 (rasterio issue #3128; found by fuzzing). Its Cython error handler prints the
+    UnicodeDecodeError through :data:`sys.excepthook` and :data:`sys.unraisablehook`; GDAL's
+    error still reaches the caller as an exception, which becomes one sentence, so only the
+    noise goes. Installs both hooks once; anything else is reported as before."""
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
+    if getattr(unraisable, "seamline", False):
         return
 
-    def hook(unraisable: sys.UnraisableHookArgs) -> None:
-        if isinstance(unraisable.exc_value, UnicodeDecodeError) and str(
-            unraisable.object
-        ).startswith("rasterio._err"):
-            return
-        previous(unraisable)
+    def unraisable_hook(args: sys.UnraisableHookArgs) -> None:
+        if not _from_rasterio_err(args.exc_value, args.object):
+            unraisable(args)
 
-    hook.seamline = True
-    sys.unraisablehook = hook
+    def except_hook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+        if not _from_rasterio_err(value):
+            excepthook(kind, value, tb)
+
+    unraisable_hook.seamline = True
+    sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook

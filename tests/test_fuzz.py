@@ -274,15 +274,22 @@ def test_tiff_declaring_65535_bands_found_by_fuzzing_is_refused_at_once():
 
 def test_undecodable_gdal_messages_print_no_traceback(monkeypatch):
     """Regression (fuzzing, rasterio #3128): a corrupt file can make GDAL's error message
-    non-UTF-8; rasterio's handler then printed an "Exception ignored" traceback."""
+    non-UTF-8; rasterio's Cython handler then printed the UnicodeDecodeError's traceback."""
     reported = []
-    monkeypatch.setattr(sys, "unraisablehook", reported.append)  # the hook before ours
+    monkeypatch.setattr(sys, "unraisablehook", lambda args: reported.append(args.exc_value))
+    monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: reported.append(value))
     quiet_undecodable_gdal_messages()  # as main() and the service install it
     quiet_undecodable_gdal_messages()  # once only
     decode = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
-    other = ValueError("not ours")
+    try:  # raised in a frame of rasterio's error module, as Cython reports it
+        exec(compile("raise decode", "rasterio/_err.pyx", "exec"), {"decode": decode})
+    except UnicodeDecodeError as raised:
+        in_handler = raised
+    other, elsewhere = ValueError("not ours"), UnicodeDecodeError("utf-8", b"", 0, 1, "x")
     for exc, where in ((decode, "rasterio._err.chaining_error_handler"), (other, "elsewhere")):
         args = SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None,
                                err_msg=None, object=where)  # fmt: skip
         sys.unraisablehook(args)
-    assert [r.exc_value for r in reported] == [other]
+    for exc in (in_handler, elsewhere):
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    assert reported == [other, elsewhere]
