@@ -259,7 +259,8 @@ def create_app(
             "bands": list(ready.bands), "classes": list(ready.classes),
             "defaults": {**defaults, "blend": str(defaults["blend"])},
             "max_bytes": budget.max_bytes, "max_pixels": budget.max_pixels,
-            "dtypes": sorted(budget.dtypes), "max_tile_size": MAX_TILE_SIZE,
+            "max_bands": budget.max_bands, "dtypes": sorted(budget.dtypes),
+            "max_tile_size": MAX_TILE_SIZE,
             "auth": "bearer" if digest is not None else None,
         }  # fmt: skip
 

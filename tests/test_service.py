@@ -204,6 +204,7 @@ def test_health_describes_model_and_limits(service):
     assert health["status"] == "ok" and health["model"] == "demo-probe"
     assert health["precision"] == "fp32" and len(health["bands"]) == 6
     assert health["max_bytes"] == 300_000 and health["defaults"]["tile_size"] == 64
+    assert health["max_bands"] == 512  # the default budget's band bound
     missing = httpx.get(f"{service}/nowhere")
     assert missing.status_code == 404 and "error" in missing.json()
 
