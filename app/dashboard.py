@@ -6,7 +6,9 @@ The server folders it may read come from ``SEAMLINE_DATA_ROOTS`` (``seamline ser
 
 from app.layout import create_app
 from core.files import quiet_undecodable_gdal_messages
+from core.hardware import no_huge_page_advice
 from core.paths import roots_from_env
 
+no_huge_page_advice()  # steady latency: see its docstring
 quiet_undecodable_gdal_messages()  # uploads are read through rasterio, as in the CLI and service
 create_app(data_roots=roots_from_env()).servable(title="Seamline")

@@ -44,6 +44,7 @@ from starlette.exceptions import HTTPException
 
 from core.errors import InvalidArgumentError, SeamlineError, SizeLimitError
 from core.files import quiet_undecodable_gdal_messages
+from core.hardware import no_huge_page_advice
 from core.io import geotiff_bytes, read_geotiff_bytes
 from core.latency import ModelCache
 from core.limits import DEFAULT_BUDGET, RASTER_FIX, InputBudget
@@ -206,6 +207,7 @@ def create_app(
     defaults = {"tile_size": tile_size, "overlap": overlap, "blend": Blend.parse(blend)}
     _check_tiling(defaults)
     quiet_undecodable_gdal_messages()
+    no_huge_page_advice()  # steady latency: see its docstring
     digest = hashlib.sha256(token.encode()).digest() if token else None
     ready = MODELS.get(model, precision=precision, device="cpu", trust_model=trust_model)
     _warm(ready, tile_size)

@@ -56,7 +56,9 @@ GDAL_CACHE = 64 * 2**20  # bytes (rasterio passes GDAL_CACHEMAX to GDALSetCacheM
 
 @dataclass
 class TileTimer:
-    """A ``progress`` callback that records per-tile latency (batch time / tiles in batch)."""
+    """A ``progress`` callback that records the time per tile: the time between two batches
+    finishing / tiles in the batch. With calls in flight together (``parallel_forward``) that
+    is what a tile adds to the run, not one call's latency."""
 
     forward: Callable[[int, int], None] | None = None
     tile_seconds: list[float] = field(default_factory=list)
@@ -120,9 +122,23 @@ def _finish(logits: np.ndarray, valid: np.ndarray, probabilities: bool) -> np.nd
         probs = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
         probs[:, ~valid] = np.nan
         return probs
-    classes = logits.argmax(axis=0).astype(np.uint8)
+    classes = class_ids(logits)
     classes[~valid] = CLASS_NODATA
     return classes
+
+
+def class_ids(logits: np.ndarray) -> np.ndarray:
+    """``(C, y, x)`` scores -> ``(y, x)`` uint8 index of the highest (the first on a tie, as
+    ``np.argmax``). One pass per class: ``np.argmax(axis=0)`` copies the scores transposed
+    first, and took 0.09-0.37 s on 5 x 2048^2 (page faults on the 80 MB copy) against
+    0.06 s here."""
+    scores = torch.from_numpy(logits)
+    best = scores[0].clone()
+    ids = torch.zeros(scores.shape[1:], dtype=torch.uint8)
+    for c in range(1, scores.shape[0]):  # a loop over classes, not pixels
+        ids.masked_fill_(scores[c] > best, c)
+        torch.maximum(best, scores[c], out=best)
+    return ids.numpy()
 
 
 def predict_scene(

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -321,18 +324,16 @@ def predict_tiled(
         iy, ix = np.divmod(np.arange(len(origins)), len(grid.cols))
         support_y, support_x = (_support(p) for p in profiles)
         t = tile_size
-        # One batch buffer, filled in the model's memory format: one copy per tile, no
-        # allocation per batch. NaN (nodata) is zeroed per batch, not on a copy of the scene.
-        batch = torch.empty((min(batch_size, len(origins)), x.shape[0], t, t), device=dev,
-                            memory_format=fmt)
+        # Up to `calls` batches in flight: a model may offer a thread-safe forward that gains
+        # from concurrent calls (ONNX Runtime: OnnxModule.parallel_forward). One buffer per batch
+        # in flight, filled in the model's memory format: one copy per tile, no allocation per
+        # batch. NaN (nodata) is zeroed per tile as it is copied, not on a copy of the scene.
+        starts = range(0, len(origins), batch_size)
         out = None
-        for start in range(0, len(origins), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(origins)))
-            tiles = batch[: len(idx)]
-            for k, (r, c) in enumerate(origins[idx]):
-                tiles[k].copy_(x[:, r : r + t, c : c + t])
-            tiles.nan_to_num_(nan=0.0)
-            pred = model(tiles).float().contiguous()  # NCHW: rows of W are contiguous
+        pending: deque[tuple[np.ndarray, Future]] = deque()
+
+        def accumulate(idx: np.ndarray, pred: torch.Tensor) -> None:
+            nonlocal out
             if out is None:  # crop owns every pixel exactly once: nothing to zero
                 alloc = torch.empty if blend is Blend.CROP else torch.zeros
                 out = alloc((pred.shape[1], *grid.padded_shape), device=dev)
@@ -347,6 +348,23 @@ def predict_tiled(
                     target.addcmul_(pred[k, :, r0:r1, c0:c1], weight)
             if progress is not None:
                 progress(int(idx[-1]) + 1, len(origins))
+
+        with _forward_pool(model) as (submit, calls):
+            buffers = [
+                torch.empty((min(batch_size, len(origins)), x.shape[0], t, t), device=dev,
+                            memory_format=fmt)
+                for _ in range(min(calls, len(starts)))
+            ]  # fmt: skip
+            for n, start in enumerate(starts):
+                if len(pending) == calls:  # its buffer is the one filled next
+                    accumulate(pending[0][0], pending.popleft()[1].result())
+                idx = np.arange(start, min(start + batch_size, len(origins)))
+                tiles = buffers[n % calls][: len(idx)]
+                for k, (r, c) in enumerate(origins[idx]):  # copied with NaN zeroed: one pass
+                    torch.nan_to_num(x[:, r : r + t, c : c + t], nan=0.0, out=tiles[k])
+                pending.append((idx, submit(tiles)))
+            while pending:
+                accumulate(pending[0][0], pending.popleft()[1].result())
         if blend is not Blend.CROP:
             # Separable weights on a grid: the accumulated weight is the outer product of the
             # 1-D sums, > 0 over the raster. They are 1 wherever at most two tiles overlap (the
@@ -356,6 +374,35 @@ def predict_tiled(
                 if not np.allclose(cov, 1.0, rtol=0.0, atol=1e-6):
                     out[:, :height, :width] /= torch.from_numpy(cov).to(dev).view(shape)
         return out[:, :height, :width].cpu().numpy()
+
+
+@contextmanager
+def _forward_pool(
+    model: Callable[[torch.Tensor], torch.Tensor],
+) -> Iterator[tuple[Callable[[torch.Tensor], Future], int]]:
+    """``(submit, calls)``: ``submit(tiles)`` gives a future of the model's float32 NCHW output,
+    and ``calls`` is how many to keep in flight. A model with ``parallel_forward()`` (e.g.
+    :meth:`core.quantize.OnnxModule.parallel_forward`) runs on that many threads; any other
+    runs in the caller's thread (a torch module's own intra-op threads already use the cores:
+    two of them would only contend).
+    """
+    forward, calls = model.parallel_forward() if hasattr(model, "parallel_forward") else (model, 1)
+
+    def run(tiles: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():  # thread-local: set again in each worker
+            return forward(tiles).float().contiguous()  # NCHW: rows of W are contiguous
+
+    if calls == 1:
+
+        def run_here(tiles: torch.Tensor) -> Future:
+            future: Future = Future()
+            future.set_result(run(tiles))
+            return future
+
+        yield run_here, 1
+        return
+    with ThreadPoolExecutor(calls, thread_name_prefix="seamline-tile") as pool:
+        yield (lambda tiles: pool.submit(run, tiles)), calls
 
 
 def _place(

@@ -14,7 +14,7 @@ from core.io import open_raster, write_raster
 from core.metrics import mean_iou
 from core.modelio import load_model, save_model, with_precision
 from core.models import UNet
-from core.predict import CLASS_NODATA, predict_file, predict_scene
+from core.predict import CLASS_NODATA, class_ids, predict_file, predict_scene
 from core.synthetic import make_scene
 from core.train import HELD_OUT_SEEDS
 
@@ -159,3 +159,21 @@ def test_prepared_with_model_stats_equals_raw_and_other_stats_are_refused(tmp_pa
     np.testing.assert_array_equal(prepared.values, raw.values)
     with pytest.raises(BandMismatchError, match="other band statistics"):
         predict_scene("demo", open_raster(other), **tiling)
+
+
+def test_class_ids_equal_numpy_argmax_ties_included():
+    rng = np.random.default_rng(11)
+    scores = rng.integers(0, 3, size=(5, 64, 48)).astype(np.float32)  # many ties
+    scores[:, 0, 0] = -np.inf
+    ids = class_ids(scores)
+    assert ids.dtype == np.uint8
+    np.testing.assert_array_equal(ids, scores.argmax(axis=0))  # the first of equal scores
+    continuous = rng.normal(size=(7, 33, 17)).astype(np.float32)
+    np.testing.assert_array_equal(class_ids(continuous), continuous.argmax(axis=0))
+
+
+def test_no_huge_page_advice_turns_numpy_advice_off():
+    from core.hardware import no_huge_page_advice
+
+    no_huge_page_advice()
+    assert no_huge_page_advice() is False  # it reports the previous setting: already off

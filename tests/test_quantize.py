@@ -187,3 +187,17 @@ def test_cli_bench_and_bad_calibration(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "lack" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_parallel_forward_runs_single_threaded_replicas_with_the_same_output(int8):
+    tiles = torch.from_numpy(calibration_tiles(make_scene(256, 256, seed=5)[0], int8, count=4))
+    two = OnnxModule(int8.module.onnx_bytes, align=int8.align, threads=2)
+    forward, calls = two.parallel_forward()
+    assert calls == 2 and two._replicas.qsize() == 2  # one 1-thread session per call in flight
+    np.testing.assert_array_equal(forward(tiles).numpy(), two(tiles).numpy())
+    one = OnnxModule(int8.module.onnx_bytes, align=int8.align, threads=1)
+    assert one.parallel_forward() == (one.forward, 1)  # one thread: nothing to run beside it
+    image = np.random.default_rng(2).normal(size=(6, 300, 260)).astype(np.float32)
+    kw = {"tile_size": 128, "overlap": 32, "align": int8.align, "device": "cpu"}
+    np.testing.assert_allclose(predict_tiled(two, image, **kw), predict_tiled(one, image, **kw),
+                               rtol=0, atol=1e-6)  # fmt: skip

@@ -1,5 +1,7 @@
 """Tiled inference: grid rules, blend weights, and seam-freeness against the untiled output."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -129,3 +131,60 @@ def test_invalid_arguments_raise_value_error(net, kwargs, message):
     with pytest.raises(ValueError, match=message):
         predict_tiled(net, np.zeros((3, 10, 10), dtype=np.float32), **args)
     assert issubclass(InvalidArgumentError, ValueError)
+
+
+class _ParallelNet(torch.nn.Module):
+    """Wraps a net; offers a forward whose first two calls only return once both are in
+    flight together."""
+
+    def __init__(self, net: torch.nn.Module, calls: int = 2) -> None:
+        super().__init__()
+        self.net, self.calls = net, calls
+        self.together = threading.Barrier(calls, timeout=10)
+        self.threads: set[str] = set()
+        self.started: list[int] = []
+        self.lock = threading.Lock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def parallel_forward(self):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with self.lock:
+                self.threads.add(threading.current_thread().name)
+                first = len(self.started) < self.calls
+                self.started.append(x.shape[0])
+            if first:  # BrokenBarrierError (after 10 s) if they ran one at a time
+                self.together.wait()
+            return self.net(x)
+
+        return forward, self.calls
+
+
+@pytest.mark.parametrize("blend", ["crop", "cosine"])
+def test_a_model_offering_parallel_calls_gets_them_with_the_same_result(net, blend):
+    image = np.random.default_rng(7).normal(size=(3, 100, 90)).astype(np.float32)
+    image[:, 10:20, 30:40] = np.nan
+    kw = {"tile_size": 32, "overlap": 8, "blend": blend, "device": "cpu"}
+    serial = predict_tiled(net, image, **kw)
+    seen = []
+    parallel_net = _ParallelNet(net)
+    parallel = predict_tiled(parallel_net, image, batch_size=2, progress=lambda *a: seen.append(a),
+                             **kw)  # fmt: skip
+    np.testing.assert_allclose(parallel, serial, rtol=1e-5, atol=1e-6)
+    assert len(parallel_net.threads) == 2  # two worker threads, none of them the caller
+    assert threading.current_thread().name not in parallel_net.threads
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == seen[-1][1]  # progress in order, to the end
+
+
+def test_an_error_in_a_parallel_call_reaches_the_caller(net):
+    class Failing(_ParallelNet):
+        def parallel_forward(self):
+            def forward(x):
+                raise RuntimeError("tile failed")
+
+            return forward, 2
+
+    with pytest.raises(RuntimeError, match="tile failed"):
+        predict_tiled(Failing(net), np.zeros((3, 64, 64), np.float32), tile_size=32, overlap=8)
