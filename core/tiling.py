@@ -349,7 +349,7 @@ def predict_tiled(
             if progress is not None:
                 progress(int(idx[-1]) + 1, len(origins))
 
-        with _forward_pool(model) as (submit, calls):
+        with _forward_pool(model, len(starts)) as (submit, calls):
             buffers = [
                 torch.empty((min(batch_size, len(origins)), x.shape[0], t, t), device=dev,
                             memory_format=fmt)
@@ -378,15 +378,17 @@ def predict_tiled(
 
 @contextmanager
 def _forward_pool(
-    model: Callable[[torch.Tensor], torch.Tensor],
+    model: Callable[[torch.Tensor], torch.Tensor], batches: int
 ) -> Iterator[tuple[Callable[[torch.Tensor], Future], int]]:
     """``(submit, calls)``: ``submit(tiles)`` gives a future of the model's float32 NCHW output,
     and ``calls`` is how many to keep in flight. A model with ``parallel_forward()`` (e.g.
-    :meth:`core.quantize.OnnxModule.parallel_forward`) runs on that many threads; any other
-    runs in the caller's thread (a torch module's own intra-op threads already use the cores:
-    two of them would only contend).
+    :meth:`core.quantize.OnnxModule.parallel_forward`) runs on that many threads when there
+    are ``batches`` > 1 to share; any other runs in the caller's thread (a torch module's own
+    intra-op threads already use the cores: two of them would only contend), as does a lone
+    batch (a served tile: one call on all cores is the lowest latency).
     """
-    forward, calls = model.parallel_forward() if hasattr(model, "parallel_forward") else (model, 1)
+    parallel = batches > 1 and hasattr(model, "parallel_forward")
+    forward, calls = model.parallel_forward() if parallel else (model, 1)
 
     def run(tiles: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():  # thread-local: set again in each worker

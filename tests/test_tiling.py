@@ -188,3 +188,11 @@ def test_an_error_in_a_parallel_call_reaches_the_caller(net):
 
     with pytest.raises(RuntimeError, match="tile failed"):
         predict_tiled(Failing(net), np.zeros((3, 64, 64), np.float32), tile_size=32, overlap=8)
+
+
+def test_a_lone_batch_runs_on_the_model_itself_in_the_callers_thread(net):
+    parallel_net = _ParallelNet(net)  # its parallel forward would wait 10 s for a partner
+    image = np.random.default_rng(8).normal(size=(3, 40, 40)).astype(np.float32)
+    out = predict_tiled(parallel_net, image, tile_size=64, overlap=8, device="cpu")
+    np.testing.assert_allclose(out, predict_tiled(net, image, tile_size=64, overlap=8), atol=1e-6)
+    assert parallel_net.threads == set()  # the lowest latency for one tile: all cores, one call
