@@ -159,14 +159,15 @@ class InferenceState(param.Parameterized):
             self.polygons().to_file(path, driver="GPKG")
             return io.BytesIO(path.read_bytes())
 
-    def grid(self) -> TileGrid:
-        """The tile grid of the current choices over the scene."""
+    def grid(self, settings: RunSettings | None = None) -> TileGrid:
+        """The tile grid of ``settings`` (default: the current choices) over the scene."""
+        settings = settings or self.settings()
         return TileGrid(
             self.scene.sizes["y"],
             self.scene.sizes["x"],
-            self.tile_size,
-            self.overlap,
-            Blend.parse(self.blend),
+            settings.tile_size,
+            settings.overlap,
+            Blend.parse(settings.blend),
             self.cache.get().align,
         )
 
@@ -336,7 +337,8 @@ class InferenceView(pn.viewable.Viewer):
     def _grid(self, result: RunResult | None, show_grid: bool) -> hv.Rectangles:
         if result is None or not show_grid:
             return hv.Rectangles([])
-        return grid_outline(self.state.grid(), self.state.scene)
+        # the tiles of the run shown, not of the widgets (they may have changed since)
+        return grid_outline(self.state.grid(result.settings), self.state.scene)
 
     def _polygons(self, result: RunResult | None, show_polygons: bool) -> hv.Path:
         if result is None or not show_polygons:

@@ -87,6 +87,9 @@ def test_view_follows_state(state):
     assert isinstance(image, hv.Image) and set(np.unique(image.data["class"])) <= {0, 1, 2, 3, 4}
     assert isinstance(rects, hv.Rectangles) and len(rects) == len(state.grid())
     assert len(path) == 0  # polygons off
+    state.tile_size = 256  # a choice not run yet: the overlay keeps showing the run's tiles
+    assert len(_class_map(view)[1].get(1)) == len(state.grid(state.result.settings))
+    assert len(state.grid(state.result.settings)) != len(state.grid())
     state.show_grid = False
     assert len(_class_map(view)[1].get(1)) == 0
     shown_figures = " ".join(pane.object for pane in view.figures())
