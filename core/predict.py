@@ -56,27 +56,15 @@ GDAL_CACHE = 64 * 2**20  # bytes (rasterio passes GDAL_CACHEMAX to GDALSetCacheM
 
 @dataclass
 class TileTimer:
-    """A ``progress`` callback that records the time per tile: the time between two batches
-    finishing / tiles in the batch. With calls in flight together (``parallel_forward``) that
-    is what a tile adds to the run, not one call's latency."""
+    """Model seconds per tile over a run: pass ``record`` as the ``timing`` callback of
+    :func:`core.tiling.predict_tiled` (a batch's call time / its tiles; with calls in flight
+    together, the time each adds to the run)."""
 
-    forward: Callable[[int, int], None] | None = None
     tile_seconds: list[float] = field(default_factory=list)
-    _last: tuple[float, int] | None = None
 
-    def start(self) -> None:
-        """Mark the start of a run (the first batch is timed from here)."""
-        self._last = (time.perf_counter(), 0)
-
-    def __call__(self, done: int, total: int) -> None:
-        """Record the batch that just finished; chain to ``forward``."""
-        now = time.perf_counter()
-        then, before = self._last or (now, done)
-        if done > before:
-            self.tile_seconds += [(now - then) / (done - before)] * (done - before)
-        self._last = (now, done)
-        if self.forward is not None:
-            self.forward(done, total)
+    def record(self, seconds: float, tiles: int) -> None:
+        """Record a batch of ``tiles`` that took ``seconds``."""
+        self.tile_seconds += [seconds / tiles] * tiles
 
     def summary(self) -> dict[str, float]:
         """Tile latency p50/p95 in ms."""
@@ -152,6 +140,7 @@ def predict_scene(
     batch_size: int = 8,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    timing: Callable[[float, int], None] | None = None,
 ) -> xr.DataArray:
     """Predict a scene; the result is on exactly the scene's grid (CRS, transform, shape).
 
@@ -177,7 +166,8 @@ def predict_scene(
         raise NoDataError("The scene has no valid pixels: nothing to predict.")
     logits = predict_tiled(
         model.module, x, tile_size=tile_size, overlap=overlap, blend=blend,
-        batch_size=batch_size, device=device, progress=progress, align=model.align,
+        batch_size=batch_size, device=device, progress=progress, timing=timing,
+        align=model.align,
     )  # fmt: skip
     return as_prediction(_finish(logits, valid, probabilities), scene, model)
 
@@ -354,9 +344,8 @@ def predict_file(
                 )
             if valid.any():
                 any_valid = True
-                timer.start()
                 out = predict_block(model, block, valid, probabilities=probabilities,
-                                    progress=timer, **tiling)  # fmt: skip
+                                    timing=timer.record, **tiling)  # fmt: skip
             else:  # nothing to predict here: write nodata, skip the model
                 out = np.full((count, *valid.shape), nodata, dtype=dst.dtypes[0])
             out = out.reshape(count, *valid.shape)

@@ -98,10 +98,11 @@ def run_inference(
     ready = cache.get(
         model, precision=settings.precision, device=settings.device, calibration=lambda _m: scene
     )
-    timer = TileTimer(forward=progress)
-    timer.start()
+    timer = TileTimer()
     start = time.perf_counter()
-    classes = predict_scene(ready, scene, progress=timer, **settings.tiling())
+    classes = predict_scene(
+        ready, scene, progress=progress, timing=timer.record, **settings.tiling()
+    )
     seconds = time.perf_counter() - start
     agreement = None
     if reference is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -262,6 +263,7 @@ def predict_tiled(
     batch_size: int = 8,
     device: str | torch.device = "auto",
     progress: Callable[[int, int], None] | None = None,
+    timing: Callable[[float, int], None] | None = None,
     align: int | None = None,
     channels_last: bool | None = None,
 ) -> np.ndarray:
@@ -287,6 +289,9 @@ def predict_tiled(
         ``auto`` (cuda, then mps, then cpu) or any torch device. Outputs accumulate there.
     progress
         Called as ``progress(done_tiles, total_tiles)`` after each batch.
+    timing
+        Called as ``timing(seconds, tiles)`` after each batch: its model call's seconds over
+        the calls in flight together (what the batch adds to the run), and its tile count.
     align
         Tile starts are multiples of this (a U-Net that downsamples 8x needs 8 for tiled and
         untiled outputs to agree). Default: ``model.align`` if set, else 1.
@@ -332,8 +337,11 @@ def predict_tiled(
         out = None
         pending: deque[tuple[np.ndarray, Future]] = deque()
 
-        def accumulate(idx: np.ndarray, pred: torch.Tensor) -> None:
+        def accumulate(idx: np.ndarray, done: tuple[torch.Tensor, float]) -> None:
             nonlocal out
+            pred, seconds = done
+            if timing is not None:
+                timing(seconds / calls, len(idx))
             if out is None:  # crop owns every pixel exactly once: nothing to zero
                 alloc = torch.empty if blend is Blend.CROP else torch.zeros
                 out = alloc((pred.shape[1], *grid.padded_shape), device=dev)
@@ -380,19 +388,22 @@ def predict_tiled(
 def _forward_pool(
     model: Callable[[torch.Tensor], torch.Tensor], batches: int
 ) -> Iterator[tuple[Callable[[torch.Tensor], Future], int]]:
-    """``(submit, calls)``: ``submit(tiles)`` gives a future of the model's float32 NCHW output,
-    and ``calls`` is how many to keep in flight. A model with ``parallel_forward()`` (e.g.
-    :meth:`core.quantize.OnnxModule.parallel_forward`) runs on that many threads when there
-    are ``batches`` > 1 to share; any other runs in the caller's thread (a torch module's own
-    intra-op threads already use the cores: two of them would only contend), as does a lone
-    batch (a served tile: one call on all cores is the lowest latency).
+    """``(submit, calls)``: ``submit(tiles)`` gives a future of the model's float32 NCHW
+    output and the call's seconds, and ``calls`` is how many to keep in flight. A model with
+    ``parallel_forward()`` (e.g. :meth:`core.quantize.OnnxModule.parallel_forward`) runs on
+    that many threads when there are ``batches`` > 1 to share; any other runs in the caller's
+    thread (a torch module's own intra-op threads already use the cores: two of them would
+    only contend), as does a lone batch (a served tile: one call on all cores is the lowest
+    latency).
     """
     parallel = batches > 1 and hasattr(model, "parallel_forward")
     forward, calls = model.parallel_forward() if parallel else (model, 1)
 
-    def run(tiles: torch.Tensor) -> torch.Tensor:
+    def run(tiles: torch.Tensor) -> tuple[torch.Tensor, float]:
+        start = time.perf_counter()
         with torch.inference_mode():  # thread-local: set again in each worker
-            return forward(tiles).float().contiguous()  # NCHW: rows of W are contiguous
+            out = forward(tiles).float().contiguous()  # NCHW: rows of W are contiguous
+        return out, time.perf_counter() - start
 
     if calls == 1:
 

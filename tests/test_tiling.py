@@ -169,13 +169,16 @@ def test_a_model_offering_parallel_calls_gets_them_with_the_same_result(net, ble
     serial = predict_tiled(net, image, **kw)
     seen = []
     parallel_net = _ParallelNet(net)
+    timed = []
     parallel = predict_tiled(parallel_net, image, batch_size=2, progress=lambda *a: seen.append(a),
-                             **kw)  # fmt: skip
+                             timing=lambda *a: timed.append(a), **kw)  # fmt: skip
     np.testing.assert_allclose(parallel, serial, rtol=1e-5, atol=1e-6)
     assert len(parallel_net.threads) == 2  # two worker threads, none of them the caller
     assert threading.current_thread().name not in parallel_net.threads
     done = [d for d, _ in seen]
     assert done == sorted(done) and done[-1] == seen[-1][1]  # progress in order, to the end
+    assert sum(tiles for _, tiles in timed) == seen[-1][1] and len(timed) == len(seen)
+    assert all(seconds > 0 for seconds, _ in timed)  # a call's time over the 2 in flight
 
 
 def test_an_error_in_a_parallel_call_reaches_the_caller(net):
