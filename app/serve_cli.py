@@ -17,8 +17,12 @@ import ipaddress
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import InputFileError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from core.limits import InputBudget
 
 TOKEN_ENV = "SEAMLINE_API_TOKEN"
 MIN_TOKEN_LENGTH = 16
@@ -69,6 +73,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def budget_from_args(args: argparse.Namespace) -> InputBudget:
+    """The service's input budget: the defaults, with the limits given on the command line."""
+    from core.limits import InputBudget
+
+    limits = {"max_bytes": args.max_bytes, "max_pixels": args.max_pixels,
+              "max_bands": args.max_bands,
+              "dtypes": args.dtypes and frozenset(t.strip() for t in args.dtypes.split(","))}
+    return InputBudget(**{name: value for name, value in limits.items() if value is not None})
+
+
 def _cmd_serve_api(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise InvalidArgumentError(f"--port must be between 0 and 65535, got {args.port}.")
@@ -79,11 +93,7 @@ def _cmd_serve_api(args: argparse.Namespace) -> None:
             f"anyone there could use the service: pass --token-file FILE (or set {TOKEN_ENV}), "
             "or --insecure if a proxy or firewall guards it."
         )
-    from core.limits import InputBudget
-
-    limits = {"max_bytes": args.max_bytes, "max_pixels": args.max_pixels,
-              "dtypes": args.dtypes and frozenset(t.strip() for t in args.dtypes.split(","))}
-    budget = InputBudget(**{name: value for name, value in limits.items() if value is not None})
+    budget = budget_from_args(args)
     import uvicorn
 
     from app.service import create_app
@@ -121,6 +131,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int,
                    help="largest scene in values, width x height x bands (default "
                    "4096 x 4096 x 8)")
+    p.add_argument("--max-bands", type=int, help="most bands per scene (default 512)")
     p.add_argument("--dtypes", metavar="TYPES",
                    help="allowed pixel types, comma-separated (default: 8 to 32-bit integers, "
                    "float32, float64)")

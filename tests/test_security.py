@@ -17,7 +17,7 @@ from app.cli import EXIT_USER_ERROR, main
 from app.serve_cli import TOKEN_ENV, is_loopback
 from app.service import create_app
 from components.scene_picker import ScenePicker
-from core.errors import SizeLimitError
+from core.errors import InvalidArgumentError, SizeLimitError
 from core.io import geotiff_bytes, read_geotiff_bytes
 from core.limits import InputBudget
 from core.prepare import prepare_file
@@ -191,3 +191,17 @@ def test_serve_api_with_a_token_file_never_logs_the_token(tmp_path, scene_bytes)
     log = "".join(lines) + rest
     assert proc.returncode == 0 and '"POST /predict HTTP/1.1" 200' in log  # the access log
     assert TOKEN not in log and "authorization" not in log.lower()
+
+
+def test_serve_api_budget_flags_reach_the_budget():
+    from app.cli import build_parser
+    from app.serve_cli import budget_from_args
+
+    args = build_parser().parse_args(["serve-api", "--max-bands", "16", "--max-pixels", "1000",
+                                      "--dtypes", "uint8, uint16"])  # fmt: skip
+    budget = budget_from_args(args)
+    assert (budget.max_bands, budget.max_pixels) == (16, 1000)
+    assert budget.dtypes == frozenset({"uint8", "uint16"})
+    assert budget_from_args(build_parser().parse_args(["serve-api"])) == InputBudget()
+    with pytest.raises(InvalidArgumentError, match="max_bands=0"):
+        budget_from_args(build_parser().parse_args(["serve-api", "--max-bands", "0"]))
