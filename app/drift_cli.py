@@ -26,7 +26,8 @@ def _cmd_baseline(args: argparse.Namespace) -> None:
 
     check_output_path(args.out)
     scenes = [open_raster(path).load() for path in args.scenes]
-    baseline = fit_baseline(scenes, args.model, tile_size=args.tile_size)
+    baseline = fit_baseline(scenes, args.model, tile_size=args.tile_size,
+                            trust_model=args.trust_model)  # fmt: skip
     baseline.save(args.out)
     _print_json({
         "baseline": args.out,
@@ -68,7 +69,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
         History(args.db).close()  # a foreign or corrupt file fails before the work
     else:
         check_output_path(args.db)  # created only once the check has succeeded
-    result = check(scene, baseline, model=model, labels=labels)
+    result = check(scene, baseline, model=model, labels=labels, trust_model=args.trust_model)
     written = write_raster(result.drift_map, args.map_out) if args.map_out else None
     try:
         with History(args.db) as history:
@@ -96,6 +97,8 @@ def _cmd_history(args: argparse.Namespace) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``drift`` with its ``baseline``, ``check`` and ``history`` subcommands."""
+    from app.cli import add_trust_model_flag  # here: app.cli imports this module
+
     drift = sub.add_parser("drift", help="monitor input and prediction drift over time")
     steps = drift.add_subparsers(dest="drift_command", required=True, metavar="STEP")
 
@@ -104,6 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="baseline JSON to write")
     p.add_argument("--model", help="also profile predicted class shares: 'demo' or a model file")
     p.add_argument("--tile-size", type=int, default=32, help="drift map cell in pixels")
+    add_trust_model_flag(p)
     p.set_defaults(func=_cmd_baseline)
 
     p = steps.add_parser("check", help="check a scene against a baseline, record the result")
@@ -114,6 +118,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="class raster on the scene's grid: accuracy and mIoU")
     p.add_argument("--model", help="model for prediction shift (default: the baseline's)")
     p.add_argument("--map-out", help="write the per-tile drift map to this GeoTIFF")
+    add_trust_model_flag(p)
     p.set_defaults(func=_cmd_check)
 
     p = steps.add_parser("history", help="print the recorded drift series")

@@ -625,6 +625,7 @@ def fit_baseline(
     model: Any = None,
     *,
     tile_size: int = DEFAULT_TILE_SIZE,
+    trust_model: bool = False,
 ) -> Baseline:
     """Fit a drift baseline on one or several scenes of one sensor (bands matched by name).
 
@@ -676,7 +677,7 @@ def fit_baseline(
     if model is not None:
         from core.modelio import load_model
 
-        loaded = load_model(model)
+        loaded = load_model(model, trust_model=trust_model)
         classes = loaded.classes
         predictions = np.array([_class_counts(loaded, s)[0] for s in scenes], dtype=np.float64)
         counts = predictions.sum(axis=0)
@@ -798,6 +799,7 @@ def check(
     *,
     model: Any = None,
     labels: xr.DataArray | None = None,
+    trust_model: bool = False,
 ) -> DriftResult:
     """Measure how far a scene's inputs (and predictions) moved from a baseline.
 
@@ -837,7 +839,7 @@ def check(
     if model is not None:
         from core.modelio import load_model
 
-        model = load_model(model)
+        model = load_model(model, trust_model=trust_model)
         if baseline.classes and tuple(model.classes) != baseline.classes:
             raise InvalidArgumentError(
                 f"Model {model.name!r} predicts {list(model.classes)} but the baseline was "

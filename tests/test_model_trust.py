@@ -6,6 +6,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from app.cli import main
 from core.errors import InputFileError, UntrustedModelError
 from core.modelio import load_model
 from core.models import UNet
+from tests.conftest import write_tif
 
 
 class Payload:
@@ -143,3 +145,21 @@ def test_cli_loads_a_full_model_with_trust_model(full_model, capsys):
             "--json", "--trust-model"]  # fmt: skip
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["bench"][0]["precision"] == "fp32"
+
+
+def test_drift_commands_take_trust_model(full_model, tmp_path, capsys):
+    data = np.random.default_rng(1).integers(100, 5000, size=(6, 64, 64), dtype=np.uint16)
+    scene = write_tif(tmp_path / "scene.tif", data,
+                      descriptions=tuple(f"band_{i}" for i in range(1, 7)))  # the model's bands
+    baseline = tmp_path / "baseline.json"
+    argv = ["drift", "baseline", str(scene), "--out", str(baseline), "--model", str(full_model)]
+    assert main(argv) == 2  # refused, one sentence naming the flag, nothing written
+    err = capsys.readouterr().err.strip()
+    assert "--trust-model" in err and len(err.splitlines()) == 1 and not baseline.exists()
+    assert main([*argv, "--trust-model"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == str(full_model)
+    check = ["drift", "check", str(scene), "--baseline", str(baseline), "--db",
+             str(tmp_path / "h.db"), "--time", "2024-05-01"]  # fmt: skip
+    assert main(check) == 2 and "--trust-model" in capsys.readouterr().err  # the baseline's model
+    assert not (tmp_path / "h.db").exists()
+    assert main([*check, "--trust-model"]) == 0
