@@ -22,6 +22,7 @@ from bokeh.resources import INLINE
 from holoviews.operation.datashader import regrid
 
 from components.inference_view import RUN_COLUMNS, class_image, legend
+from components.map_axes import map_axes
 from components.scene_view import SceneView
 from core.demo import sentinel2_aoi, sentinel2_sample
 from core.io import atomic_path, check_output_path
@@ -47,7 +48,7 @@ def build_report(
     settings = settings or RunSettings()
     view = SceneView(scene=scene, aoi=aoi, title="Sentinel-2 demo scene (EPSG:32719)")
     overview = (_static(view.image()) * view.outline().opts(color="#ffcc00", line_width=2)).opts(
-        title=view.title, data_aspect=1, frame_width=WIDTH, xformatter="%.0f", yformatter="%.0f"
+        title=view.title, data_aspect=1, frame_width=WIDTH, **map_axes(scene.rio.crs)
     )
     runs, maps, reference = [], [], None
     for precision in precisions:
@@ -60,7 +61,7 @@ def build_report(
         maps.append(
             _static(class_image(result.classes, colors, names), aggregator="first").opts(
                 title=f"Classes, {result.settings.label()}", data_aspect=1, frame_width=WIDTH,
-                xformatter="%.0f", yformatter="%.0f",
+                **map_axes(scene.rio.crs),
             )
         )  # fmt: skip
     table = pd.DataFrame(runs)[RUN_COLUMNS].round(4)

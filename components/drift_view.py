@@ -26,6 +26,7 @@ import param
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
+from components.map_axes import map_axes
 from components.scene_view import default_rgb_bands, rgb_composite
 from core.drift import SCORE_THRESHOLD
 from core.errors import SeamlineError
@@ -298,12 +299,14 @@ class DriftView(pn.viewable.Viewer):
             rgba = rgb_composite(scene, default_rgb_bands(scene))
             if scene.rio.transform().e > 0:  # south-up: HoloViews wants row 0 at the top
                 rgba = rgba[::-1]
-            return hv.RGB(rgba, bounds=scene.rio.bounds(), vdims=list("RGBA"), label=title)
+            rgb = hv.RGB(rgba, bounds=scene.rio.bounds(), vdims=list("RGBA"), label=title)
+            return rgb.opts(**map_axes(scene.rio.crs))
         name = band_names(scene)[0]
         band = scene.isel(band=0).where(valid_mask(scene)).astype("float32").rename(name)
         image = hv.Image(band, kdims=["x", "y"], vdims=[name], label=title)
         ndvi = {"clim": (-1.0, 1.0)} if name == "ndvi" else {}
-        return image.opts(cmap="RdYlGn", colorbar=True, clipping_colors={"NaN": "white"}, **ndvi)
+        return image.opts(cmap="RdYlGn", colorbar=True, clipping_colors={"NaN": "white"},
+                          **ndvi, **map_axes(scene.rio.crs))  # fmt: skip
 
     def map_element(self, index: int | None = None) -> hv.Image:
         """One date's per-tile drift map (ratio to the tile threshold: above 1 = drifted)."""
@@ -325,6 +328,7 @@ class DriftView(pn.viewable.Viewer):
             clabel="drift (x tile threshold)",
             clipping_colors={"NaN": "#dddddd"},
             tools=["hover"],
+            **map_axes(self.state.scenes[index].scene.rio.crs),  # the drift map's grid
         )
 
     def shares_element(self) -> hv.Overlay:
@@ -411,10 +415,6 @@ class DriftView(pn.viewable.Viewer):
         opts = {
             "frame_height": 300,
             "data_aspect": 1,
-            "xlabel": "x (m)",
-            "ylabel": "y (m)",
-            "xformatter": "%.0f",
-            "yformatter": "%.0f",
         }
         scene = regrid(hv.DynamicMap(pn.bind(self.scene_element, index))).opts(**opts)
         drift = regrid(hv.DynamicMap(pn.bind(self.map_element, index))).opts(**opts)

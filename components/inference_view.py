@@ -27,6 +27,7 @@ import torch
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
+from components.map_axes import map_axes
 from core.errors import SeamlineError
 from core.latency import ModelCache
 from core.runs import RunResult, RunSettings, run_inference, seam_diagnostic
@@ -330,9 +331,11 @@ class InferenceView(pn.viewable.Viewer):
         if result is None:  # hidden until a run: an empty map over the scene's extent
             bounds = self.state.scene.rio.bounds()
             empty = np.full((2, 2), np.nan, "float32")
-            return hv.Image(empty, bounds=bounds, kdims=["x", "y"], vdims=["class"])
-        classes = result.classes
-        return class_image(classes, classes.attrs["colors"], classes.attrs["classes"])
+            image = hv.Image(empty, bounds=bounds, kdims=["x", "y"], vdims=["class"])
+        else:
+            classes = result.classes
+            image = class_image(classes, classes.attrs["colors"], classes.attrs["classes"])
+        return image.opts(**map_axes(self.state.scene.rio.crs))
 
     def _grid(self, result: RunResult | None, show_grid: bool) -> hv.Rectangles:
         if result is None or not show_grid:
@@ -361,8 +364,6 @@ class InferenceView(pn.viewable.Viewer):
             responsive=True,
             min_height=420,
             data_aspect=1,
-            xformatter="%.0f",
-            yformatter="%.0f",
             framewise=True,  # a new scene brings its own extent
         )
         grid = hv.DynamicMap(self._grid, streams=stream("result", "show_grid"))

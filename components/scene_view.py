@@ -10,6 +10,7 @@ import param
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
+from components.map_axes import map_axes
 from core.io import band_names, valid_mask
 from core.prepare import align_aoi
 
@@ -69,7 +70,9 @@ class SceneView(pn.viewable.Viewer):
         rgba = rgb_composite(scene, default_rgb_bands(scene))
         if scene.rio.transform().e > 0:  # south-up raster: HoloViews wants row 0 at the top
             rgba = rgba[::-1]
-        return hv.RGB(rgba, bounds=scene.rio.bounds(), vdims=list("RGBA"))
+        return hv.RGB(rgba, bounds=scene.rio.bounds(), vdims=list("RGBA")).opts(
+            **map_axes(scene.rio.crs)
+        )
 
     @param.depends("scene", "aoi")
     def outline(self) -> hv.Path:
@@ -90,10 +93,6 @@ class SceneView(pn.viewable.Viewer):
             data_aspect=1,
             responsive=True,
             min_height=400,
-            xlabel="x (m)",
-            ylabel="y (m)",
-            xformatter="%.0f",
-            yformatter="%.0f",
             title=self.title,
         )
         return composite * hv.DynamicMap(self.outline).opts(color="#ffcc00", line_width=2)

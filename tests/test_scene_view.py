@@ -4,10 +4,13 @@ import geopandas as gpd
 import holoviews as hv
 import numpy as np
 import panel as pn
+import pytest
 from shapely.geometry import box
 
+from components.map_axes import map_axes
 from components.scene_view import SceneView, default_rgb_bands, rgb_composite
 from core.demo import sentinel2_aoi, sentinel2_sample
+from core.synthetic import make_scene
 
 
 def test_rgb_composite_stretches_and_hides_nodata():
@@ -45,3 +48,20 @@ def test_panel_renders_a_bokeh_model():
     aoi = gpd.GeoDataFrame(geometry=[box(600500, 4698500, 601500, 4699500)], crs="EPSG:32719")
     root = pn.panel(SceneView(scene=sentinel2_sample(), aoi=aoi)).get_root()
     assert root is not None and len(root.children) == 2
+
+
+@pytest.mark.parametrize("crs, labels, formatter", [
+    ("EPSG:32633", ("x (m)", "y (m)"), "%.0f"),
+    ("EPSG:4326", ("longitude (°)", "latitude (°)"), "%.4f"),
+    ("EPSG:2263", ("x (ftUS)", "y (ftUS)"), "%.0f"),
+])
+def test_map_axes_name_the_crs_units(crs, labels, formatter):
+    axes = map_axes(crs)
+    assert (axes["xlabel"], axes["ylabel"]) == labels and axes["xformatter"] == formatter
+
+
+def test_a_geographic_scene_is_drawn_in_degrees():
+    scene = make_scene(64, 64, crs="EPSG:4326", origin=(12.0, 46.0), resolution=0.0001)[0]
+    plot = hv.render(SceneView(scene=scene, title="t").plot())
+    assert plot.xaxis[0].axis_label == "longitude (°)"
+    assert plot.yaxis[0].axis_label == "latitude (°)"
