@@ -11,7 +11,7 @@ import param
 import xarray as xr
 
 from core.demo import sentinel2_aoi, sentinel2_sample
-from core.errors import SeamlineError
+from core.errors import MissingCRSError, SeamlineError
 from core.io import decoding, open_aoi, open_raster
 from core.limits import DEFAULT_BUDGET
 from core.synthetic import make_scene
@@ -35,6 +35,11 @@ def _read_scene(path: Path) -> xr.DataArray:
     DEFAULT_BUDGET.check_bytes(path.stat().st_size, source=source, fix=fix)
     scene = open_raster(path)
     DEFAULT_BUDGET.check_scene(scene, source=source, fix=fix)
+    if scene.rio.crs is None:  # no map, AOI or prediction can be placed without one
+        raise MissingCRSError(
+            f"The {source} has no CRS: write the GeoTIFF with its CRS (e.g. gdal_translate "
+            "-a_srs EPSG:32633 in.tif out.tif)."
+        )
     with decoding(f"The {source}", fix="upload an uncorrupted GeoTIFF"):
         return scene.load()
 

@@ -340,8 +340,8 @@ def predict_tiled(
         def accumulate(idx: np.ndarray, done: tuple[torch.Tensor, float]) -> None:
             nonlocal out
             pred, seconds = done
-            if timing is not None:
-                timing(seconds / calls, len(idx))
+            if timing is not None:  # calls in flight together: each adds its share to the run
+                timing(seconds / min(calls, len(starts)), len(idx))
             if out is None:  # crop owns every pixel exactly once: nothing to zero
                 alloc = torch.empty if blend is Blend.CROP else torch.zeros
                 out = alloc((pred.shape[1], *grid.padded_shape), device=dev)

@@ -165,6 +165,9 @@ def test_scene_picker_sources_and_bad_uploads(tmp_path):
     good = write_tif(tmp_path / "up.tif", np.ones((3, 40, 50), dtype=np.uint16))
     assert not picker.use_upload(good.read_bytes(), "up.tif", b"{oops", "aoi.geojson")
     assert "aoi.geojson" in picker.message
+    no_crs = write_tif(tmp_path / "no_crs.tif", np.ones((3, 40, 50), dtype=np.uint16), crs=None)
+    assert not picker.use_upload(no_crs.read_bytes(), "no_crs.tif")  # nothing could place it
+    assert "no CRS" in picker.message and "no_crs.tif" in picker.message
     assert picker.use_upload(good.read_bytes(), "up.tif")
     assert picker.scene.shape == (3, 40, 50) and picker.message == "" and picker.source == "Upload"
     assert pn.panel(picker).get_root() is not None

@@ -193,7 +193,9 @@ def test_parallel_forward_runs_single_threaded_replicas_with_the_same_output(int
     tiles = torch.from_numpy(calibration_tiles(make_scene(256, 256, seed=5)[0], int8, count=4))
     two = OnnxModule(int8.module.onnx_bytes, align=int8.align, threads=2)
     forward, calls = two.parallel_forward()
-    assert calls == 2 and two._replicas.qsize() == 2  # one 1-thread session per call in flight
+    assert calls == 2 and two._replicas.qsize() == 2  # two 1-thread sessions, one per call
+    four = OnnxModule(int8.module.onnx_bytes, align=int8.align, threads=4)
+    assert four.parallel_forward()[1] == 2  # two calls of 2 threads: not one session per core
     np.testing.assert_array_equal(forward(tiles).numpy(), two(tiles).numpy())
     one = OnnxModule(int8.module.onnx_bytes, align=int8.align, threads=1)
     assert one.parallel_forward() == (one.forward, 1)  # one thread: nothing to run beside it

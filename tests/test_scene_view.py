@@ -54,10 +54,19 @@ def test_panel_renders_a_bokeh_model():
     ("EPSG:32633", ("x (m)", "y (m)"), "%.0f"),
     ("EPSG:4326", ("longitude (°)", "latitude (°)"), "%.4f"),
     ("EPSG:2263", ("x (ftUS)", "y (ftUS)"), "%.0f"),
+    ("+proj=utm +zone=33 +units=km", ("x (kilometre)", "y (kilometre)"), "%.2f"),
+    (None, ("x", "y"), "%.2f"),  # a scene without a CRS still draws
 ])
 def test_map_axes_name_the_crs_units(crs, labels, formatter):
     axes = map_axes(crs)
     assert (axes["xlabel"], axes["ylabel"]) == labels and axes["xformatter"] == formatter
+
+
+def test_a_scene_without_a_crs_draws_with_plain_axes():
+    scene = make_scene(64, 64)[0].drop_vars("spatial_ref")
+    assert scene.rio.crs is None  # the dashboard reads uploads without a CRS too
+    plot = hv.render(SceneView(scene=scene, title="t").plot())
+    assert plot.xaxis[0].axis_label == "x"
 
 
 def test_a_geographic_scene_is_drawn_in_degrees():

@@ -1,6 +1,7 @@
 """Tiled inference: grid rules, blend weights, and seam-freeness against the untiled output."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -199,3 +200,28 @@ def test_a_lone_batch_runs_on_the_model_itself_in_the_callers_thread(net):
     out = predict_tiled(parallel_net, image, tile_size=64, overlap=8, device="cpu")
     np.testing.assert_allclose(out, predict_tiled(net, image, tile_size=64, overlap=8), atol=1e-6)
     assert parallel_net.threads == set()  # the lowest latency for one tile: all cores, one call
+
+
+def test_timing_shares_a_call_among_the_calls_really_in_flight(net):
+    durations = []
+
+    class Wide(torch.nn.Module):  # offers 4 calls in flight; the image makes only 2 batches
+        def forward(self, x):
+            return net(x)
+
+        def parallel_forward(self):
+            def forward(x):
+                start = time.perf_counter()
+                out = net(x)
+                time.sleep(0.02)
+                durations.append(time.perf_counter() - start)
+                return out
+
+            return forward, 4
+
+    timed = []
+    image = np.zeros((3, 32, 56), np.float32)  # two 32 x 32 tiles
+    predict_tiled(Wide(), image, tile_size=32, overlap=8, batch_size=1,
+                  timing=lambda *a: timed.append(a))  # fmt: skip
+    assert len(timed) == len(durations) == 2
+    assert min(s for s, _ in timed) >= min(durations) / 2  # 2 in flight, not 4
