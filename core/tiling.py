@@ -8,7 +8,9 @@ Rules (DESIGN.md, "Tiled inference rules"):
 - blend weights taper only where a neighbouring tile overlaps, never at the raster's outer
   border; 2-D weights are the outer product of 1-D profiles;
 - tiles go to the model in batches, outputs accumulate on the model's device, and the result
-  is copied to the host once.
+  is copied to the host once;
+- a model that offers ``parallel_forward()`` (INT8 on ONNX Runtime) gets that many batches in
+  flight on worker threads; outputs are still blended in tile order on the caller's thread.
 
 Hand-written rather than MONAI's ``sliding_window_inference`` because that one tapers the
 Gaussian to ~0 at the raster border, pads edge tiles, and keeps a full-scene FP32 buffer
