@@ -343,7 +343,7 @@ def predict_tiled(
             nonlocal out
             pred, seconds = done
             if timing is not None:  # calls in flight together: each adds its share to the run
-                timing(seconds / min(calls, len(starts)), len(idx))
+                timing(seconds / calls, len(idx))
             if out is None:  # crop owns every pixel exactly once: nothing to zero
                 alloc = torch.empty if blend is Blend.CROP else torch.zeros
                 out = alloc((pred.shape[1], *grid.padded_shape), device=dev)
@@ -363,7 +363,7 @@ def predict_tiled(
             buffers = [
                 torch.empty((min(batch_size, len(origins)), x.shape[0], t, t), device=dev,
                             memory_format=fmt)
-                for _ in range(min(calls, len(starts)))
+                for _ in range(calls)
             ]  # fmt: skip
             for n, start in enumerate(starts):
                 if len(pending) == calls:  # its buffer is the one filled next
@@ -391,15 +391,16 @@ def _forward_pool(
     model: Callable[[torch.Tensor], torch.Tensor], batches: int
 ) -> Iterator[tuple[Callable[[torch.Tensor], Future], int]]:
     """``(submit, calls)``: ``submit(tiles)`` gives a future of the model's float32 NCHW
-    output and the call's seconds, and ``calls`` is how many to keep in flight. A model with
-    ``parallel_forward()`` (e.g. :meth:`core.quantize.OnnxModule.parallel_forward`) runs on
-    that many threads when there are ``batches`` > 1 to share; any other runs in the caller's
-    thread (a torch module's own intra-op threads already use the cores: two of them would
-    only contend), as does a lone batch (a served tile: one call on all cores is the lowest
-    latency).
+    output and the call's seconds, and ``calls`` is how many to keep in flight (at most
+    ``batches``). A model with ``parallel_forward()`` (e.g.
+    :meth:`core.quantize.OnnxModule.parallel_forward`) runs on that many threads when there
+    are ``batches`` > 1 to share; any other runs in the caller's thread (a torch module's own
+    intra-op threads already use the cores: two of them would only contend), as does a lone
+    batch (a served tile: one call on all cores is the lowest latency).
     """
     parallel = batches > 1 and hasattr(model, "parallel_forward")
     forward, calls = model.parallel_forward() if parallel else (model, 1)
+    calls = min(calls, batches)  # never more in flight than there are batches
 
     def run(tiles: torch.Tensor) -> tuple[torch.Tensor, float]:
         start = time.perf_counter()
