@@ -1,7 +1,7 @@
 """The ``seamline`` command line: the pipeline's stages as subcommands.
 
-User mistakes (:class:`core.errors.SeamlineError`) are caught here, once, and printed as one
-sentence on stderr with exit status 2; no traceback. Anything else is a bug and keeps its
+User mistakes (:class:`seamline.core.errors.SeamlineError`) are caught here, once, and printed as
+one sentence on stderr with exit status 2; no traceback. Anything else is a bug and keeps its
 traceback.
 """
 
@@ -18,15 +18,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app import drift_cli, serve_cli, vectorize_cli
-from core.errors import InvalidArgumentError, SeamlineError
-from core.files import quiet_undecodable_gdal_messages
+from seamline.app import drift_cli, serve_cli, vectorize_cli
+from seamline.app.cli_args import DEFAULT_MODEL, EO_TIMESERIES_ENV, add_trust_model_flag
+from seamline.core.data.files import quiet_undecodable_gdal_messages
+from seamline.core.errors import InvalidArgumentError, SeamlineError
+from seamline.core.models.registry import PRECISIONS, builtin_model_path
 
 if TYPE_CHECKING:
-    from core.limits import InputBudget
+    from seamline.core.data.limits import InputBudget
 
 EXIT_USER_ERROR = 2
-PRECISIONS = ("fp32", "bf16", "int8")  # core.latency.PRECISIONS, without importing torch
 DASHBOARD = Path(__file__).with_name("dashboard.py")
 WARMUP = Path(__file__).with_name("warmup.py")
 
@@ -37,19 +38,17 @@ def _print_json(obj: dict) -> None:
 
 def _budget(args: argparse.Namespace) -> InputBudget | None:
     """The default input budget, or None with ``--no-input-limits``."""
-    from core.limits import DEFAULT_BUDGET
+    from seamline.core.data.limits import DEFAULT_BUDGET
 
     return None if args.no_input_limits else DEFAULT_BUDGET
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from core.prepare import prepare_file
+    from seamline.core.prepare.scene import prepare_file
 
     stats = args.stats
-    if stats is not None and (stats == "demo" or Path(stats).suffix in (".pt", ".pt2")):
-        from core.modelio import DEMO_MODEL  # only here: it imports torch
-
-        stats = (DEMO_MODEL if stats == "demo" else Path(stats)).with_suffix(".json")
+    if stats is not None and (builtin_model_path(stats) or Path(stats).suffix in (".pt", ".pt2")):
+        stats = (builtin_model_path(stats) or Path(stats)).with_suffix(".json")
     report = prepare_file(
         args.input,
         args.output,
@@ -69,13 +68,13 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from core.hardware import bf16_is_native, cpu_info, peak_rss_bytes
-    from core.io import open_aoi, open_raster
-    from core.modelio import load_model, with_precision
-    from core.tiling import pick_device
+    from seamline.core.data.io import open_aoi, open_raster
+    from seamline.core.hardware import bf16_is_native, cpu_info, peak_rss_bytes
+    from seamline.core.models.modelio import load_model, with_precision
+    from seamline.core.predict.tiling import pick_device
 
     if args.vector:
-        from core.vectorize import vector_format
+        from seamline.core.vector.writers import vector_format
 
         if args.probabilities:
             raise InvalidArgumentError("--vector needs class ids: drop --probabilities.")
@@ -93,7 +92,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         print("seamline predict: warning: BF16 is emulated on this CPU (no AMX or "
               "AVX512-BF16): expect it to be slower than fp32.", file=sys.stderr)
     if precision == "int8" and model.precision != "int8":
-        from core.quantize import quantize
+        from seamline.core.optimise.quantize import quantize
 
         # Calibrated on tiles sampled across the scene being predicted (only they are read).
         calibration = args.calibration or args.input
@@ -103,7 +102,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     batch_size = args.batch_size or (1 if device.type == "cpu" else 8)
     if args.backend == "compile":
-        from core.backends import compiled
+        from seamline.core.optimise.backends import compiled
 
         fast = compiled(model.module, batch=batch_size, device=device)
         model = model.with_module(fast, precision=model.precision)
@@ -124,10 +123,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _file_predictor(scheduler: str | None) -> Callable[..., dict]:
     """``predict_file``, or its dask.distributed twin on ``scheduler`` (``--scheduler``)."""
     if scheduler is None:
-        from core.predict import predict_file
+        from seamline.core.predict.file import predict_file
 
         return predict_file
-    from core.distributed import predict_file_distributed
+    from seamline.core.predict.distributed import predict_file_distributed
 
     return functools.partial(predict_file_distributed, scheduler=scheduler)
 
@@ -135,18 +134,20 @@ def _file_predictor(scheduler: str | None) -> Callable[..., dict]:
 def _cmd_quantize(args: argparse.Namespace) -> None:
     import warnings
 
-    from core.latency import ModelCache, quantization_report
-    from core.quantize import QuantizationWarning, save_quantized
+    from seamline.app.models import new_cache
+    from seamline.core.demo.train import held_out_scenes
+    from seamline.core.optimise.latency import quantization_report
+    from seamline.core.optimise.quantize import QuantizationWarning, save_quantized
 
     if args.out is not None and args.precision == "bf16":
         raise InvalidArgumentError(
             "--out saves an INT8 model; a BF16 model is the FP32 one run with --precision bf16."
         )
-    cache = ModelCache()
+    cache = new_cache()
     fp32 = cache.get(args.model, trust_model=args.trust_model)
     calibration = None
     if args.calibration:
-        from core.io import open_raster
+        from seamline.core.data.io import open_raster
 
         scene = open_raster(args.calibration)
         calibration = lambda _model: scene  # noqa: E731
@@ -159,17 +160,21 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
         print(f"seamline quantize: warning: {warning.message}", file=sys.stderr)
     if optimised.precision != args.precision:
         raise InvalidArgumentError(f"Model {fp32.name!r} could not be made {args.precision}.")
+    # Agreement and mIoU need labelled scenes: the demo model's held-out ones.
+    evaluation = held_out_scenes() if args.model == DEFAULT_MODEL else None
     report = quantization_report(fp32, optimised, tile_size=args.tile_size,
-                                 batch_size=args.batch_size, runs=args.runs)
+                                 batch_size=args.batch_size, runs=args.runs,
+                                 evaluation=evaluation)  # fmt: skip
     if args.out is not None:
         report["out"] = str(save_quantized(optimised, args.out))
     _print_json(report)
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from core.latency import ModelCache, measure_latency
+    from seamline.app.models import new_cache
+    from seamline.core.optimise.latency import measure_latency
 
-    cache = ModelCache()
+    cache = new_cache()
     rows = [
         measure_latency(cache.get(args.model, precision=precision, trust_model=args.trust_model),
                         tile_size=args.tile_size, batch_size=args.batch_size,
@@ -190,16 +195,14 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from app.report import write_report
+    from seamline.app.report import write_report
 
     _print_json({"report": str(write_report(args.output))})
 
 
 def _cmd_train_demo(args: argparse.Namespace) -> None:
-    from core.modelio import DEMO_MODEL
-    from core.train import train_demo
-
-    out = Path(args.out) if args.out else DEMO_MODEL
+    from seamline.core.demo.train import train_demo
+    out = Path(args.out) if args.out else builtin_model_path(DEFAULT_MODEL)
     model = train_demo(out, seed=args.seed, steps=args.steps,
                        log=lambda line: print(line, file=sys.stderr))
     _print_json({"weights": str(out), "held_out": model.metadata["held_out"],
@@ -207,7 +210,7 @@ def _cmd_train_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> None:
-    from core.demo import write_demo_data
+    from seamline.core.demo.data import write_demo_data
 
     if args.size < 1 or args.size > 16384:
         raise InvalidArgumentError(f"--size must be between 1 and 16384 pixels, got {args.size}.")
@@ -223,7 +226,7 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     ``--basic-auth`` without ``--cookie-secret`` gets a random secret: logins then last until
     the server restarts.
     """
-    from core.paths import DATA_ROOTS_ENV, data_roots, roots_to_env
+    from seamline.core.data.paths import DATA_ROOTS_ENV, data_roots, roots_to_env
 
     command = [
         sys.executable, "-m", "panel", "serve", str(DASHBOARD),
@@ -233,6 +236,8 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
         "--setup", str(WARMUP),
     ]  # fmt: skip
     env = {**os.environ, DATA_ROOTS_ENV: roots_to_env(data_roots(args.data_root))}
+    if args.eo_timeseries:
+        env[EO_TIMESERIES_ENV] = str(Path(args.eo_timeseries).resolve())
     if args.basic_auth:
         command += ["--basic-auth", args.basic_auth]
     if args.basic_auth or args.cookie_secret:
@@ -252,13 +257,6 @@ def _band_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError("give band names separated by commas, e.g. red,green,blue")
     return names
-
-
-def add_trust_model_flag(parser: argparse.ArgumentParser) -> None:
-    """``--trust-model`` on a command that loads a model (see SECURITY.md, "Models")."""
-    parser.add_argument("--trust-model", action="store_true",
-                        help="allow a model file that runs code when loaded (a pickled full "
-                        "model, a class outside core.models): only for files you trust")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="raster to predict (raw or prepared)")
     p.add_argument("output", help="class-id GeoTIFF to write (probabilities with --probabilities)")
     p.add_argument("--aoi", help="predict only inside this area of interest (any CRS)")
-    p.add_argument("--model", default="demo",
+    p.add_argument("--model", default=DEFAULT_MODEL,
                    help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
     p.add_argument("--model-class", help="package.module:Class for a state dict")
     add_trust_model_flag(p)
@@ -332,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("quantize", help="FP32 -> INT8 (calibrated) or BF16, with the figures")
-    p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="'demo', a .pt state dict or a .pt2 archive")
     add_trust_model_flag(p)
     p.add_argument("--precision", default="int8", choices=("int8", "bf16"))
     p.add_argument("--calibration", metavar="SCENE",
@@ -345,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("bench", help="latency report: fp32, bf16 and int8 side by side")
-    p.add_argument("--model", default="demo", help="'demo', a .pt state dict or a .pt2 archive")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="'demo', a .pt state dict or a .pt2 archive")
     add_trust_model_flag(p)
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     p.add_argument("--tile-size", type=int, default=256)
@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", action="append", default=[], metavar="DIR",
                    help="a server folder the dashboard may read (repeatable); default: "
                    "the demo data only")
+    p.add_argument("--eo-timeseries", metavar="DIR",
+                   help="offer this folder of dated NDVI scenes (the shared eo_timeseries "
+                   "layout) as a drift source")
     p.add_argument("--basic-auth", metavar="FILE|PASSWORD",
                    help="ask for a login (Panel's --basic-auth): a JSON file of "
                    "{\"user\": \"password\"} (keep it private), or one password for any user")

@@ -1,8 +1,8 @@
 """``seamline drift``: fit a baseline, check scenes into a history, print the history.
 
-Registered by :func:`app.cli.build_parser`; user mistakes raise
-:class:`core.errors.SeamlineError`, which :func:`app.cli.main` prints as one sentence.
-Heavy imports (torch through the model) happen inside the commands.
+Registered by :func:`seamline.app.cli.build_parser`; user mistakes raise
+:class:`seamline.core.errors.SeamlineError`, which :func:`seamline.app.cli.main` prints as one
+sentence. Heavy imports (torch through the model) happen inside the commands.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from core.errors import InvalidArgumentError
+from seamline.app.cli_args import add_trust_model_flag
+from seamline.core.errors import InvalidArgumentError
 
 
 def _print_json(obj: dict) -> None:
@@ -21,8 +22,9 @@ def _print_json(obj: dict) -> None:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> None:
-    from core.drift import fit_baseline
-    from core.io import check_output_path, open_raster
+    from seamline.core.data.files import check_output_path
+    from seamline.core.data.io import open_raster
+    from seamline.core.monitor.fit import fit_baseline
 
     check_output_path(args.out)
     scenes = [open_raster(path).load() for path in args.scenes]
@@ -44,9 +46,11 @@ def _cmd_baseline(args: argparse.Namespace) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> None:
-    from core.drift import Baseline, check
-    from core.history import History, parse_time
-    from core.io import check_output_path, open_raster, write_raster
+    from seamline.core.data.files import check_output_path
+    from seamline.core.data.io import open_raster, write_raster
+    from seamline.core.monitor.baseline import Baseline
+    from seamline.core.monitor.check import check
+    from seamline.core.monitor.history import History, parse_time
 
     time = parse_time(args.time)
     baseline = Baseline.load(args.baseline)
@@ -83,7 +87,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
 
 
 def _cmd_history(args: argparse.Namespace) -> None:
-    from core.history import COLUMNS, History
+    from seamline.core.monitor.history import COLUMNS, History
 
     with History(args.db, create=False) as history:
         rows = history.records()
@@ -97,7 +101,6 @@ def _cmd_history(args: argparse.Namespace) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``drift`` with its ``baseline``, ``check`` and ``history`` subcommands."""
-    from app.cli import add_trust_model_flag  # here: app.cli imports this module
 
     drift = sub.add_parser("drift", help="monitor input and prediction drift over time")
     steps = drift.add_subparsers(dest="drift_command", required=True, metavar="STEP")

@@ -8,14 +8,15 @@ from typing import NamedTuple
 
 import panel as pn
 
-from components.drift_view import DriftSeries, DriftView
-from components.inference_view import InferenceState, InferenceView
-from components.scene_picker import ScenePicker
-from components.scene_view import SceneView
-from core.latency import ModelCache
+from seamline.app.cli_args import DEFAULT_MODEL
+from seamline.app.models import MODELS, eo_folder_from_env
+from seamline.components.drift_view import DriftSeries, DriftView
+from seamline.components.inference_view import InferenceState, InferenceView
+from seamline.components.scene_picker import ScenePicker
+from seamline.components.scene_view import SceneView
+from seamline.core.serve.cache import ModelCache
 
 PIPELINE = "prepare → predict → optimise → serve → monitor"
-MODELS = ModelCache(freeze=True)  # shared on purpose: sessions reuse the warm, quantized models
 
 
 class Sections(NamedTuple):
@@ -29,15 +30,23 @@ class Sections(NamedTuple):
     drift: DriftSeries
 
 
-def create_sections(cache: ModelCache = MODELS, data_roots: Sequence[Path] = ()) -> Sections:
+def create_sections(
+    cache: ModelCache = MODELS,
+    data_roots: Sequence[Path] = (),
+    *,
+    model: str = DEFAULT_MODEL,
+    eo_folder: str | None = None,
+) -> Sections:
     """The sidebar (pipeline and scene choice) and the sections, built fresh: every session
     gets its own objects (no shared mutable state besides the model cache).
 
     ``data_roots`` are the server folders a visitor may read (the drift section's folder of
-    GeoTIFFs); with none, only the demo data is read."""
+    GeoTIFFs); with none, only the demo data is read. ``model`` predicts the scenes and the
+    drift section's class shares; ``eo_folder`` is the real NDVI series offered as a drift
+    source (default: ``SEAMLINE_EO_TIMESERIES``)."""
     picker = ScenePicker()
     scene_view = SceneView(scene=picker.scene, aoi=picker.aoi, title=picker.title)
-    inference = InferenceState(cache, scene=picker.scene)
+    inference = InferenceState(cache, model=model, scene=picker.scene)
 
     def follow(*_events) -> None:  # the scene picked drives every section
         scene_view.param.update(scene=picker.scene, aoi=picker.aoi, title=picker.title)
@@ -47,7 +56,11 @@ def create_sections(cache: ModelCache = MODELS, data_roots: Sequence[Path] = ())
     sidebar = pn.Column(
         pn.pane.Markdown(f"**Pipeline:** {PIPELINE}"), picker, sizing_mode="stretch_width"
     )
-    drift = DriftSeries(data_roots=list(data_roots))
+    drift = DriftSeries(
+        data_roots=list(data_roots),
+        model=model,
+        eo_folder=eo_folder_from_env() if eo_folder is None else eo_folder,
+    )
     tabs = pn.Tabs(
         ("Scene", scene_view),
         ("Predict & optimise", InferenceView(state=inference)),

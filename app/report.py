@@ -21,13 +21,15 @@ import panel as pn
 from bokeh.resources import INLINE
 from holoviews.operation.datashader import regrid
 
-from components.inference_view import RUN_COLUMNS, class_image, legend
-from components.map_axes import map_axes
-from components.scene_view import SceneView
-from core.demo import sentinel2_aoi, sentinel2_sample
-from core.io import atomic_path, check_output_path
-from core.latency import ModelCache
-from core.runs import RunSettings, run_inference
+from seamline.app.cli_args import DEFAULT_MODEL
+from seamline.app.models import MODELS
+from seamline.components.inference_view import RUN_COLUMNS, class_image, legend
+from seamline.components.map_axes import map_axes
+from seamline.components.scene_view import SceneView
+from seamline.core.data.files import atomic_path, check_output_path
+from seamline.core.demo.data import sentinel2_aoi, sentinel2_sample
+from seamline.core.serve.cache import ModelCache
+from seamline.core.serve.runs import RunSettings, run_inference
 
 WIDTH = 560  # page pixels per map: what regrid renders to
 
@@ -40,6 +42,7 @@ def _static(element: hv.Element, **opts) -> hv.Element:
 def build_report(
     cache: ModelCache,
     *,
+    model: str = DEFAULT_MODEL,
     precisions: Sequence[str] = ("fp32", "int8"),
     settings: RunSettings | None = None,
 ) -> pn.viewable.Viewable:
@@ -53,7 +56,8 @@ def build_report(
     runs, maps, reference = [], [], None
     for precision in precisions:
         result = run_inference(
-            scene, replace(settings, precision=precision), cache, reference=reference
+            scene, replace(settings, precision=precision), cache, model=model,
+            reference=reference,
         )
         reference = reference if reference is not None else result.classes
         runs.append(result.row())
@@ -96,7 +100,7 @@ def _inline_panel_css(html: str) -> str:
 def write_report(path: str | os.PathLike, cache: ModelCache | None = None) -> Path:
     """Write the report to ``path`` (atomically: no partial file on failure)."""
     path = check_output_path(path)
-    layout = build_report(cache or ModelCache())
+    layout = build_report(cache or MODELS)
     html = io.StringIO()
     with pn.config.set(inline=True):  # Panel's own stylesheets too, not only Bokeh's scripts
         layout.save(html, resources=INLINE, title="Seamline report")

@@ -1,8 +1,8 @@
-"""``seamline serve-api``: the prediction service (:mod:`app.service`) under uvicorn.
+"""``seamline serve-api``: the prediction service (:mod:`seamline.app.service`) under uvicorn.
 
-Registered by :func:`app.cli.build_parser`. The model is loaded, quantized and warmed before
-the server binds its port, so a bad model or option is one sentence from
-:func:`app.cli.main`, exit status 2. FastAPI, uvicorn and torch are imported only when the
+Registered by :func:`seamline.app.cli.build_parser`. The model is loaded, quantized and warmed
+before the server binds its port, so a bad model or option is one sentence from
+:func:`seamline.app.cli.main`, exit status 2. FastAPI, uvicorn and torch are imported only when the
 command runs.
 
 The token comes from ``--token-file`` or, failing that, the ``SEAMLINE_API_TOKEN``
@@ -19,10 +19,12 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import InputFileError, InvalidArgumentError
+from seamline.app.cli_args import DEFAULT_MODEL, add_trust_model_flag
+from seamline.core.errors import InputFileError, InvalidArgumentError
+from seamline.core.models.registry import PRECISIONS
 
 if TYPE_CHECKING:
-    from core.limits import InputBudget
+    from seamline.core.data.limits import InputBudget
 
 TOKEN_ENV = "SEAMLINE_API_TOKEN"
 MIN_TOKEN_LENGTH = 16
@@ -75,7 +77,7 @@ def is_loopback(host: str) -> bool:
 
 def budget_from_args(args: argparse.Namespace) -> InputBudget:
     """The service's input budget: the defaults, with the limits given on the command line."""
-    from core.limits import InputBudget
+    from seamline.core.data.limits import InputBudget
 
     limits = {"max_bytes": args.max_bytes, "max_pixels": args.max_pixels,
               "max_bands": args.max_bands,
@@ -96,7 +98,7 @@ def _cmd_serve_api(args: argparse.Namespace) -> None:
     budget = budget_from_args(args)
     import uvicorn
 
-    from app.service import create_app
+    from seamline.app.service import create_app
 
     app = create_app(args.model, precision=args.precision, tile_size=args.tile_size,
                      overlap=args.overlap, blend=args.blend, budget=budget,
@@ -108,7 +110,6 @@ def _cmd_serve_api(args: argparse.Namespace) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``serve-api``."""
-    from app.cli import PRECISIONS, add_trust_model_flag  # here: app.cli imports this module
 
     p = sub.add_parser("serve-api", help="HTTP prediction service: POST a GeoTIFF to /predict")
     add_trust_model_flag(p)
@@ -122,7 +123,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --host without a token (behind an "
                    "authenticating proxy or on a closed network)")
-    p.add_argument("--model", default="demo",
+    p.add_argument("--model", default=DEFAULT_MODEL,
                    help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
     p.add_argument("--precision", choices=PRECISIONS, default="int8",
                    help="int8 (default) quantizes once at startup, calibrated on synthetic "

@@ -5,15 +5,15 @@ answers the class-id GeoTIFF on the same grid (CRS, transform), with the server-
 in ``X-Seamline-Latency-Ms``. ``GET /health`` describes the model and the limits, ``GET
 /metrics`` counts requests by status and gives latency percentiles over a bounded window.
 
-- The model is loaded, quantized (INT8 through :class:`core.latency.ModelCache`) and warmed
-  once per process, by :func:`create_app`, before the server accepts a request.
+- The model is loaded, quantized (INT8 through :class:`seamline.core.serve.cache.ModelCache`)
+  and warmed once per process, by :func:`create_app`, before the server accepts a request.
 - Inference runs on one worker thread: concurrent requests queue for it, so the model never
   runs twice at once on the same CPU threads. Decoding an upload runs beside it.
-- Uploads are bounded by a :class:`core.limits.InputBudget`: in bytes (``Content-Length``
-  and the body as it streams), in values and data types (from the GeoTIFF header, before
-  decompression). Tiling options are bounded too (tile side, overlap), so a request cannot
-  buy unbounded work. User mistakes are 4xx with a JSON body ``{"error": "one sentence"}``;
-  anything else is a 500 with no traceback in the response.
+- Uploads are bounded by a :class:`~seamline.core.data.limits.InputBudget`: in bytes
+  (``Content-Length`` and the body as it streams), in values and data types (from the
+  GeoTIFF header, before decompression). Tiling options are bounded too (tile side,
+  overlap), so a request cannot buy unbounded work. User mistakes are 4xx with a JSON body
+  ``{"error": "one sentence"}``; anything else is a 500 with no traceback in the response.
 - With a ``token``, every path but ``/health`` requires ``Authorization: Bearer <token>``,
   compared in constant time (:func:`hmac.compare_digest`); a missing or wrong one is a 401
   before the request's body or parameters are looked at. The token is never logged.
@@ -42,21 +42,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from core.errors import InvalidArgumentError, SeamlineError, SizeLimitError
-from core.files import quiet_undecodable_gdal_messages
-from core.hardware import no_huge_page_advice
-from core.io import geotiff_bytes, read_geotiff_bytes
-from core.latency import ModelCache
-from core.limits import DEFAULT_BUDGET, RASTER_FIX, InputBudget
-from core.modelio import SegmentationModel
-from core.predict import predict_scene
-from core.tiling import Blend, predict_tiled
+from seamline.app.models import MODELS
+from seamline.core.data.files import quiet_undecodable_gdal_messages
+from seamline.core.data.io import geotiff_bytes, read_geotiff_bytes
+from seamline.core.data.limits import DEFAULT_BUDGET, RASTER_FIX, InputBudget
+from seamline.core.errors import InvalidArgumentError, SeamlineError, SizeLimitError
+from seamline.core.hardware import no_huge_page_advice
+from seamline.core.models.modelio import SegmentationModel
+from seamline.core.predict.scene import predict_scene
+from seamline.core.predict.tiling import Blend, predict_tiled
 
-__all__ = ["create_app", "MODELS", "MAX_TILE_SIZE", "OPEN_PATHS"]
+__all__ = ["create_app", "MAX_TILE_SIZE", "OPEN_PATHS"]
 
 log = logging.getLogger("seamline.service")
 
-MODELS = ModelCache(freeze=True)
 """Models built once per process (shared on purpose: quantizing twice costs seconds)."""
 MAX_TILE_SIZE = 1024  # a 1024^2 tile is ~60 GFLOP for the demo U-Net; larger buys nothing
 OPEN_PATHS = frozenset({"/health"})  # everything else needs the token when one is set
@@ -172,7 +171,7 @@ def _predict(model: SegmentationModel, scene: xr.DataArray, options: dict) -> tu
 
 
 def create_app(
-    model: str | SegmentationModel = "demo",
+    model: str | SegmentationModel,
     *,
     precision: str = "int8",
     budget: InputBudget = DEFAULT_BUDGET,
@@ -187,7 +186,8 @@ def create_app(
     Parameters
     ----------
     model
-        ``"demo"``, a model file (see :func:`core.modelio.load_model`) or a loaded model.
+        ``"demo"``, a model file (see :func:`seamline.core.models.modelio.load_model`) or a
+        loaded model.
     precision
         ``fp32``, ``bf16`` or ``int8`` (default: quantized once per process, calibrated on
         the synthetic scenes for the demo bands).
@@ -195,14 +195,15 @@ def create_app(
         Largest upload in bytes and scene in values (413 beyond), allowed data types (422).
     token
         When set, every path but ``/health`` requires ``Authorization: Bearer <token>``
-        (401 otherwise). See :func:`app.serve_cli.resolve_token` for where it comes from.
+        (401 otherwise). See :func:`seamline.app.serve_cli.resolve_token` for where it comes from.
     tile_size, overlap, blend
         Tiling used when a request does not set ``tile_size``, ``overlap`` or ``blend``
         (at most :data:`MAX_TILE_SIZE`, overlap at most half the tile).
     trust_model
-        Allow model files whose loading runs code (see :func:`core.modelio.load_model`).
+        Allow model files whose loading runs code (see
+        :func:`seamline.core.models.modelio.load_model`).
 
-    Raises :class:`core.errors.SeamlineError` (a bad model or option) before serving.
+    Raises :class:`seamline.core.errors.SeamlineError` (a bad model or option) before serving.
     """
     defaults = {"tile_size": tile_size, "overlap": overlap, "blend": Blend.parse(blend)}
     _check_tiling(defaults)

@@ -1,7 +1,8 @@
 """``seamline vectorize``: class polygons from a class raster, as GeoPackage, GeoJSON or GeoParquet.
 
-Registered by :func:`app.cli.build_parser`; user mistakes raise
-:class:`core.errors.SeamlineError`, which :func:`app.cli.main` prints as one sentence.
+Registered by :func:`seamline.app.cli.build_parser`; user mistakes raise
+:class:`seamline.core.errors.SeamlineError`, which :func:`seamline.app.cli.main` prints as one
+sentence.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import time
 def vectorize(classes: str, output: str, **options) -> dict:
     """Write the polygons of a class raster; the summary gains seconds and peak RSS (MB).
 
-    ``options`` go to :func:`core.vectorize.write_polygons`. Also used by ``predict --vector``
+    ``options`` go to :func:`seamline.core.vector.writers.write_polygons`. Also used by
+    ``predict --vector``
     (where the peak RSS is that of the whole process, prediction included).
     """
-    from core.hardware import peak_rss_bytes
-    from core.vectorize import write_polygons
+    from seamline.core.hardware import peak_rss_bytes
+    from seamline.core.vector.writers import write_polygons
 
     start = time.perf_counter()
     report = write_polygons(classes, output, **options)

@@ -16,8 +16,9 @@ import holoviews as hv
 import numpy as np
 from holoviews.operation.datashader import regrid
 
-import components.scene_view  # noqa: F401  (imports panel, holoviews, core)
-from app.layout import MODELS
+import seamline.components.scene_view  # noqa: F401  (imports panel, holoviews, core)
+from seamline.app.cli_args import DEFAULT_MODEL
+from seamline.app.models import MODELS
 
 hv.extension("bokeh")
 _values = np.full((64, 64), np.nan, dtype="float32")
@@ -29,5 +30,5 @@ for _element, _aggregator in (
 ):
     hv.render(regrid(_element, aggregator=_aggregator, width=32, height=32, dynamic=False))
 
-MODELS.get("demo")
-MODELS.get("demo", precision="int8").module.parallel_forward()
+MODELS.get(DEFAULT_MODEL)
+MODELS.get(DEFAULT_MODEL, precision="int8").module.parallel_forward()

@@ -30,7 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from core.hardware import cpu_info, cpu_label
+from seamline.core.hardware import cpu_info, cpu_label
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

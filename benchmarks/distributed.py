@@ -3,10 +3,10 @@
 Writes a ``SIZE x SIZE x 6`` uint16 GeoTIFF (default 16384: 3.2 GB of pixels) with
 ``benchmarks/out_of_core.py``'s writer, then predicts it twice, each in a fresh process:
 
-- in-process: ``core.predict.predict_file`` (blocks streamed from disk, all cores' threads);
-- distributed: ``core.distributed.predict_file_distributed`` on a ``LocalCluster`` of
-  ``--workers`` single-threaded worker processes (one task per ``--chunk`` pixels chunk,
-  halo from ``map_overlap``), the client writing the COG-ready GeoTIFF as chunks arrive.
+- in-process: ``seamline.predict_file`` (blocks streamed from disk, all cores' threads);
+- distributed: ``seamline.predict_file_distributed`` on a ``LocalCluster`` of ``--workers``
+  single-threaded worker processes (one task per ``--chunk`` pixels chunk, halo from
+  ``map_overlap``), the client writing the COG-ready GeoTIFF as chunks arrive.
 
 It prints the time of each, the peak RSS of the in-process run, of the client and of every
 worker, and compares the two class rasters pixel by pixel (crop mode: they must be equal).
@@ -34,8 +34,8 @@ from out_of_core import write_big_raster  # noqa: E402
 
 IN_PROCESS = """
 import json, sys
-from core.hardware import peak_rss_bytes
-from core.predict import predict_file
+from seamline.core.hardware import peak_rss_bytes
+from seamline.core.predict.scene import predict_file
 src, out, tiling = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 report = predict_file(src, out, model="demo", block_size=1024, batch_size=1, **tiling)
 print(json.dumps({**report, "peak_rss_bytes": peak_rss_bytes()}))
@@ -43,8 +43,8 @@ print(json.dumps({**report, "peak_rss_bytes": peak_rss_bytes()}))
 
 DISTRIBUTED = """
 import json, sys
-from core.distributed import connect, predict_file_distributed
-from core.hardware import peak_rss_bytes
+from seamline.core.predict.distributed import connect, predict_file_distributed
+from seamline.core.hardware import peak_rss_bytes
 src, out, tiling = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 workers, chunk = int(sys.argv[4]), int(sys.argv[5])
 with connect("local", n_workers=workers) as client:
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
-    from core.hardware import cpu_info, cpu_label
+    from seamline.core.hardware import cpu_info, cpu_label
 
     tiling = json.dumps({"tile_size": args.tile_size, "overlap": args.overlap, "blend": "crop"})
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

@@ -1,7 +1,7 @@
 """Drift monitoring, measured on synthetic series with known changes and on a real NDVI series.
 
-Synthetic (``core.synthetic.make_series``, one landscape, summer dates so phenology is flat):
-the baseline is fitted (with the demo model) on acquisitions 0..7; acquisitions 8.. with no
+Synthetic (``seamline.core.demo.series.make_series``, one landscape, summer dates so phenology is
+flat): the baseline is fitted (with the demo model) on acquisitions 0..7; acquisitions 8.. with no
 change give the false-alarm rate; four series switch one known change on at acquisition 12
 (sensor gain +10 %, construction on 5 % of the area, 10 % cloud cover, and phenology: the
 first date past mid-October); the construction scene's drift map is compared with the tiles
@@ -31,12 +31,14 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.demo import eo_timeseries  # noqa: E402
-from core.drift import assess_refit, check, fit_baseline  # noqa: E402
-from core.hardware import cpu_info, cpu_label  # noqa: E402
-from core.modelio import load_model  # noqa: E402
-from core.predict import predict_scene  # noqa: E402
-from core.synthetic import SeriesEvents, make_series  # noqa: E402
+from seamline.core.demo.data import eo_timeseries  # noqa: E402
+from seamline.core.demo.series import SeriesEvents, make_series
+from seamline.core.hardware import cpu_info, cpu_label  # noqa: E402
+from seamline.core.models.modelio import load_model  # noqa: E402
+from seamline.core.monitor.check import check  # noqa: E402
+from seamline.core.monitor.fit import fit_baseline  # noqa: E402
+from seamline.core.monitor.refit import assess_refit  # noqa: E402
+from seamline.core.predict.scene import predict_scene  # noqa: E402
 
 EO_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "eo_timeseries"
 BASELINE_SCENES = 8

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.hardware import cpu_label  # noqa: E402
+from seamline.core.hardware import cpu_label  # noqa: E402
 
 STATS = re.compile(
     r"tests/test_fuzz\.py::(\w+):.*?(\d+) passing, (\d+) failing, and (\d+) invalid", re.S

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 CHILD = (
-    "import json, sys; from app.cli import main; from core.hardware import peak_rss_bytes; "
+    "import json, sys; from seamline.app.cli import main; "
+    "from seamline.core.hardware import peak_rss_bytes; "
     "code = main(sys.argv[1:]); print(json.dumps({'peak_rss_bytes': peak_rss_bytes()}), "
     "file=sys.stderr); sys.exit(code)"
 )
@@ -30,7 +31,7 @@ def write_big_raster(path: Path, size: int, block: int = 2048) -> None:
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
-    from core.synthetic import BANDS, make_scene
+    from seamline.core.demo.synthetic import BANDS, make_scene
 
     scenes = [make_scene(block, block, seed=s)[0].values for s in range(4)]
     profile = dict(driver="GTiff", width=size, height=size, count=len(BANDS), dtype="uint16",
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=64)
     args = parser.parse_args()
 
-    from core.hardware import cpu_info, cpu_label
+    from seamline.core.hardware import cpu_info, cpu_label
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         src, out = Path(tmp) / "big.tif", Path(tmp) / "classes.tif"

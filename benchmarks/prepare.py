@@ -3,7 +3,7 @@
 A 10000 x 10000 x 4 uint16 GeoTIFF (800 MB) is written block by block, then prepared
 (AOI in EPSG:4326 -> raster CRS, crop, mask, baseline z-score normalisation to float32) by
 
-- ``seamline``: ``core.prepare.prepare`` with baseline band statistics;
+- ``seamline``: ``seamline.core.prepare.scene.prepare`` with baseline band statistics;
 - ``seed``: the seed recipe, ``gdf.to_crs(src.crs)`` + ``rasterio.mask.mask(crop=True)``,
   then the same normalisation written in plain numpy.
 
@@ -33,7 +33,7 @@ def make_inputs(workdir: Path, size: int) -> tuple[Path, Path, Path]:
     from rasterio.transform import from_origin
     from shapely.geometry import Polygon
 
-    from core.bandstats import BandStats
+    from seamline.core.prepare.bandstats import BandStats
 
     tif, aoi_path, stats_path = workdir / "big.tif", workdir / "aoi.geojson", workdir / "stats.json"
     transform = from_origin(300000, 5100000, 10, 10)
@@ -92,10 +92,10 @@ def run_child(method: str, tif: str, aoi: str, stats: str) -> dict:
     import rasterio
     import rasterio.mask
 
-    from core.bandstats import BandStats
-    from core.hardware import peak_rss_bytes
-    from core.io import open_raster
-    from core.prepare import prepare
+    from seamline.core.data.io import open_raster
+    from seamline.core.hardware import peak_rss_bytes
+    from seamline.core.prepare.bandstats import BandStats
+    from seamline.core.prepare.scene import prepare
 
     baseline_rss = peak_rss_bytes()  # after imports: the rest is the work's own memory
     start = time.perf_counter()
@@ -134,7 +134,7 @@ def main() -> None:
         print(json.dumps(run_child(*args.child)))
         return
 
-    from core.hardware import cpu_info, cpu_label
+    from seamline.core.hardware import cpu_info, cpu_label
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         t0 = time.perf_counter()

@@ -14,10 +14,11 @@ import argparse
 import json
 import time
 
-from core.hardware import bf16_is_native, cpu_info, cpu_label
-from core.latency import quantization_report
-from core.modelio import load_model, with_precision
-from core.quantize import default_calibration, quantize
+from seamline.core.demo.train import demo_calibration
+from seamline.core.hardware import bf16_is_native, cpu_info, cpu_label
+from seamline.core.models.modelio import load_model, with_precision
+from seamline.core.optimise.latency import quantization_report
+from seamline.core.optimise.quantize import quantize
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
 
     fp32 = load_model("demo")
     start = time.perf_counter()
-    int8 = quantize(fp32, default_calibration(fp32))
+    int8 = quantize(fp32, demo_calibration(fp32))
     quantize_seconds = time.perf_counter() - start
     timing = {"tile_size": args.tile, "batch_size": args.batch, "runs": args.runs}
     rows = {

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from seed_recipe import seed_predict  # noqa: E402
 
-from core.hardware import cpu_info, cpu_label  # noqa: E402
-from core.models import ConvNet  # noqa: E402
-from core.tiling import predict_tiled, seam_errors, untiled  # noqa: E402
+from seamline.core.demo.unet import ConvNet  # noqa: E402
+from seamline.core.hardware import cpu_info, cpu_label  # noqa: E402
+from seamline.core.predict.tiling import predict_tiled, seam_errors, untiled  # noqa: E402
 
 AIMS = {"crop": ("max_abs", 1e-5), "linear": ("rel_l2", 1e-3), "cosine": ("rel_l2", 1e-3),
         "gaussian": ("rel_l2", 1e-3)}

@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.hardware import cpu_info, cpu_label  # noqa: E402
-from core.io import geotiff_bytes  # noqa: E402
-from core.synthetic import make_scene  # noqa: E402
+from seamline.core.data.io import geotiff_bytes  # noqa: E402
+from seamline.core.demo.synthetic import make_scene  # noqa: E402
+from seamline.core.hardware import cpu_info, cpu_label  # noqa: E402
 
 TIFF = {"content-type": "image/tiff"}
 
@@ -40,7 +40,7 @@ def start_server(precision: str, tile_size: int) -> tuple[subprocess.Popen, str,
     """``seamline serve-api`` on a free port; returns the process, its URL, startup seconds."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve-api", "--port", "0", "--precision", precision,
+        [sys.executable, "-m", "seamline", "serve-api", "--port", "0", "--precision", precision,
          "--tile-size", str(tile_size)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE,
         text=True,

@@ -3,9 +3,9 @@
 One run, one model (the demo U-Net architecture, 119k parameters), one raster and tile /
 overlap, CPU. Compared:
 
-- ``seamline``: ``core.tiling.predict_tiled`` (cosine blend, batched, channels-last), eager
-  and with the model compiled by ``core.backends.compiled`` (compile time excluded: it is
-  paid once per process and cached);
+- ``seamline``: ``seamline.predict_tiled`` (cosine blend, batched, channels-last), eager and
+  with the model compiled by ``seamline.core.optimise.backends.compiled`` (compile time
+  excluded: it is paid once per process and cached);
 - ``seed``: the seed recipe (batch of one, host copy per tile, zero-padded edge tiles);
 - ``monai``: ``monai.inferers.sliding_window_inference`` (gaussian), the established peer;
 - ``floor``: the model's pure batched forward over the same number of tiles, nothing else.
@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from seed_recipe import seed_predict  # noqa: E402
 
-from core.backends import compiled  # noqa: E402
-from core.hardware import cpu_info, cpu_label  # noqa: E402
-from core.models import UNet  # noqa: E402
-from core.tiling import Blend, TileGrid, predict_tiled  # noqa: E402
+from seamline.core.demo.unet import UNet  # noqa: E402
+from seamline.core.hardware import cpu_info, cpu_label  # noqa: E402
+from seamline.core.optimise.backends import compiled  # noqa: E402
+from seamline.core.predict.tiling import Blend, TileGrid, predict_tiled  # noqa: E402
 
 
 def timed_round_robin(fns: dict, repeats: int) -> dict[str, float]:

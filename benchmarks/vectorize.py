@@ -1,9 +1,9 @@
 """Vector output: `seamline vectorize --window` vs `rasterio.features.shapes` on the whole raster.
 
 Writes a ``SIZE x SIZE`` uint8 class GeoTIFF (default 10000) block by block from the labels of
-synthetic scenes (``core.synthetic.make_scene``: fields, parcels, rivers, built-up), each block
-rotated or mirrored so that no two neighbours repeat, with prediction-like noise: ragged class
-boundaries (``--jitter``: that share of pixels takes a 4-neighbour's class) and isolated
+synthetic scenes (``seamline.core.demo.synthetic.make_scene``: fields, parcels, rivers, built-up),
+each block rotated or mirrored so that no two neighbours repeat, with prediction-like noise: ragged
+class boundaries (``--jitter``: that share of pixels takes a 4-neighbour's class) and isolated
 misclassified pixels (``--speckle``). Then, each in a fresh process whose peak RSS is measured:
 
 - ``seamline vectorize big.tif windowed.gpkg --window 2048``;
@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 CHILD = (
-    "import json, sys; from app.cli import main; from core.hardware import peak_rss_bytes; "
+    "import json, sys; from seamline.app.cli import main; "
+    "from seamline.core.hardware import peak_rss_bytes; "
     "code = main(sys.argv[1:]); print(json.dumps({'peak_rss_bytes': peak_rss_bytes()}), "
     "file=sys.stderr); sys.exit(code)"
 )
@@ -38,7 +39,7 @@ WHOLE_RASTER_RECIPE = """
 import json, sys, time
 import geopandas as gpd, rasterio, shapely
 from rasterio.features import shapes
-from core.hardware import peak_rss_bytes
+from seamline.core.hardware import peak_rss_bytes
 
 src, out = sys.argv[1:]
 start = time.perf_counter()
@@ -62,7 +63,7 @@ def write_class_raster(path: Path, size: int, block: int, jitter: float, speckle
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
-    from core.synthetic import CLASSES, LABEL_NODATA, make_scene
+    from seamline.core.demo.synthetic import CLASSES, LABEL_NODATA, make_scene
 
     bases = [make_scene(block, block, seed=s)[1].values for s in range(4)]
     rng = np.random.default_rng(0)
@@ -143,7 +144,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
-    from core.hardware import cpu_info, cpu_label
+    from seamline.core.hardware import cpu_info, cpu_label
 
     root = str(Path(__file__).resolve().parents[1])
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

@@ -1,13 +1,13 @@
 """The monitoring section: drift of a dated series of scenes against a baseline, over time.
 
-:func:`core.monitoring.monitor_series` is the pure part (no Panel): it fits a baseline on
-the first clear dates of a series, checks every date with :func:`core.drift.check` and
-assesses the re-fit response on one date. :class:`DriftSeries` holds the choices and the
-results (params only, testable without a browser); its :meth:`~DriftSeries.compute` loads
-the series of the chosen source and runs it, in a worker thread when the view calls it.
-:class:`DriftView` is the thin view: score over time with the threshold and the alerts, the
-scene and its per-tile drift map of one date (datashader, the scene's own CRS), predicted
-class shares over time and the re-fit response before/after.
+:func:`seamline.core.monitor.series.monitor_series` is the pure part (no Panel): it fits a baseline
+on the first clear dates of a series, checks every date with
+:func:`seamline.core.monitor.check.check` and assesses the re-fit response on one date.
+:class:`DriftSeries` holds the choices and the results (params only, testable without a browser);
+its :meth:`~DriftSeries.compute` loads the series of the chosen source and runs it, in a worker
+thread when the view calls it. :class:`DriftView` is the thin view: score over time with the
+threshold and the alerts, the scene and its per-tile drift map of one date (datashader, the scene's
+own CRS), predicted class shares over time and the re-fit response before/after.
 """
 
 from __future__ import annotations
@@ -26,19 +26,13 @@ import param
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
-from components.map_axes import map_axes
-from components.scene_view import default_rgb_bands, rgb_composite
-from core.drift import SCORE_THRESHOLD
-from core.errors import SeamlineError
-from core.io import band_names, valid_mask
-from core.monitoring import (
-    EO_TIMESERIES,
-    DatedScene,
-    eo_series,
-    folder_series,
-    monitor_series,
-    synthetic_series,
-)
+from seamline.components.map_axes import map_axes
+from seamline.components.scene_view import default_rgb_bands, rgb_composite
+from seamline.core.data.io import band_names, valid_mask
+from seamline.core.demo.series import eo_series, synthetic_series
+from seamline.core.errors import SeamlineError
+from seamline.core.monitor.check import SCORE_THRESHOLD
+from seamline.core.monitor.series import DatedScene, folder_series, monitor_series
 
 __all__ = [
     "score_plot",
@@ -96,14 +90,19 @@ class DriftSeries(param.Parameterized):
         "a folder outside them is refused, and none is read when empty.",
     )
     eo_folder = param.String(
-        default=str(EO_TIMESERIES),
-        doc="The eo_timeseries folder; the source is offered if it exists.",
+        default="",
+        doc="The eo_timeseries folder (``seamline serve --eo-timeseries``); the source is "
+        "offered if it exists.",
+    )
+    model = param.String(
+        default=None, allow_None=True,
+        doc="The model whose class shares are predicted (a name or a model file).",
     )
     n_dates = param.Integer(default=10, bounds=(3, 24), label="Dates (synthetic)")
     size = param.Integer(default=128, bounds=(64, 512), label="Scene size (px, synthetic)")
     seed = param.Integer(default=0, bounds=(0, None), label="Seed (synthetic)")
     baseline_count = param.Integer(default=3, bounds=(1, 12), label="Baseline dates")
-    with_model = param.Boolean(default=True, label="Predict class shares (demo model)")
+    with_model = param.Boolean(default=True, label="Predict class shares")
     tile_size = param.Integer(default=16, bounds=(4, 256), label="Drift map cell (px)")
     date_index = param.Integer(default=0, bounds=(0, None), doc="The date shown on the maps.")
 
@@ -126,14 +125,15 @@ class DriftSeries(param.Parameterized):
 
     @param.depends("eo_folder", watch=True)
     def _offer_sources(self) -> None:
-        present = Path(self.eo_folder).is_dir()
+        present = bool(self.eo_folder) and Path(self.eo_folder).is_dir()
         self.param.source.objects = [s for s in SOURCES if present or s != "eo_timeseries"]
         if self.source not in self.param.source.objects:
             self.source = "synthetic"
 
     @param.depends("source", watch=True)
     def _default_model(self) -> None:
-        self.with_model = self.source == "synthetic"  # NDVI-only data has no model input
+        # NDVI-only data has no model input
+        self.with_model = self.model is not None and self.source == "synthetic"
 
     def load(self) -> list[DatedScene]:
         """The series of the chosen source (raises SeamlineError for a bad folder)."""
@@ -166,7 +166,7 @@ class DriftSeries(param.Parameterized):
             outcome = monitor_series(
                 series,
                 baseline_count=self.baseline_count,
-                model="demo" if self.with_model else None,
+                model=self.model if self.with_model else None,
                 tile_size=self.tile_size,
                 progress=step,
             )

@@ -27,12 +27,12 @@ import torch
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
-from components.map_axes import map_axes
-from core.errors import SeamlineError
-from core.latency import ModelCache
-from core.runs import RunResult, RunSettings, run_inference, seam_diagnostic
-from core.tiling import Blend, TileGrid
-from core.vectorize import polygonize
+from seamline.components.map_axes import map_axes
+from seamline.core.errors import SeamlineError
+from seamline.core.predict.tiling import Blend, TileGrid
+from seamline.core.serve.cache import ModelCache
+from seamline.core.serve.runs import RunResult, RunSettings, run_inference, seam_diagnostic
+from seamline.core.vector.polygonize import polygonize
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 PROGRESS_HZ = 8
@@ -59,6 +59,7 @@ class InferenceState(param.Parameterized):
     show_grid = param.Boolean(default=False, label="Tile grid")
     show_polygons = param.Boolean(default=False, label="Class polygons")
     scene = param.ClassSelector(class_=xr.DataArray, doc="The scene to predict.")
+    model = param.String(doc="The model to predict with: a name or a model file.")
     result = param.ClassSelector(class_=RunResult, allow_None=True)
     runs = param.DataFrame(default=pd.DataFrame(columns=RUN_COLUMNS))
     running = param.Boolean(default=False)
@@ -111,7 +112,8 @@ class InferenceState(param.Parameterized):
             if settings.precision != "fp32":
                 reference = self._fp32_reference(settings)
             self._results[key] = run_inference(
-                self.scene, settings, self.cache, reference=reference, progress=self._progress
+                self.scene, settings, self.cache, model=self.model, reference=reference,
+                progress=self._progress,
             )
         return self._results[key]
 
@@ -145,7 +147,8 @@ class InferenceState(param.Parameterized):
         return result
 
     def polygons(self) -> gpd.GeoDataFrame:
-        """The class polygons of the latest result (core.vectorize), computed once per run."""
+        """The class polygons of the latest result (seamline.core.vector.polygonize), computed once
+        per run."""
         result = self.result
         if result is None:
             raise SeamlineError("Run inference first: there is no class map to polygonize.")
@@ -169,7 +172,7 @@ class InferenceState(param.Parameterized):
             settings.tile_size,
             settings.overlap,
             Blend.parse(settings.blend),
-            self.cache.get().align,
+            self.cache.get(self.model).align,
         )
 
 
@@ -261,7 +264,7 @@ class InferenceView(pn.viewable.Viewer):
         settings = state.settings()
         self._seam_plots[:] = [pn.indicators.LoadingSpinner(value=True, size=40)]
         weights, difference = await asyncio.to_thread(
-            seam_diagnostic, state.scene, settings, state.cache
+            seam_diagnostic, state.scene, settings, state.cache, model=state.model
         )
         opts = {
             "responsive": True,

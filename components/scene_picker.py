@@ -10,11 +10,12 @@ import panel as pn
 import param
 import xarray as xr
 
-from core.demo import sentinel2_aoi, sentinel2_sample
-from core.errors import MissingCRSError, SeamlineError
-from core.io import decoding, open_aoi, open_raster
-from core.limits import DEFAULT_BUDGET
-from core.synthetic import make_scene
+from seamline.core.data.files import decoding
+from seamline.core.data.io import open_aoi, open_raster
+from seamline.core.data.limits import DEFAULT_BUDGET
+from seamline.core.demo.data import sentinel2_aoi, sentinel2_sample
+from seamline.core.demo.synthetic import make_scene
+from seamline.core.errors import MissingCRSError, SeamlineError
 
 SOURCES = ("Sentinel-2 demo", "Synthetic", "Upload")
 SYNTHETIC_SIZES = (256, 512, 1024, 2048, 4096)

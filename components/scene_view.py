@@ -10,9 +10,9 @@ import param
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
-from components.map_axes import map_axes
-from core.io import band_names, valid_mask
-from core.prepare import align_aoi
+from seamline.components.map_axes import map_axes
+from seamline.core.data.io import band_names, valid_mask
+from seamline.core.prepare.scene import align_aoi
 
 RGB_CANDIDATES = (("red", "green", "blue"), ("band_1", "band_2", "band_3"))
 

@@ -30,7 +30,8 @@ def shared_data() -> Path:
 def write_tif(
     path: Path, data: np.ndarray, *, crs="EPSG:32633", transform=None, nodata=0, descriptions=None
 ) -> Path:
-    """Write a (band, y, x) array as a GeoTIFF with rasterio (independent of core.io)."""
+    """Write a (band, y, x) array as a GeoTIFF with rasterio (independent of
+    seamline.core.data.io)."""
     transform = transform or from_origin(500000, 5000000, 10, 10)
     with rasterio.open(
         path,

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from core.bandstats import BandStats, fit_band_stats, normalise
-from core.errors import BandMismatchError, InputFileError, NoDataError
-from core.io import open_raster
+from seamline.core.data.io import open_raster
+from seamline.core.errors import BandMismatchError, InputFileError, NoDataError
+from seamline.core.prepare.bandstats import BandStats, fit_band_stats, normalise
 
 
 def _scene(values: np.ndarray, names=("red", "nir"), nodata=0) -> xr.DataArray:

@@ -12,7 +12,7 @@ import pytest
 import rasterio
 from shapely.geometry import box
 
-from app.cli import EXIT_USER_ERROR, main
+from seamline.app.cli import EXIT_USER_ERROR, main
 
 
 def run(capsys, *argv):

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import rasterio
 
-from app.cli import main
-from core.demo import sentinel2_aoi, sentinel2_sample
-from core.indices import spectral_index
-from core.io import open_aoi, open_raster, valid_mask
-from core.prepare import prepare
+from seamline.app.cli import main
+from seamline.core.data.io import open_aoi, open_raster, valid_mask
+from seamline.core.demo.data import sentinel2_aoi, sentinel2_sample
+from seamline.core.prepare.indices import spectral_index
+from seamline.core.prepare.scene import prepare
 
 
 def test_sentinel2_sample_is_georeferenced_on_one_10m_grid():

@@ -13,20 +13,19 @@ import torch
 from rasterio.env import get_gdal_config
 from shapely.geometry import Polygon
 
-from app.cli import main
-from core.distributed import (
-    WORKER_GDAL_CACHE,
-    check_many,
-    connect,
-    predict_file_distributed,
-)
-from core.drift import check, fit_baseline
-from core.errors import InvalidArgumentError, NoDataError
-from core.io import open_raster, write_raster
-from core.modelio import load_model
-from core.predict import CLASS_NODATA, aligned_chunks, predict_file, predict_scene
-from core.quantize import OnnxModule
-from core.synthetic import make_scene
+from seamline.app.cli import main
+from seamline.core.data.io import open_raster, write_raster
+from seamline.core.demo.synthetic import make_scene
+from seamline.core.errors import InvalidArgumentError, NoDataError
+from seamline.core.models.modelio import load_model
+from seamline.core.models.onnx import OnnxModule
+from seamline.core.monitor.batch import check_many
+from seamline.core.monitor.check import check
+from seamline.core.monitor.fit import fit_baseline
+from seamline.core.predict.blocks import CLASS_NODATA, aligned_chunks
+from seamline.core.predict.distributed import WORKER_GDAL_CACHE, connect, predict_file_distributed
+from seamline.core.predict.file import predict_file
+from seamline.core.predict.scene import predict_scene
 
 # Half the overlap (24) covers the demo model's receptive radius (22): crop is exact.
 TILING = {"tile_size": 96, "overlap": 48}
@@ -138,8 +137,8 @@ def test_all_nodata_raster_fails_and_leaves_no_file(client, tmp_path):
     scene, _ = make_scene(64, 64, seed=1)
     path = write_raster(scene * 0, tmp_path / "empty.tif")
     with pytest.raises(NoDataError, match="no valid pixels"):
-        predict_file_distributed(path, tmp_path / "out.tif", scheduler=client, block_size=32,
-                                 **TILING)  # fmt: skip
+        predict_file_distributed(path, tmp_path / "out.tif", model="demo", scheduler=client,
+                                 block_size=32, **TILING)  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.tif"]
 
 

@@ -11,28 +11,27 @@ import xarray as xr
 from affine import Affine
 from scipy import stats
 
-from core.demo import eo_timeseries
-from core.drift import (
-    CALIBRATION_MARGIN,
-    DEFAULT_THRESHOLDS,
-    FEATURE_METRICS,
-    MIN_THRESHOLDS,
-    Baseline,
-    assess_refit,
-    check,
-    fit_baseline,
-    refit_normalisation,
-)
-from core.errors import (
+from seamline.core.data.io import write_raster
+from seamline.core.demo.data import eo_timeseries
+from seamline.core.demo.series import SeriesEvents, make_series
+from seamline.core.demo.synthetic import BANDS, make_scene
+from seamline.core.errors import (
     BandMismatchError,
     BaselineError,
     InputFileError,
     InvalidArgumentError,
     NoDataError,
 )
-from core.io import write_raster
-from core.predict import predict_scene
-from core.synthetic import BANDS, SeriesEvents, make_scene, make_series
+from seamline.core.monitor.baseline import FEATURE_METRICS, Baseline
+from seamline.core.monitor.check import check
+from seamline.core.monitor.fit import (
+    CALIBRATION_MARGIN,
+    DEFAULT_THRESHOLDS,
+    MIN_THRESHOLDS,
+    fit_baseline,
+)
+from seamline.core.monitor.refit import assess_refit, refit_normalisation
+from seamline.core.predict.scene import predict_scene
 
 SIZE = 128
 TILE = 16

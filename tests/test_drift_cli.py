@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from app.cli import main
-from core.io import write_raster
-from core.synthetic import SeriesEvents, make_series
+from seamline.app.cli import main
+from seamline.core.data.io import write_raster
+from seamline.core.demo.series import SeriesEvents, make_series
 from tests.test_cli import assert_one_sentence_error, run
 
 EVENTS = SeriesEvents(

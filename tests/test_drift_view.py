@@ -9,8 +9,8 @@ import panel as pn
 import pytest
 from bokeh.model import Model
 
-from components.drift_view import DriftSeries, DriftView, refit_table, score_plot
-from core.synthetic import CLASSES
+from seamline.components.drift_view import DriftSeries, DriftView, refit_table, score_plot
+from seamline.core.demo.synthetic import CLASSES
 from tests.conftest import write_tif
 
 N_DATES = 9  # default SeriesEvents: clouds at 2, construction from 4, recalibration at 8
@@ -20,7 +20,7 @@ BASELINE = 3
 @pytest.fixture(scope="module")
 def computed() -> DriftSeries:
     """One synthetic run with the demo model, shared by the tests that only read it."""
-    state = DriftSeries(n_dates=N_DATES, size=64, baseline_count=BASELINE, with_model=True)
+    state = DriftSeries(n_dates=N_DATES, size=64, baseline_count=BASELINE, model="demo")
     assert state.compute(), state.message
     return state
 
@@ -56,10 +56,11 @@ def test_class_shares_and_maps_per_date(computed):
     assert np.nanmax(computed.maps[cloudy].values) > 1 > np.nanmax(computed.maps[0].values)
 
 
-def test_refit_runs_on_the_flagged_recalibration_date(computed):
+def test_refit_runs_on_the_largest_step_the_recalibration(computed):
+    # Chosen from the measurements (a step in score on a clear date), not the event's name.
     refit, results = computed.refit, computed.results
     step = results["events"].tolist().index("recalibration")
-    assert refit["index"] == step and refit["reason"] == "sensor recalibration"
+    assert refit["index"] == step and refit["reason"] == "largest step in score"
     assert refit["time"] == results["time"].iat[step]
     assert refit["reference_time"] == results["time"].iat[step - 1]
     assert refit["score_before"] == pytest.approx(results["score"].iat[step])
@@ -114,8 +115,10 @@ def test_run_button_computes_off_the_event_loop():
     assert not state.running and state.message == ""
     assert len(state.results) == 4 and state.class_shares is None
     assert seen[-1] == state.total == 4 + 2  # fit, four dates, re-fit
-    # no recalibration in four dates: the re-fit goes to the highest score, the cloudy date
-    assert state.refit["reason"] == "highest score" and state.refit["events"] == "clouds"
+    # the re-fit goes to the clear date that drifted, never the cloudy one (re-fitting the
+    # normalisation cannot answer clouds), though the cloudy date scores far higher
+    assert state.refit["reason"] == "largest step in score" and state.refit["index"] == 3
+    assert state.results["score"].iat[2] > state.results["score"].iat[3]
     assert state.refit["agreement_before"] is None  # no model, no agreement
 
 
@@ -185,7 +188,7 @@ def test_folder_outside_the_data_roots_is_refused_and_the_series_kept(tmp_path):
 
 def test_eo_source_offered_only_when_present(tmp_path):
     assert "eo_timeseries" not in DriftSeries(eo_folder=str(tmp_path / "none")).param.source.objects
-    state = DriftSeries(eo_folder=str(tmp_path))
+    state = DriftSeries(eo_folder=str(tmp_path), model="demo")
     assert "eo_timeseries" in state.param.source.objects
     state.source = "eo_timeseries"
     assert state.with_model is False

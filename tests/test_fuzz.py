@@ -27,14 +27,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio.io import MemoryFile
 
-from app.cli import EXIT_USER_ERROR, main
-from app.service import create_app
-from core.errors import SeamlineError
-from core.files import quiet_undecodable_gdal_messages
-from core.io import geotiff_bytes, read_geotiff_bytes
-from core.limits import InputBudget
-from core.modelio import load_model
-from core.synthetic import make_scene
+from seamline.app.cli import EXIT_USER_ERROR, main
+from seamline.app.service import create_app
+from seamline.core.data.files import quiet_undecodable_gdal_messages
+from seamline.core.data.io import geotiff_bytes, read_geotiff_bytes
+from seamline.core.data.limits import InputBudget
+from seamline.core.demo.synthetic import make_scene
+from seamline.core.errors import SeamlineError
+from seamline.core.models.modelio import load_model
 from tests.conftest import write_tif
 
 EXAMPLES = int(os.environ.get("SEAMLINE_FUZZ_EXAMPLES", "50"))

@@ -10,7 +10,7 @@ import pytest
 import shapely
 from rasterio.crs import CRS
 
-from core.gpkg import GeoPackageWriter
+from seamline.core.vector.gpkg import GeoPackageWriter
 
 COLUMNS = {"class_id": "i", "class_name": "O", "area": "f"}
 # A transverse Mercator that no EPSG code names: it is recorded by its WKT alone.

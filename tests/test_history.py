@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from core.drift import DriftResult, MetricResult
-from core.errors import HistoryError, InputFileError, InvalidArgumentError
-from core.history import APPLICATION_ID, SCHEMA_VERSION, History, parse_time
+from seamline.core.errors import HistoryError, InputFileError, InvalidArgumentError
+from seamline.core.monitor.check import DriftResult, MetricResult
+from seamline.core.monitor.history import APPLICATION_ID, SCHEMA_VERSION, History, parse_time
 
 FEATURES = ("blue", "red", "ndvi")
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from core.errors import BandMismatchError
-from core.indices import available_indices, spectral_index
+from seamline.core.errors import BandMismatchError
+from seamline.core.prepare.indices import available_indices, spectral_index
 
 
 def _scene(values, names):

@@ -9,23 +9,24 @@ import numpy as np
 import panel as pn
 import pytest
 
-from components.inference_view import InferenceState, InferenceView, grid_outline, legend
-from components.scene_picker import ScenePicker
-from core.errors import SeamlineError
-from core.latency import ModelCache
-from core.runs import RunSettings, run_inference, seam_diagnostic
-from core.synthetic import make_scene
+from seamline.components.inference_view import InferenceState, InferenceView, grid_outline, legend
+from seamline.components.scene_picker import ScenePicker
+from seamline.core.demo.synthetic import make_scene
+from seamline.core.demo.train import demo_calibration
+from seamline.core.errors import SeamlineError
+from seamline.core.serve.cache import ModelCache
+from seamline.core.serve.runs import RunSettings, run_inference, seam_diagnostic
 from tests.conftest import write_tif
 
 
 @pytest.fixture(scope="module")
 def cache():
-    return ModelCache()
+    return ModelCache(calibration=demo_calibration)
 
 
 @pytest.fixture
 def state(cache):
-    return InferenceState(cache, scene=make_scene(192, 160, seed=7)[0], tile_size=128)
+    return InferenceState(cache, model="demo", scene=make_scene(192, 160, seed=7)[0], tile_size=128)
 
 
 def test_run_shows_figures_and_caches_per_parameter_set(state):
@@ -128,12 +129,13 @@ def test_async_run_and_seam_diagnostic(state):
 def test_seam_diagnostic_is_small_and_weights_dip_on_seams(cache):
     scene = make_scene(256, 200, seed=3)[0]
     settings = RunSettings(tile_size=128, overlap=64, blend="cosine")
-    weights, difference = seam_diagnostic(scene, settings, cache)
+    weights, difference = seam_diagnostic(scene, settings, cache, model="demo")
     assert weights.shape == difference.shape == (256, 200)
     assert float(weights.max()) == pytest.approx(1.0) and float(weights.min()) < 0.6
     assert float(difference.max()) < 1e-3  # overlap 64 covers the receptive field's margin
     _, crop_difference = seam_diagnostic(scene, RunSettings(tile_size=128, overlap=64,
-                                                            blend="crop"), cache)  # fmt: skip
+                                                            blend="crop"), cache,
+                                         model="demo")  # fmt: skip
     assert float(crop_difference.max()) < 1e-4
 
 
@@ -150,7 +152,7 @@ def test_grid_outline_and_legend(state):
 
 def test_run_inference_rejects_unknown_device(cache):
     with pytest.raises(ValueError, match="Unknown device"):
-        run_inference(make_scene(64, 64)[0], RunSettings(device="gpu7"), cache)
+        run_inference(make_scene(64, 64)[0], RunSettings(device="gpu7"), cache, model="demo")
 
 
 def test_scene_picker_sources_and_bad_uploads(tmp_path):
@@ -177,7 +179,7 @@ def test_class_polygons_overlay_and_geopackage_download(state, tmp_path):
     import geopandas as gpd
     from scipy import ndimage
 
-    from components.inference_view import polygon_outline
+    from seamline.components.inference_view import polygon_outline
 
     with pytest.raises(SeamlineError, match="Run inference first"):
         state.polygons()

@@ -6,15 +6,8 @@ import pytest
 import rasterio
 from shapely.geometry import Point, Polygon, box
 
-from core.errors import (
-    GeometryError,
-    InputFileError,
-    MissingCRSError,
-    OutputPathError,
-    SizeLimitError,
-)
-from core.io import (
-    atomic_path,
+from seamline.core.data.files import atomic_path
+from seamline.core.data.io import (
     geotiff_bytes,
     open_aoi,
     open_raster,
@@ -22,7 +15,14 @@ from core.io import (
     valid_mask,
     write_raster,
 )
-from core.limits import InputBudget
+from seamline.core.data.limits import InputBudget
+from seamline.core.errors import (
+    GeometryError,
+    InputFileError,
+    MissingCRSError,
+    OutputPathError,
+    SizeLimitError,
+)
 
 
 def test_open_raster_real_landsat(shared_data):

@@ -2,8 +2,8 @@
 
 import panel as pn
 
-from app.layout import create_app, create_inline, create_sections
-from core.latency import ModelCache
+from seamline.app.layout import create_app, create_inline, create_sections
+from seamline.core.serve.cache import ModelCache
 
 
 def test_picking_a_scene_updates_every_section():

@@ -1,4 +1,4 @@
-"""The input budget (core.limits): checked on headers, before a pixel is decoded."""
+"""The input budget (seamline.core.data.limits): checked on headers, before a pixel is decoded."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from core.errors import DataTypeError, InvalidArgumentError, SizeLimitError
-from core.io import open_raster, read_geotiff_bytes
-from core.limits import DEFAULT_BUDGET, InputBudget
+from seamline.core.data.io import open_raster, read_geotiff_bytes
+from seamline.core.data.limits import DEFAULT_BUDGET, InputBudget
+from seamline.core.errors import DataTypeError, InvalidArgumentError, SizeLimitError
 from tests.conftest import peak_memory, write_bomb, write_tif
 
 

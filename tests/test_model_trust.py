@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from app.cli import main
-from core.errors import InputFileError, UntrustedModelError
-from core.modelio import load_model
-from core.models import UNet
+from seamline.app.cli import main
+from seamline.core.demo.unet import UNet
+from seamline.core.errors import InputFileError, UntrustedModelError
+from seamline.core.models.modelio import load_model
 from tests.conftest import write_tif
 
 
@@ -79,12 +79,12 @@ def test_seamlines_own_classes_and_checkpoints_need_no_trust(tmp_path):
     net = UNet(bands=6, classes=5)
     path = tmp_path / "ckpt.pt"
     torch.save({"epoch": 3, "lr": 1e-3, "state_dict": net.state_dict()}, path)
-    sidecar = {"model_class": "core.models:UNet", "init": {"bands": 6, "classes": 5}}
+    sidecar = {"model_class": "seamline.core.demo.unet:UNet", "init": {"bands": 6, "classes": 5}}
     path.with_suffix(".json").write_text(json.dumps(sidecar))
     loaded = load_model(path).module.state_dict()
     assert all(torch.equal(loaded[name], value) for name, value in net.state_dict().items())
     with pytest.raises(InputFileError, match="not a torch.nn.Module class"):
-        load_model(path, model_class="core.models:receptive_radius")
+        load_model(path, model_class="seamline.core.demo.unet:receptive_radius")
 
 
 def _pt2(tmp_path: Path, name: str = "plain.pt2", members: dict[str, bytes] | None = None) -> Path:

@@ -1,12 +1,18 @@
-"""core.paths: server-side paths are read only inside the data roots."""
+"""seamline.core.data.paths: server-side paths are read only inside the data roots."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-from core.errors import InputFileError, PathOutsideRootsError
-from core.paths import DATA_ROOTS_ENV, data_roots, resolve_under, roots_from_env, roots_to_env
+from seamline.core.data.paths import (
+    DATA_ROOTS_ENV,
+    data_roots,
+    resolve_under,
+    roots_from_env,
+    roots_to_env,
+)
+from seamline.core.errors import InputFileError, PathOutsideRootsError
 
 
 @pytest.fixture

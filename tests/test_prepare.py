@@ -5,16 +5,16 @@ import rasterio
 import rasterio.mask
 from shapely.geometry import Polygon, box
 
-from core.bandstats import fit_band_stats
-from core.errors import (
+from seamline.core.data.io import open_raster, valid_mask
+from seamline.core.errors import (
     GeometryError,
     InvalidArgumentError,
     InvalidCRSError,
     MissingCRSError,
     NoDataError,
 )
-from core.io import open_raster, valid_mask
-from core.prepare import parse_crs, parse_resampling, prepare
+from seamline.core.prepare.bandstats import fit_band_stats
+from seamline.core.prepare.scene import parse_crs, parse_resampling, prepare
 
 # An irregular AOI inside the Landsat scene's valid footprint, given in EPSG:4326 as users do.
 LANDSAT_AOI_UTM = Polygon(

@@ -8,23 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from app.cli import main
-from core.errors import BandMismatchError
-from core.latency import MIN_RUNS, ModelCache, measure_latency, model_size_bytes
-from core.modelio import load_model
-from core.predict import predict_scene
-from core.quantize import (
+from seamline.app.cli import main
+from seamline.core.demo.synthetic import make_scene
+from seamline.core.demo.train import demo_calibration
+from seamline.core.errors import BandMismatchError, InvalidArgumentError
+from seamline.core.models.modelio import load_model
+from seamline.core.models.onnx import OnnxModule
+from seamline.core.optimise.latency import MIN_RUNS, measure_latency, model_size_bytes
+from seamline.core.optimise.quantize import (
     INT8_OPS,
-    OnnxModule,
-    QuantizationError,
     QuantizationWarning,
     calibration_tiles,
-    default_calibration,
     quantize,
     save_quantized,
 )
-from core.synthetic import make_scene
-from core.tiling import predict_tiled
+from seamline.core.predict.scene import predict_scene
+from seamline.core.predict.tiling import predict_tiled
+from seamline.core.serve.cache import ModelCache
 from tests.conftest import write_tif
 
 
@@ -35,7 +35,7 @@ def demo():
 
 @pytest.fixture(scope="module")
 def int8(demo):
-    return quantize(demo, default_calibration(demo))
+    return quantize(demo, demo_calibration(demo))
 
 
 def test_int8_runs_integer_kernels_in_a_third_of_the_size(demo, int8):
@@ -97,8 +97,8 @@ def test_calibration_with_the_wrong_bands_is_a_clear_error(demo, tmp_path):
     scene = make_scene(64, 64, seed=1)[0].isel(band=[0, 1, 2])
     with pytest.raises(BandMismatchError, match="lack"):
         calibration_tiles(scene, demo)
-    with pytest.raises(QuantizationError, match="pass a calibration scene"):
-        default_calibration(load_model(torch.nn.Conv2d(3, 2, 1)))
+    with pytest.raises(InvalidArgumentError, match="pass a calibration scene"):
+        demo_calibration(load_model(torch.nn.Conv2d(3, 2, 1)))
 
 
 def test_calibration_tiles_are_spread_and_normalised(demo):

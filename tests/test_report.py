@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from app.cli import main
-from app.report import write_report
-from core.latency import ModelCache
+from seamline.app.cli import main
+from seamline.app.report import write_report
+from seamline.core.serve.cache import ModelCache
 
 
 def test_report_is_self_contained_and_has_both_runs(tmp_path):

@@ -7,10 +7,10 @@ import panel as pn
 import pytest
 from shapely.geometry import box
 
-from components.map_axes import map_axes
-from components.scene_view import SceneView, default_rgb_bands, rgb_composite
-from core.demo import sentinel2_aoi, sentinel2_sample
-from core.synthetic import make_scene
+from seamline.components.map_axes import map_axes
+from seamline.components.scene_view import SceneView, default_rgb_bands, rgb_composite
+from seamline.core.demo.data import sentinel2_aoi, sentinel2_sample
+from seamline.core.demo.synthetic import make_scene
 
 
 def test_rgb_composite_stretches_and_hides_nodata():

@@ -13,15 +13,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.cli import EXIT_USER_ERROR, main
-from app.serve_cli import TOKEN_ENV, is_loopback
-from app.service import create_app
-from components.scene_picker import ScenePicker
-from core.errors import InvalidArgumentError, SizeLimitError
-from core.io import geotiff_bytes, read_geotiff_bytes
-from core.limits import InputBudget
-from core.prepare import prepare_file
-from core.synthetic import make_scene
+from seamline.app.cli import EXIT_USER_ERROR, main
+from seamline.app.serve_cli import TOKEN_ENV, is_loopback
+from seamline.app.service import create_app
+from seamline.components.scene_picker import ScenePicker
+from seamline.core.data.io import geotiff_bytes, read_geotiff_bytes
+from seamline.core.data.limits import InputBudget
+from seamline.core.demo.synthetic import make_scene
+from seamline.core.errors import InvalidArgumentError, SizeLimitError
+from seamline.core.prepare.scene import prepare_file
 from tests.conftest import ROOT, peak_memory, write_bomb
 
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -167,7 +167,7 @@ def test_serve_api_with_a_token_file_never_logs_the_token(tmp_path, scene_bytes)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(TOKEN_ENV, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve-api", "--port", "0", "--precision", "fp32",
+        [sys.executable, "-m", "seamline", "serve-api", "--port", "0", "--precision", "fp32",
          "--tile-size", "64", "--overlap", "16", "--token-file", str(token_file),
          "--log-level", "debug"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -194,8 +194,8 @@ def test_serve_api_with_a_token_file_never_logs_the_token(tmp_path, scene_bytes)
 
 
 def test_serve_api_budget_flags_reach_the_budget():
-    from app.cli import build_parser
-    from app.serve_cli import budget_from_args
+    from seamline.app.cli import build_parser
+    from seamline.app.serve_cli import budget_from_args
 
     args = build_parser().parse_args(["serve-api", "--max-bands", "16", "--max-pixels", "1000",
                                       "--dtypes", "uint8, uint16"])  # fmt: skip

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cli import build_parser, main, serve_command
-from core.errors import InputFileError
-from core.paths import DATA_ROOTS_ENV
+from seamline.app.cli import build_parser, main, serve_command
+from seamline.core.data.paths import DATA_ROOTS_ENV
+from seamline.core.errors import InputFileError
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_S = 180  # imports and the numba warm-up on a busy 2-core machine: a generous bound
@@ -57,7 +57,7 @@ def served(tmp_path_factory) -> Iterator[str]:
     port = _free_port()
     log = (folder / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--basic-auth",
+        [sys.executable, "-m", "seamline.app.cli", "serve", "--port", str(port), "--basic-auth",
          str(users), "--data-root", str(folder)],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

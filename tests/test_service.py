@@ -21,13 +21,14 @@ import pytest
 import torch
 import uvicorn
 
-from app.cli import EXIT_USER_ERROR, main
-from app.service import INTERNAL_ERROR, LATENCY_HEADER, create_app
-from core.io import geotiff_bytes, read_geotiff_bytes
-from core.limits import InputBudget
-from core.modelio import load_model
-from core.predict import CLASS_NODATA, predict_scene
-from core.synthetic import make_scene
+from seamline.app.cli import EXIT_USER_ERROR, main
+from seamline.app.service import INTERNAL_ERROR, LATENCY_HEADER, create_app
+from seamline.core.data.io import geotiff_bytes, read_geotiff_bytes
+from seamline.core.data.limits import InputBudget
+from seamline.core.demo.synthetic import make_scene
+from seamline.core.models.modelio import load_model
+from seamline.core.predict.blocks import CLASS_NODATA
+from seamline.core.predict.scene import predict_scene
 
 TILING = {"tile_size": 64, "overlap": 16}
 TIFF = {"content-type": "image/tiff"}
@@ -222,7 +223,7 @@ def test_internal_error_is_a_500_without_details_and_is_counted(scenes):
 def test_serve_api_cli_serves_and_stops(tmp_path, scenes):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve-api", "--port", "0", "--precision", "fp32",
+        [sys.executable, "-m", "seamline", "serve-api", "--port", "0", "--precision", "fp32",
          "--tile-size", "64", "--overlap", "16"],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

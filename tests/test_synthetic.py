@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from core.errors import InvalidCRSError
-from core.synthetic import (
+from seamline.core.demo.series import SeriesEvents, SyntheticScene, make_series
+from seamline.core.demo.synthetic import (
     BANDS,
     BARE_ROCK_REFLECTANCE,
     CLASS_COLORS,
@@ -20,13 +20,11 @@ from core.synthetic import (
     CLASS_VARIABILITY,
     CLASSES,
     LABEL_NODATA,
-    SeriesEvents,
-    SyntheticScene,
     growth_region,
     make_scene,
-    make_series,
     season_for,
 )
+from seamline.core.errors import InvalidCRSError
 
 WATER, VEGETATION, CROPLAND, BUILT_UP, BARE_SOIL = range(5)
 SIZE = 256

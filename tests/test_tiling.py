@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import InvalidArgumentError
-from core.models import ConvNet
-from core.tiling import (
+from seamline.core.demo.unet import ConvNet
+from seamline.core.errors import InvalidArgumentError
+from seamline.core.predict.tiling import (
     Blend,
     TileGrid,
     axis_starts,

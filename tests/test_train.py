@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from app.cli import main
-from core.modelio import load_model
+from seamline.app.cli import main
+from seamline.core.models.modelio import load_model
 
 
 def test_train_demo_is_reproducible_and_loadable(tmp_path, capsys):

@@ -18,12 +18,14 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-import core.vectorize as vectorize
-from core.errors import BandMismatchError, InvalidArgumentError, MissingCRSError
-from core.gpkg import GeoPackageWriter
-from core.io import write_raster
-from core.synthetic import CLASSES, make_scene
-from core.vectorize import polygonize, write_polygons
+import seamline.core.vector.polygonize as vectorize
+import seamline.core.vector.seams as seams
+from seamline.core.data.io import write_raster
+from seamline.core.demo.synthetic import CLASSES, make_scene
+from seamline.core.errors import BandMismatchError, InvalidArgumentError, MissingCRSError
+from seamline.core.vector.gpkg import GeoPackageWriter
+from seamline.core.vector.polygonize import polygonize
+from seamline.core.vector.writers import write_polygons
 from tests.conftest import write_tif
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,14 +329,14 @@ def test_seam_groups_are_the_connected_components_scipy_finds():
         count, labels = connected_components(graph, directed=False)
         smallest = np.full(count, n)
         np.minimum.at(smallest, labels, np.arange(n))
-        assert np.array_equal(vectorize._smallest_connected(n, edges), smallest[labels])
+        assert np.array_equal(seams._smallest_connected(n, edges), smallest[labels])
 
 
 def test_the_vectorize_command_imports_no_xarray_geopandas_or_scipy(tmp_path):
     """Issue #9's memory aim rests on it: those imports alone are 100 MB of RSS."""
     src = write_tif(tmp_path / "classes.tif", known_shapes()[None], nodata=NODATA)
     code = (
-        "import sys; from app.cli import main; main(sys.argv[1:]); "
+        "import sys; from seamline.app.cli import main; main(sys.argv[1:]); "
         "print(' '.join(sorted(sys.modules)), file=sys.stderr)"
     )
     argv = ["vectorize", str(src), str(tmp_path / "out.gpkg"), "--window", "32"]

@@ -6,10 +6,10 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 
-from app.cli import EXIT_USER_ERROR, main
-from core.io import write_raster
-from core.synthetic import CLASSES, make_scene
-from core.vectorize import polygonize
+from seamline.app.cli import EXIT_USER_ERROR, main
+from seamline.core.data.io import write_raster
+from seamline.core.demo.synthetic import CLASSES, make_scene
+from seamline.core.vector.polygonize import polygonize
 from tests.conftest import write_tif
 from tests.test_vectorize import assert_same_polygons
 

@@ -1,0 +1,306 @@
+"""Segmentation models with what travels with them: bands, classes, colours, band statistics.
+
+A model on disk is a weights file plus a JSON sidecar of the same stem::
+
+    model.pt    state dict (with "model_class": "package.module:Class" in the JSON), or
+    model.pt2   a ``torch.export`` archive (no Python class needed)
+    model.json  {"name", "bands", "classes", "colors", "stats", "align", "receptive_radius",
+                 "model_class", "init", ...}
+
+``load_model("demo")`` gives the shipped demo U-Net; it loads offline from the package.
+
+Loading a model file runs no code from it unless ``trust_model=True`` (``--trust-model``):
+state dicts and checkpoints load with ``torch.load(weights_only=True)``, ``.pt2`` archives
+with every pickled payload forced to ``weights_only`` and without compiled (AOTInductor) code
+or Python objects, and a class is imported only from Seamline's own :mod:`seamline.core.demo.unet`.
+A pickled full model (``torch.save(model)``) or another import path needs the flag, since
+unpickling or importing it runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+import threading
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from unittest import mock
+
+import torch
+import xarray as xr
+from torch import nn
+from torch.export.pt2_archive import constants as pt2
+
+from seamline.core.data.files import atomic_path
+from seamline.core.errors import (
+    InputFileError,
+    InvalidArgumentError,
+    SeamlineError,
+    UntrustedModelError,
+)
+from seamline.core.models.onnx import OnnxModule
+from seamline.core.models.registry import TORCH_PRECISIONS, builtin_model_path
+from seamline.core.prepare.bandstats import BandStats, band_order
+
+__all__ = [
+    "SegmentationModel",
+    "load_model",
+    "save_model",
+    "check_bands",
+    "with_precision",
+    "eval_mode",
+]
+
+TRUSTED_CLASS_MODULES = ("seamline.core.demo.unet",)
+"""Modules whose classes a sidecar may name without ``trust_model``: Seamline's own."""
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+"""Where a training checkpoint (a dict) keeps the model's state dict."""
+_UNSAFE_PT2 = (
+    pt2.AOTINDUCTOR_DIR,  # a compiled shared library
+    pt2.CONSTANTS_DIR + pt2.CUSTOM_OBJ_FILENAME_PREFIX,  # TorchBind objects
+    pt2.CONSTANTS_DIR + pt2.OPAQUE_OBJ_FILENAME_PREFIX,  # read with a plain pickle.loads
+)
+_LOADING = threading.Lock()
+"""Held while a load sets or needs torch's process-wide TORCH_FORCE_WEIGHTS_ONLY_LOAD."""
+
+
+@dataclass(frozen=True)
+class SegmentationModel:
+    """A model and its metadata. ``module`` maps ``(B, bands, t, t)`` to ``(B, classes, t, t)``."""
+
+    module: nn.Module
+    bands: tuple[str, ...]
+    classes: tuple[str, ...]
+    colors: tuple[str, ...] = ()
+    stats: BandStats | None = None
+    align: int = 1
+    receptive_radius: int | None = None
+    name: str = "model"
+    precision: str = "fp32"
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    def with_module(self, module: nn.Module, *, precision: str) -> SegmentationModel:
+        """The same model metadata around another module (e.g. a quantized one)."""
+        return replace(self, module=module, precision=precision)
+
+    def sidecar(self) -> dict:
+        """The JSON sidecar describing this model."""
+        return {
+            **self.metadata,
+            "name": self.name,
+            "bands": list(self.bands),
+            "classes": list(self.classes),
+            "colors": list(self.colors),
+            "stats": self.stats.to_dict() if self.stats else None,
+            "align": self.align,
+            "receptive_radius": self.receptive_radius,
+            "precision": self.precision,
+        }
+
+
+def eval_mode(module: torch.nn.Module) -> torch.nn.Module:
+    """``module.eval()``; a ``torch.export`` module is fixed at export time and refuses it."""
+    try:
+        return module.eval()
+    except NotImplementedError:
+        return module
+
+
+def _untrusted(path: Path, what: str) -> UntrustedModelError:
+    return UntrustedModelError(
+        f"Model file {str(path)!r} {what}, and loading it runs arbitrary code: pass "
+        "--trust-model (trust_model=True) only if you trust its source."
+    )
+
+
+def _import_class(path: str, *, trust_model: bool) -> type[nn.Module]:
+    """The ``nn.Module`` class at ``package.module:Class``; importing runs the module's code,
+    so only :data:`TRUSTED_CLASS_MODULES` are imported without ``trust_model``."""
+    module_name, _, class_name = path.partition(":")
+    if module_name not in TRUSTED_CLASS_MODULES and not trust_model:
+        raise UntrustedModelError(
+            f"Model class {path!r} is not one of Seamline's own "
+            f"({', '.join(TRUSTED_CLASS_MODULES)}), and importing "
+            "it runs its code: pass --trust-model (trust_model=True) only if you trust it."
+        )
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise InputFileError(
+            f"Model class {path!r} cannot be imported: give it as 'package.module:ClassName'."
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise InputFileError(f"Model class {path!r} is not a torch.nn.Module class: name one.")
+    return cls
+
+
+def _load_pt2(path: Path, *, trust_model: bool) -> nn.Module:
+    """A ``torch.export`` archive; untrusted, it may hold nothing that runs code on load."""
+    if trust_model:
+        return torch.export.load(str(path)).module()
+    with zipfile.ZipFile(path) as archive:  # members sit under one root folder
+        unsafe = [n for n in archive.namelist() if n.partition("/")[2].startswith(_UNSAFE_PT2)]
+    if unsafe:
+        raise _untrusted(path, f"holds compiled code or Python objects ({unsafe[0]})")
+    # torch.export.load unpickles tensors and sample inputs with weights_only=False (and
+    # falls back to it): the variable makes every torch.load in it weights_only.
+    with _LOADING, mock.patch.dict(os.environ, {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}):
+        try:
+            return torch.export.load(str(path)).module()
+        except pickle.UnpicklingError:
+            raise _untrusted(path, "holds pickled Python objects beyond tensors") from None
+
+
+def _load_pt(path: Path, meta: dict, *, model_class: str | None, trust_model: bool) -> nn.Module:
+    """A state dict or checkpoint (+ its class), or, trusted, a pickled full model."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust_model:
+            raise _untrusted(
+                path, "is not a plain state dict but pickled Python objects (a full model "
+                "saved with torch.save(model)?)"
+            ) from None
+        with _LOADING:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, nn.Module):
+        return state
+    if not isinstance(state, dict):
+        raise InputFileError(
+            f"Model file {str(path)!r} holds a {type(state).__name__}, not a model, state dict "
+            "or checkpoint: save model.state_dict()."
+        )
+    state = next((state[k] for k in CHECKPOINT_KEYS if isinstance(state.get(k), dict)), state)
+    cls_path = model_class or meta.get("model_class")
+    if cls_path is None:
+        raise InputFileError(
+            f"Model file {str(path)!r} is a state dict without a class: pass "
+            "--model-class package.module:ClassName or add \"model_class\" to "
+            f"{path.with_suffix('.json').name}."
+        )
+    module = _import_class(cls_path, trust_model=trust_model)(**meta.get("init", {}))
+    module.load_state_dict(state)
+    return module
+
+
+def _first_conv_in_channels(module: nn.Module) -> int | None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+def _from_module(module: nn.Module, meta: dict) -> SegmentationModel:
+    bands = meta.get("bands")
+    if bands is None:
+        count = meta.get("band_count") or _first_conv_in_channels(module)
+        if count is None:
+            raise InputFileError(
+                "Cannot tell how many bands the model expects: add \"bands\" to its JSON sidecar."
+            )
+        bands = [f"band_{i + 1}" for i in range(count)]
+    classes = meta.get("classes") or [f"class_{i}" for i in range(meta.get("class_count", 0))]
+    stats = BandStats.from_dict(meta["stats"]) if meta.get("stats") else None
+    known = {"name", "bands", "classes", "colors", "stats", "align", "receptive_radius",
+             "precision"}
+    return SegmentationModel(
+        module=eval_mode(module),
+        bands=tuple(bands),
+        classes=tuple(classes),
+        colors=tuple(meta.get("colors") or ()),
+        stats=stats,
+        align=int(meta.get("align") or getattr(module, "align", 1)),
+        receptive_radius=meta.get("receptive_radius"),
+        name=meta.get("name", "model"),
+        precision=meta.get("precision", "fp32"),
+        metadata={k: v for k, v in meta.items() if k not in known},
+    )
+
+
+def load_model(
+    spec: str | os.PathLike | nn.Module | SegmentationModel,
+    *,
+    model_class: str | None = None,
+    trust_model: bool = False,
+) -> SegmentationModel:
+    """Load a model: ``"demo"``, a ``.pt`` state dict (+ class), a ``.pt2`` archive, or a module.
+
+    ``model_class`` (``"package.module:Class"``) overrides the sidecar's for a state dict.
+    ``trust_model`` allows what runs code from the file: a pickled full model, a class outside
+    :mod:`seamline.core.demo.unet`, a ``.pt2`` archive with pickled objects or compiled code.
+    Without it those raise :class:`~core.errors.UntrustedModelError`, before any of their code runs.
+    """
+    if isinstance(spec, SegmentationModel):
+        return spec
+    if isinstance(spec, nn.Module):
+        return _from_module(spec, {})
+    path = builtin_model_path(str(spec)) or Path(spec)
+    if not path.is_file():
+        raise InputFileError(
+            f"Model file {str(path)!r} does not exist: pass 'demo', a .pt state dict with its "
+            ".json sidecar, a torch.export .pt2 archive or a quantized .onnx model."
+        )
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    try:
+        if path.suffix == ".pt2":
+            module = _load_pt2(path, trust_model=trust_model)
+        elif path.suffix == ".onnx":  # e.g. INT8, saved by seamline.core.optimise.quantize
+            module = OnnxModule(path.read_bytes(), align=int(meta.get("align") or 1))
+        else:
+            module = _load_pt(path, meta, model_class=model_class, trust_model=trust_model)
+    except SeamlineError:
+        raise
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AssertionError,
+            pickle.UnpicklingError, zipfile.BadZipFile) as exc:  # torch's readers assert too
+        raise InputFileError(
+            f"Model file {str(path)!r} could not be loaded ({str(exc).splitlines()[0]}): "
+            "check that it matches its class and sidecar."
+        ) from None
+    meta.setdefault("name", str(spec) if builtin_model_path(str(spec)) else path.stem)
+    return _from_module(module, meta)
+
+
+def save_model(model: SegmentationModel, path: str | os.PathLike, *, model_class: str) -> Path:
+    """Save a state dict and its JSON sidecar (atomically, sidecar last)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(model.module.state_dict(), tmp)
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps({**model.sidecar(), "model_class": model_class}, indent=2))
+    return path
+
+
+def check_bands(model: SegmentationModel, scene: xr.DataArray) -> list[int]:
+    """Indices of the model's bands in the scene; one sentence, before any work, if missing."""
+    return band_order(scene, model.bands, by=f"model {model.name!r}")
+
+
+class _Autocast(nn.Module):
+    """Runs the wrapped module under ``torch.autocast`` (BF16 matmuls and convolutions)."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module, self.dtype = module, dtype
+        self.align = getattr(module, "align", 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped forward under autocast; the output comes back as float32."""
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.module(x).float()
+
+
+def with_precision(model: SegmentationModel, precision: str) -> SegmentationModel:
+    """The model at ``fp32`` or ``bf16`` (autocast)."""
+    if precision not in TORCH_PRECISIONS:
+        raise InvalidArgumentError(
+            f"precision must be one of {', '.join(TORCH_PRECISIONS)}, got {precision!r}"
+        )
+    if precision == model.precision:
+        return model
+    if precision == "fp32":
+        raise InvalidArgumentError(f"model {model.name!r} is {model.precision}; load it again")
+    return model.with_module(_Autocast(model.module, torch.bfloat16), precision=precision)

@@ -1,0 +1,1 @@
+"""Stage 3, predict: seam-free tiled inference, in memory, streamed file to file, or on dask."""

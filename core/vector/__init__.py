@@ -1,0 +1,1 @@
+"""Class maps to polygons (GeoPackage and other OGR formats), streamed window by window."""
