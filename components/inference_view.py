@@ -27,7 +27,7 @@ import torch
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
-from seamline.components.map_axes import map_axes
+from seamline.components.map_axes import map_axes, map_frame
 from seamline.core.errors import SeamlineError
 from seamline.core.predict.tiling import Blend, TileGrid
 from seamline.core.serve.cache import ModelCache
@@ -363,15 +363,17 @@ class InferenceView(pn.viewable.Viewer):
         # "first" samples one class per screen pixel (nearest, as GIS viewers show classes):
         # never a blend of ids, and 4x faster than "mode" on a 2048^2 map.
         image = regrid(hv.DynamicMap(self._classes, streams=stream("result")), aggregator="first")
-        image = image.opts(
-            responsive=True,
-            min_height=420,
-            data_aspect=1,
-            framewise=True,  # a new scene brings its own extent
-        )
+        image = image.opts(**map_frame(state.scene, max_width=560, max_height=480))
         grid = hv.DynamicMap(self._grid, streams=stream("result", "show_grid"))
         polygons = hv.DynamicMap(self._polygons, streams=stream("result", "show_polygons"))
-        return (image * grid * polygons).opts(framewise=True)
+        return image * grid * polygons
+
+    @param.depends("state.scene")
+    def _class_map_pane(self) -> pn.pane.HoloViews:
+        # Runs on one scene update the figure in place; a new scene gets a new figure, framed
+        # to it (regrid's zoom range and the axes of the previous scene would hide it), with
+        # its own ranges (Panel would link them to the scene map's, maybe another scene's).
+        return pn.pane.HoloViews(self._class_map_plot(), linked_axes=False)
 
     def class_map(self) -> pn.viewable.Viewable:
         """The predicted classes (datashader-regridded, categorical) with a title and legend,
@@ -395,9 +397,7 @@ class InferenceView(pn.viewable.Viewer):
             # visibility on a Column: Panel 1.9 fails to pass ``visible`` refs through a
             # HoloViews pane to its Bokeh pane (a stylesheet type error on the server)
             pn.Column(
-                pn.pane.HoloViews(
-                    self._class_map_plot(), sizing_mode="stretch_width", height=460
-                ),
+                pn.panel(self._class_map_pane),
                 pn.pane.HTML(pn.bind(legend_of, state.param.result)),
                 visible=has_result,
                 sizing_mode="stretch_width",

@@ -10,7 +10,7 @@ import param
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
-from seamline.components.map_axes import map_axes
+from seamline.components.map_axes import map_axes, map_frame
 from seamline.core.data.io import band_names, valid_mask
 from seamline.core.prepare.scene import align_aoi
 
@@ -88,14 +88,20 @@ class SceneView(pn.viewable.Viewer):
         return hv.Path(rings)
 
     def plot(self) -> hv.Overlay:
-        """Datashader-regridded composite (re-rendered on zoom) under the AOI outline."""
+        """Datashader-regridded composite (re-rendered on zoom) under the AOI outline, framed
+        to the current scene at 1:1."""
         composite = regrid(hv.DynamicMap(self.image)).opts(
-            data_aspect=1,
-            responsive=True,
-            min_height=400,
-            title=self.title,
+            title=self.title, **map_frame(self.scene)
         )
         return composite * hv.DynamicMap(self.outline).opts(color="#ffcc00", line_width=2)
+
+    @param.depends("scene", "title")
+    def _map(self) -> pn.pane.HoloViews:
+        # A new scene gets a new figure: regrid's zoom range, the axes and the title of the
+        # previous scene would otherwise frame the new one (a blank map, DataError in the log).
+        # Unlinked: Panel links the x/y ranges of every HoloViews pane of a page, and the
+        # class map may still show another scene.
+        return pn.pane.HoloViews(self.plot(), linked_axes=False)
 
     @param.depends("scene")
     def _metadata_pane(self) -> pn.pane.Markdown:
@@ -106,7 +112,7 @@ class SceneView(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         """The map beside a metadata list."""
         return pn.Row(
-            pn.pane.HoloViews(self.plot(), sizing_mode="stretch_width", height=560),
+            pn.Column(self._map, sizing_mode="stretch_width"),
             self._metadata_pane,
             sizing_mode="stretch_width",
         )

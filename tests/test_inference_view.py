@@ -99,22 +99,30 @@ def test_view_follows_state(state):
     assert pn.panel(view).get_root() is not None
 
 
-def test_map_updates_in_place(state):
-    """A new run changes the data of the same plot; the figure is not rebuilt."""
-    view = InferenceView(state=state)
-    section = view.class_map()
-    pane = section.select(pn.pane.HoloViews)[0]
-    plot = pane.object
+def test_map_updates_in_place_and_reframes_for_a_new_scene(state):
+    """Runs on one scene change the data of the same plot (the figure is not rebuilt); a new
+    scene gets a new figure framed to it at 1:1 (the blank-map defect kept the old one)."""
+    section = pn.panel(InferenceView(state=state)._class_map_pane)
+    section.get_root()
+
+    def shown() -> pn.pane.HoloViews:
+        return section.select(pn.pane.HoloViews)[0]
+
     state.run()
-    first = pane.object[()].get(0).data["class"].values.copy()
+    plot = shown().object
+    first = plot[()].get(0).data["class"].values.copy()
+    state.overlap = 48
+    state.run()
+    assert shown().object is plot  # the same DynamicMaps, fed the new run
     state.scene = make_scene(128, 96, seed=5)[0]
     state.run()
-    image = pane.object[()].get(0)
-    assert pane.object is plot  # the same DynamicMaps, fed new data
-    assert image.data["class"].shape != first.shape  # the new scene's map, same pane
+    assert shown().object is not plot
+    image = shown().object[()].get(0)
+    assert image.data["class"].shape != first.shape  # the new scene's map
     left, bottom, right, top = state.scene.rio.bounds()
-    x0, y0, x1, y1 = image.bounds.lbrt()
-    assert (x0, y0, x1, y1) == pytest.approx((left, bottom, right, top), abs=20)
+    assert image.bounds.lbrt() == pytest.approx((left, bottom, right, top), abs=20)
+    figure = hv.render(shown().object)
+    assert figure.frame_width / figure.frame_height == pytest.approx(96 / 128, rel=0.01)
 
 
 def test_async_run_and_seam_diagnostic(state):

@@ -7,7 +7,7 @@ import panel as pn
 import pytest
 from shapely.geometry import box
 
-from seamline.components.map_axes import map_axes
+from seamline.components.map_axes import map_axes, map_frame
 from seamline.components.scene_view import SceneView, default_rgb_bands, rgb_composite
 from seamline.core.demo.data import sentinel2_aoi, sentinel2_sample
 from seamline.core.demo.synthetic import make_scene
@@ -74,3 +74,35 @@ def test_a_geographic_scene_is_drawn_in_degrees():
     plot = hv.render(SceneView(scene=scene, title="t").plot())
     assert plot.xaxis[0].axis_label == "longitude (°)"
     assert plot.yaxis[0].axis_label == "latitude (°)"
+
+
+@pytest.mark.parametrize("height, width", [(256, 256), (128, 512), (600, 150)])
+def test_map_frame_is_one_to_one_and_bounded(height, width):
+    scene = make_scene(height, width)[0]
+    frame = map_frame(scene, max_width=580, max_height=560)
+    assert frame["frame_width"] <= 580 and frame["frame_height"] <= 560
+    assert max(frame["frame_width"] / 580, frame["frame_height"] / 560) > 0.99  # fills a side
+    # metres per screen pixel are the same along x and y: 1:1
+    assert frame["frame_width"] / width == pytest.approx(frame["frame_height"] / height, rel=0.01)
+
+
+def _figures(root) -> list:
+    from bokeh.models import Plot
+
+    return list(root.select({"type": Plot}))
+
+
+def test_a_new_scene_gets_a_new_figure_framed_to_it():
+    # The blank-map defect: switching scenes kept the demo's ranges and title.
+    view = SceneView(scene=sentinel2_sample(), title="Sentinel-2 demo")
+    root = pn.panel(view).get_root()
+    (first,) = _figures(root)
+    scene = make_scene(512, 256, crs="EPSG:32633", seed=3)[0]
+    view.param.update(scene=scene, title="Synthetic")
+    (figure,) = _figures(root)
+    assert figure is not first and figure.title.text == "Synthetic"
+    assert figure.frame_width / figure.frame_height == pytest.approx(256 / 512, rel=0.01)
+    left, bottom, right, top = scene.rio.bounds()
+    rendered = hv.render(view.plot())
+    assert (rendered.x_range.start, rendered.x_range.end) == pytest.approx((left, right))
+    assert (rendered.y_range.start, rendered.y_range.end) == pytest.approx((bottom, top))

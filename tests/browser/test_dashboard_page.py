@@ -155,3 +155,68 @@ def test_drift_slider_changes_the_shown_date(visit):
     visit.shot("drift.png")
     assert visit.errors == []
     assert before != after and before[:10] < after[:10]  # a later date is shown
+
+
+def _painted(locator) -> float:
+    """Share of a figure's screenshot that is not page-white: ~0 for a blank map."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB"), dtype=int)
+    return float((np.abs(pixels - 255).sum(axis=-1) > 30).mean())
+
+
+def _map(page):
+    """The largest figure on screen: the map of the section shown."""
+    figures = page.locator(".bk-Figure")
+    boxes = [(i, figures.nth(i).bounding_box()) for i in range(figures.count())]
+    shown = [(b["width"] * b["height"], i) for i, b in boxes if b and b["width"] > 0]
+    return figures.nth(max(shown)[1])
+
+
+@pytest.mark.parametrize("viewport", [(1280, 800), (1920, 1080)])
+def test_every_scene_source_draws_its_maps(served, tmp_path, viewport):
+    """Off the default view: a synthetic scene and an upload in another CRS each get a map
+    framed to them (the blank-map defect kept the demo's axes), and so does the class map."""
+    from playwright.sync_api import sync_playwright
+
+    from seamline.core.data.io import write_raster
+    from seamline.core.demo.synthetic import make_scene
+
+    upload = write_raster(make_scene(300, 200, crs="EPSG:4326", origin=(12.0, 46.0),
+                                     resolution=0.0001, seed=2)[0], tmp_path / "field.tif")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport=dict(zip(("width", "height"), viewport, strict=True)))
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(served)
+        page.locator(".bk-Figure").first.wait_for(timeout=90_000)
+
+        page.get_by_role("button", name="Synthetic").click()
+        page.get_by_text("1024 x 1024 px").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)
+        box = _map(page).bounding_box()
+        assert _painted(_map(page)) > 0.5  # the scene, not an empty frame
+        assert box["x"] + box["width"] <= viewport[0]  # not cut off at the right
+
+        page.get_by_text("Predict & optimise").click()
+        page.get_by_role("button", name="Run inference").click()
+        page.get_by_text("Predicted classes").first.wait_for(timeout=120_000)
+        page.wait_for_timeout(1500)
+        assert _painted(_map(page)) > 0.5
+
+        page.get_by_role("button", name="Upload").click()
+        page.locator("input[type=file]").first.set_input_files(str(upload))
+        page.wait_for_timeout(1000)
+        page.get_by_role("button", name="Use upload").click()
+        page.locator(".bk-tab", has_text="Scene").click()
+        page.get_by_text("200 x 300 px").first.wait_for(timeout=60_000)
+        assert page.get_by_text("EPSG:4326").count() >= 1
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(tmp_path / f"upload_{viewport[0]}.png"), full_page=True)
+        assert _painted(_map(page)) > 0.5
+        assert errors == []
+        browser.close()
