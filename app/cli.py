@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seamline.app import drift_cli, serve_cli, vectorize_cli
-from seamline.app.cli_args import DEFAULT_MODEL, EO_TIMESERIES_ENV, add_trust_model_flag
+from seamline.app.cli_args import (
+    DEFAULT_MODEL,
+    EO_TIMESERIES_ENV,
+    MODELS_ENV,
+    TRUST_MODEL_ENV,
+    add_trust_model_flag,
+)
 from seamline.core.data.files import quiet_undecodable_gdal_messages
 from seamline.core.errors import InvalidArgumentError, SeamlineError
 from seamline.core.models.registry import PRECISIONS, builtin_model_path
@@ -236,6 +242,8 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
         "--setup", str(WARMUP),
     ]  # fmt: skip
     env = {**os.environ, DATA_ROOTS_ENV: roots_to_env(data_roots(args.data_root))}
+    env[MODELS_ENV] = os.pathsep.join(args.model or [DEFAULT_MODEL])
+    env[TRUST_MODEL_ENV] = "1" if args.trust_model else ""
     if args.eo_timeseries:
         env[EO_TIMESERIES_ENV] = str(Path(args.eo_timeseries).resolve())
     if args.basic_auth:
@@ -248,6 +256,13 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
+    from seamline.core.models.modelio import load_model
+
+    # Each model loads here first: a bad file or flag is one sentence, not a dead page.
+    args.model = [str(Path(m).resolve()) if Path(m).suffix else m
+                  for m in (args.model or [DEFAULT_MODEL])]  # fmt: skip
+    for spec in args.model:
+        load_model(spec, trust_model=args.trust_model)
     command, env = serve_command(args)
     os.execve(sys.executable, command, env)
 
@@ -377,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", action="append", default=[], metavar="DIR",
                    help="a server folder the dashboard may read (repeatable); default: "
                    "the demo data only")
+    p.add_argument("--model", action="append", metavar="SPEC",
+                   help="a model the page offers (repeatable; the first is selected): 'demo', "
+                   "a .pt state dict with its .json sidecar, a .pt2 archive or an .onnx model; "
+                   "default: demo")
+    add_trust_model_flag(p)
     p.add_argument("--eo-timeseries", metavar="DIR",
                    help="offer this folder of dated NDVI scenes (the shared eo_timeseries "
                    "layout) as a drift source")

@@ -8,15 +8,20 @@ from typing import NamedTuple
 
 import panel as pn
 
-from seamline.app.cli_args import DEFAULT_MODEL
-from seamline.app.models import MODELS, eo_folder_from_env
+from seamline.app.models import MODELS, eo_folder_from_env, models_from_env
 from seamline.components.drift_view import DriftSeries, DriftView
 from seamline.components.inference_view import InferenceState, InferenceView
+from seamline.components.model_picker import ModelPicker
 from seamline.components.scene_picker import ScenePicker
 from seamline.components.scene_view import SceneView
 from seamline.core.serve.cache import ModelCache
 
 PIPELINE = "prepare → predict → optimise → serve → monitor"
+INTRO = (
+    "**Seamline** runs a segmentation model over a whole scene, tile by tile without seams, "
+    "makes it fast (BF16 / INT8) and watches its inputs for drift. **1.** Pick a scene or "
+    "upload yours, **2.** predict it under *Predict & optimise*, **3.** *Monitor drift*."
+)
 
 
 class Sections(NamedTuple):
@@ -25,6 +30,7 @@ class Sections(NamedTuple):
     sidebar: pn.Column
     tabs: pn.Tabs
     picker: ScenePicker
+    models: ModelPicker
     scene_view: SceneView
     inference: InferenceState
     drift: DriftSeries
@@ -34,19 +40,21 @@ def create_sections(
     cache: ModelCache = MODELS,
     data_roots: Sequence[Path] = (),
     *,
-    model: str = DEFAULT_MODEL,
+    models: Sequence[str] | None = None,
     eo_folder: str | None = None,
 ) -> Sections:
     """The sidebar (pipeline and scene choice) and the sections, built fresh: every session
     gets its own objects (no shared mutable state besides the model cache).
 
     ``data_roots`` are the server folders a visitor may read (the drift section's folder of
-    GeoTIFFs); with none, only the demo data is read. ``model`` predicts the scenes and the
-    drift section's class shares; ``eo_folder`` is the real NDVI series offered as a drift
-    source (default: ``SEAMLINE_EO_TIMESERIES``)."""
+    GeoTIFFs); with none, only the demo data is read. ``models`` are the models offered (the
+    first is chosen; default: ``seamline serve --model``'s, else the demo model): it predicts
+    the scenes and the drift section's class shares. ``eo_folder`` is the real NDVI series
+    offered as a drift source (default: ``SEAMLINE_EO_TIMESERIES``)."""
     picker = ScenePicker()
     scene_view = SceneView(scene=picker.scene, aoi=picker.aoi, title=picker.title)
-    inference = InferenceState(cache, model=model, scene=picker.scene)
+    chooser = ModelPicker(cache, models or models_from_env())
+    inference = InferenceState(cache, model=chooser.model, scene=picker.scene)
 
     def follow(*_events) -> None:  # the scene picked drives every section
         scene_view.param.update(scene=picker.scene, aoi=picker.aoi, title=picker.title)
@@ -54,13 +62,24 @@ def create_sections(
 
     picker.param.watch(follow, ["scene", "aoi", "title"])
     sidebar = pn.Column(
-        pn.pane.Markdown(f"**Pipeline:** {PIPELINE}"), picker, sizing_mode="stretch_width"
+        pn.pane.Markdown(INTRO),
+        pn.pane.Markdown("### 1. Scene", margin=(0, 10)),
+        picker,
+        pn.pane.Markdown("### Model", margin=(10, 10, 0, 10)),
+        chooser,
+        pn.pane.Markdown(f"<small>**Pipeline:** {PIPELINE}</small>"),
+        sizing_mode="stretch_width",
     )
     drift = DriftSeries(
         data_roots=list(data_roots),
-        model=model,
+        model=chooser.model,
         eo_folder=eo_folder_from_env() if eo_folder is None else eo_folder,
     )
+
+    def use_model(*_events) -> None:  # one model for every section
+        inference.model = drift.model = chooser.model
+
+    chooser.param.watch(use_model, "model")
     tabs = pn.Tabs(
         ("Scene", scene_view),
         ("Predict & optimise", InferenceView(state=inference)),
@@ -68,7 +87,7 @@ def create_sections(
         dynamic=True,
         sizing_mode="stretch_width",
     )
-    return Sections(sidebar, tabs, picker, scene_view, inference, drift)
+    return Sections(sidebar, tabs, picker, chooser, scene_view, inference, drift)
 
 
 def create_app(

@@ -1,7 +1,8 @@
 """Run once when ``panel serve --setup`` starts: pay imports, numba JIT and the INT8 model
 before visitors do.
 
-The demo model's INT8 build (quantization with its default calibration, ~4 s) goes into the
+Every model the server offers is loaded, and the first one's INT8 build (quantization with
+its default calibration, ~4 s for the demo model) goes into the
 process-wide cache the sessions share, with the two sessions tiled inference runs it on:
 the first INT8 run of a session then costs its prediction, not the quantization.
 
@@ -17,8 +18,8 @@ import numpy as np
 from holoviews.operation.datashader import regrid
 
 import seamline.components.scene_view  # noqa: F401  (imports panel, holoviews, core)
-from seamline.app.cli_args import DEFAULT_MODEL
-from seamline.app.models import MODELS
+from seamline.app.models import MODELS, models_from_env
+from seamline.core.errors import SeamlineError
 
 hv.extension("bokeh")
 _values = np.full((64, 64), np.nan, dtype="float32")
@@ -30,5 +31,11 @@ for _element, _aggregator in (
 ):
     hv.render(regrid(_element, aggregator=_aggregator, width=32, height=32, dynamic=False))
 
-MODELS.get(DEFAULT_MODEL)
-MODELS.get(DEFAULT_MODEL, precision="int8").module.parallel_forward()
+for _spec in models_from_env():
+    MODELS.get(_spec)  # `seamline serve` has checked that each loads
+try:  # the first model's INT8 build, where the default calibration fits its bands
+    _int8 = MODELS.get(models_from_env()[0], precision="int8").module
+except SeamlineError:
+    _int8 = None  # the page says why when someone asks for INT8
+if hasattr(_int8, "parallel_forward"):  # an ONNX Runtime model: its sessions built now
+    _int8.parallel_forward()

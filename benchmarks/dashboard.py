@@ -130,7 +130,7 @@ def main() -> None:
                     timeout=120_000
                 ),
             )
-            page.get_by_text("Predict & optimise").click()
+            page.locator(".bk-tab", has_text="Predict & optimise").click()
             page.get_by_role("button", name="int8").click()
             total = page.get_by_text(re.compile(r"^\d+\.\d\d s$")).first
             run = page.get_by_role("button", name="Run inference")

@@ -85,7 +85,7 @@ class InferenceState(param.Parameterized):
             device=self.device,
         )
 
-    @param.depends("scene", watch=True)
+    @param.depends("scene", "model", watch=True)
     def _new_scene(self) -> None:
         self._results.clear()
         self.param.update(result=None, runs=pd.DataFrame(columns=RUN_COLUMNS), message="")
@@ -106,7 +106,7 @@ class InferenceState(param.Parameterized):
         the one with the same tiling if cached, else any cached one (tiling is seam-free, so
         it changes next to nothing), else one with the same tiling, run first."""
         settings = settings or self.settings()
-        key = (id(self.scene), settings)
+        key = (id(self.scene), settings)  # cleared when the scene or the model changes
         if key not in self._results:
             reference = None
             if settings.precision != "fp32":

@@ -98,3 +98,35 @@ def peak_memory() -> Iterator[dict]:
     yield figures
     figures["seconds"] = time.perf_counter() - start
     figures["peak_growth"] = (_status_kib("VmHWM") - before) * 1024
+
+
+def foreign_model(folder: Path) -> Path:
+    """A model that is not ours: a small dilated-conv net (3 classes, the demo's six band
+    names, no band statistics), exported as a ``torch.export`` archive with dynamic batch,
+    height and width, and its JSON sidecar."""
+    import json
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(6, 12, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(12, 12, 3, padding=2, dilation=2), nn.ReLU(),
+        nn.Conv2d(12, 3, 1),
+    ).eval()  # fmt: skip
+    dims = {"batch": torch.export.Dim("batch", min=1, max=64),
+            "h": torch.export.Dim("h", min=8, max=4096),
+            "w": torch.export.Dim("w", min=8, max=4096)}  # fmt: skip
+    program = torch.export.export(
+        net, (torch.zeros(2, 6, 64, 64),),
+        dynamic_shapes={"input": {0: dims["batch"], 2: dims["h"], 3: dims["w"]}},
+    )  # fmt: skip
+    path = folder / "field_net.pt2"
+    torch.export.save(program, path)
+    path.with_suffix(".json").write_text(json.dumps({
+        "name": "field_net", "bands": ["blue", "green", "red", "nir", "swir1", "swir2"],
+        "classes": ["water", "field", "town"], "colors": ["#1f78b4", "#b2df8a", "#e31a1c"],
+        "receptive_radius": 3,
+    }))  # fmt: skip
+    return path

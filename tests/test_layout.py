@@ -3,7 +3,9 @@
 import panel as pn
 
 from seamline.app.layout import create_app, create_inline, create_sections
+from seamline.core.demo.synthetic import make_scene
 from seamline.core.serve.cache import ModelCache
+from tests.conftest import foreign_model
 
 
 def test_picking_a_scene_updates_every_section():
@@ -25,3 +27,29 @@ def test_each_session_gets_its_own_objects():
 def test_the_data_roots_reach_the_drift_section(tmp_path):
     assert create_sections(ModelCache(), [tmp_path]).drift.data_roots == [tmp_path]
     assert create_sections(ModelCache()).drift.data_roots == []  # default: no server folder
+
+
+def test_a_model_that_is_not_ours_drives_every_section(tmp_path):
+    path = str(foreign_model(tmp_path))
+    sections = create_sections(ModelCache(), models=[path, "demo"])
+    chooser, inference, drift = sections.models, sections.inference, sections.drift
+    assert chooser.model == inference.model == drift.model == path  # the first is chosen
+    card = chooser.describe()
+    assert card["Model"] == "field_net" and card["Classes"] == "3: water, field, town"
+    assert card["Receptive field"] == "± 3 px" and card["Bands"].startswith("6: blue")
+    sections.picker.param.update(source="Synthetic", synthetic_size=256)
+    result = inference.run()
+    assert result.classes.attrs["classes"] == ["water", "field", "town"]
+    chooser.model = "demo"  # the picker moves every section, and old runs are not reused
+    assert inference.model == drift.model == "demo" and inference.result is None
+    assert chooser.describe()["Classes"].startswith("5: water, vegetation")
+
+
+def test_a_scene_the_model_cannot_read_is_one_sentence(tmp_path):
+    sections = create_sections(ModelCache(), models=["demo"])
+    scene = make_scene(64, 64)[0].isel(band=[0, 1, 2])  # blue, green, red only
+    sections.inference.scene = scene
+    sections.inference.run()
+    message = sections.inference.message
+    assert "['blue', 'green', 'red']" in message and "'nir'" in message and "\n" not in message
+    assert sections.inference.result is None and not sections.inference.running

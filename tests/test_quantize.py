@@ -25,7 +25,7 @@ from seamline.core.optimise.quantize import (
 from seamline.core.predict.scene import predict_scene
 from seamline.core.predict.tiling import predict_tiled
 from seamline.core.serve.cache import ModelCache
-from tests.conftest import write_tif
+from tests.conftest import foreign_model, write_tif
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +203,14 @@ def test_parallel_forward_runs_single_threaded_replicas_with_the_same_output(int
     kw = {"tile_size": 128, "overlap": 32, "align": int8.align, "device": "cpu"}
     np.testing.assert_allclose(predict_tiled(two, image, **kw), predict_tiled(one, image, **kw),
                                rtol=0, atol=1e-6)  # fmt: skip
+
+
+def test_a_torch_export_archive_becomes_int8(tmp_path):
+    # .pt2 modules refuse .eval(): the export step used to leave them FP32 with a warning
+    model = load_model(foreign_model(tmp_path))
+    int8 = quantize(model, demo_calibration(model))
+    assert int8.precision == "int8" and isinstance(int8.module, OnnxModule)
+    scene = make_scene(96, 96, seed=3)[0]
+    fp32_ids = predict_scene(model, scene, tile_size=64, overlap=16).values
+    int8_ids = predict_scene(int8, scene, tile_size=64, overlap=16).values
+    assert (fp32_ids == int8_ids).mean() > 0.95

@@ -1,6 +1,7 @@
 """``seamline serve``: data roots and Panel's own login (--basic-auth), on loopback."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -10,10 +11,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from seamline.app.cli import build_parser, main, serve_command
+from seamline.app.cli_args import MODELS_ENV, TRUST_MODEL_ENV
 from seamline.core.data.paths import DATA_ROOTS_ENV
-from seamline.core.errors import InputFileError
+from seamline.core.demo.unet import UNet
+from seamline.core.errors import InputFileError, UntrustedModelError
+from seamline.core.serve.cache import ModelCache
+from tests.conftest import foreign_model
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_S = 180  # imports and the numba warm-up on a busy 2-core machine: a generous bound
@@ -98,3 +104,25 @@ def test_another_user_or_a_forged_cookie_gets_nothing(served):
         assert "error=" in bad.headers["location"]
         client.cookies.set("user", "ana")  # unsigned: the cookie secret signs real ones
         assert client.get("/dashboard").status_code == 302
+
+
+def test_serve_offers_the_models_it_was_given_and_refuses_a_bad_one(tmp_path, capsys):
+    path = foreign_model(tmp_path)
+    args = build_parser().parse_args(["serve", "--model", str(path), "--model", "demo"])
+    _, env = serve_command(args)
+    assert env[MODELS_ENV].split(os.pathsep) == [str(path), "demo"]
+    assert env[TRUST_MODEL_ENV] == ""
+    assert serve_command(build_parser().parse_args(["serve"]))[1][MODELS_ENV] == "demo"
+    # a model that cannot load is one sentence before any server starts
+    assert main(["serve", "--model", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.pt" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_the_operator_can_trust_the_dashboards_model_files(tmp_path):
+    torch.manual_seed(0)
+    full = tmp_path / "full.pt"
+    torch.save(UNet(bands=6, classes=5), full)  # a pickled full model runs code when loaded
+    with pytest.raises(UntrustedModelError):
+        ModelCache().get(str(full))
+    assert isinstance(ModelCache(trusted=(str(full),)).get(str(full)).module, UNet)

@@ -35,7 +35,7 @@ from torch import nn
 from seamline.core.data.files import atomic_path
 from seamline.core.errors import BandMismatchError, InvalidArgumentError, SeamlineError
 from seamline.core.hardware import cpu_info
-from seamline.core.models.modelio import SegmentationModel, check_bands
+from seamline.core.models.modelio import SegmentationModel, check_bands, eval_mode
 from seamline.core.models.onnx import OnnxModule
 from seamline.core.predict.blocks import model_input
 
@@ -81,7 +81,7 @@ def _export_onnx(module: nn.Module, bands: int, align: int) -> bytes:
     side = max(_EXPORT_SIZE, align * 8)
     example = (torch.zeros(2, bands, side, side),)
     dynamic = ({i: torch.export.Dim.DYNAMIC for i in (0, 2, 3)},)  # positional: any arg name
-    module = module.to(memory_format=torch.contiguous_format).eval()
+    module = eval_mode(module.to(memory_format=torch.contiguous_format))  # .pt2: no .eval()
     try:
         program = torch.export.export(module, example, dynamic_shapes=dynamic)
     except Exception as exc:  # torch.export names the failing line in its message

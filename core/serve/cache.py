@@ -35,6 +35,9 @@ class ModelCache:
     :meth:`get` or, as the default for every model, to the cache. Thread-safe; one
     instance per process is the intended use (the dashboard and the server share it).
 
+    ``trusted`` names model files the operator trusts to run code when loaded (as
+    ``trust_model`` does for one :meth:`get`).
+
     ``freeze`` (for long-running servers) moves the objects alive after each build out of the
     cyclic garbage collector's reach (:func:`gc.freeze`). Exporting and quantizing leave ~300k
     long-lived Python objects behind (torch.export, onnxscript); with them frozen a full
@@ -43,11 +46,18 @@ class ModelCache:
     is never collected, bounded by one freeze per model built.
     """
 
-    def __init__(self, *, freeze: bool = False, calibration: Calibration | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        freeze: bool = False,
+        calibration: Calibration | None = None,
+        trusted: tuple[str, ...] = (),
+    ) -> None:
         self._models: dict[tuple, SegmentationModel] = {}
         self._lock = threading.Lock()
         self.freeze = freeze
         self.calibration = calibration
+        self.trusted = frozenset(trusted)
 
     def __len__(self) -> int:
         return len(self._models)
@@ -73,7 +83,8 @@ class ModelCache:
         key = (name, precision, str(device))
         with self._lock:  # held while building: two sessions never quantize twice
             if key not in self._models:
-                model = load_model(spec, trust_model=trust_model)
+                trust = trust_model or (isinstance(spec, str) and spec in self.trusted)
+                model = load_model(spec, trust_model=trust)
                 self._models[key] = _prepare(model, precision, calibration or self.calibration)
                 if self.freeze:
                     gc.collect()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,13 +38,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served():
-    """`seamline serve` on 127.0.0.1; killed at the end (and by its own timeout at worst)."""
+@contextmanager
+def serving(*options: str) -> Iterator[str]:
+    """`seamline serve OPTIONS` on 127.0.0.1, its page's URL; killed at the end (and by its
+    own timeout at worst)."""
     port = _free_port()
     exe = str(Path(sys.executable).with_name("seamline"))
     proc = subprocess.Popen(
-        ["timeout", "300", exe, "serve", "--port", str(port)],
+        ["timeout", "300", exe, "serve", "--port", str(port), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -59,9 +62,18 @@ def served():
     else:
         proc.kill()
         pytest.fail(f"dashboard did not start: {proc.stdout.read()}")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served():
+    """The dashboard as `seamline serve` starts it by default."""
+    with serving() as url:
+        yield url
 
 
 @dataclass
@@ -113,13 +125,15 @@ def test_page_renders_air_gapped_without_errors(visit):
     assert visit.errors == []
     assert visit.external == [], f"the page asked the internet for {visit.external}"
     assert page.title() == "Seamline"
-    assert page.get_by_text("blue, green, red, nir, swir1, swir2").count() == 1
+    # the scene's bands (metadata) and the model's (its card: "6: blue, ...")
+    assert page.get_by_text("blue, green, red, nir, swir1, swir2").count() == 2
+    assert page.get_by_text("6: blue, green, red, nir, swir1, swir2").count() == 1
     assert shot.stat().st_size > 20_000
 
 
 def test_run_inference_from_the_page_updates_map_and_figures(visit):
     page = visit.page
-    page.get_by_text("Predict & optimise").click()
+    page.locator(".bk-tab", has_text="Predict & optimise").click()
     page.get_by_text("Press Run inference").wait_for(timeout=30_000)  # no map yet
     page.locator("select").nth(0).select_option("128")  # tile size
     page.get_by_role("button", name="int8").click()
@@ -139,7 +153,7 @@ def test_run_inference_from_the_page_updates_map_and_figures(visit):
 def test_drift_slider_changes_the_shown_date(visit):
     page = visit.page
     date = re.compile(r"\d{4}-\d{2}-\d{2}.* · events: ")
-    page.get_by_text("Monitor drift").click()
+    page.locator(".bk-tab", has_text="Monitor drift").click()
     page.get_by_role("button", name="Run monitoring").click()
     shown = page.get_by_text(date).first
     shown.wait_for(timeout=120_000)
@@ -202,7 +216,7 @@ def test_every_scene_source_draws_its_maps(served, tmp_path, viewport):
         assert _painted(_map(page)) > 0.5  # the scene, not an empty frame
         assert box["x"] + box["width"] <= viewport[0]  # not cut off at the right
 
-        page.get_by_text("Predict & optimise").click()
+        page.locator(".bk-tab", has_text="Predict & optimise").click()
         page.get_by_role("button", name="Run inference").click()
         page.get_by_text("Predicted classes").first.wait_for(timeout=120_000)
         page.wait_for_timeout(1500)
@@ -217,6 +231,34 @@ def test_every_scene_source_draws_its_maps(served, tmp_path, viewport):
         assert page.get_by_text("EPSG:4326").count() >= 1
         page.wait_for_timeout(1500)
         page.screenshot(path=str(tmp_path / f"upload_{viewport[0]}.png"), full_page=True)
+        assert _painted(_map(page)) > 0.5
+        assert errors == []
+        browser.close()
+
+
+def test_a_model_that_is_not_ours_from_the_command_line(tmp_path):
+    """`seamline serve --model` with another architecture (a torch.export archive): the page
+    names it, predicts with it and draws its classes."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import foreign_model
+
+    model = foreign_model(tmp_path)
+    with serving("--model", str(model), "--model", "demo") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.get_by_text("3: water, field, town").wait_for(timeout=90_000)  # the model card
+        assert page.get_by_text("± 3 px").count() == 1
+        page.locator(".bk-tab", has_text="Predict & optimise").click()
+        page.get_by_role("button", name="Run inference").click()
+        page.get_by_text("Predicted classes").first.wait_for(timeout=120_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(tmp_path / "foreign_model.png"), full_page=True)
+        assert page.get_by_text("town", exact=True).count() >= 1  # its legend, not the demo's
+        assert page.get_by_text("vegetation", exact=True).count() == 0
         assert _painted(_map(page)) > 0.5
         assert errors == []
         browser.close()
