@@ -10,7 +10,8 @@ import panel as pn
 
 from seamline.app.models import MODELS, eo_folder_from_env, models_from_env
 from seamline.components.drift_view import DriftSeries, DriftView
-from seamline.components.inference_view import InferenceState, InferenceView
+from seamline.components.inference_state import InferenceState
+from seamline.components.inference_view import InferenceView
 from seamline.components.model_picker import ModelPicker
 from seamline.components.scene_picker import ScenePicker
 from seamline.components.scene_view import SceneView

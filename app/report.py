@@ -23,7 +23,8 @@ from holoviews.operation.datashader import regrid
 
 from seamline.app.cli_args import DEFAULT_MODEL
 from seamline.app.models import MODELS
-from seamline.components.inference_view import RUN_COLUMNS, class_image, legend
+from seamline.components.inference_state import readable_runs
+from seamline.components.inference_view import class_image, legend
 from seamline.components.map_axes import map_axes
 from seamline.components.scene_view import SceneView
 from seamline.core.data.files import atomic_path, check_output_path
@@ -68,7 +69,7 @@ def build_report(
                 **map_axes(scene.rio.crs),
             )
         )  # fmt: skip
-    table = pd.DataFrame(runs)[RUN_COLUMNS].round(4)
+    table = readable_runs(pd.DataFrame(runs))
     metadata = "\n".join(f"- **{k}**: {v}" for k, v in view.metadata().items())
     return pn.Column(
         pn.pane.Markdown("# Seamline report\nprepare → predict → optimise → serve → monitor"),

@@ -1,19 +1,14 @@
 """The inference section: tiling and precision controls, the class map, seams and latency.
 
-:class:`InferenceState` holds the choices and the results (params only, testable without a
-browser); its :meth:`~InferenceState.compute` is the pure, slow part and runs in a worker
-thread; :class:`InferenceView` is the thin view over it.
+:class:`~seamline.components.inference_state.InferenceState` holds the choices and the
+results (params only, testable without a browser); its ``compute`` is the pure, slow part and
+runs in a worker thread; :class:`InferenceView` is the thin view over it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
 
 import geopandas as gpd
 import holoviews as hv
@@ -23,157 +18,14 @@ import pandas as pd
 import panel as pn
 import param
 import shapely
-import torch
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
+from seamline.components.inference_state import SETTINGS, InferenceState, readable_runs
 from seamline.components.map_axes import map_axes, map_frame
 from seamline.core.errors import SeamlineError
-from seamline.core.predict.tiling import Blend, TileGrid
-from seamline.core.serve.cache import ModelCache
-from seamline.core.serve.runs import RunResult, RunSettings, run_inference, seam_diagnostic
-from seamline.core.vector.polygonize import polygonize
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-PROGRESS_HZ = 8
-RUN_COLUMNS = [
-    "run",
-    "seconds",
-    "tile_ms_p50",
-    "tile_ms_p95",
-    "megapixels_per_s",
-    "size_mb",
-    "agreement_fp32",
-]
-
-
-class InferenceState(param.Parameterized):
-    """Choices of a run, the latest result, and the runs of this session."""
-
-    tile_size = param.Selector(objects=[128, 256, 512, 1024], default=256, label="Tile size")
-    overlap = param.Integer(default=32, bounds=(0, 256), label="Overlap (px)")
-    blend = param.Selector(objects=[b.value for b in Blend], default="cosine", label="Blend")
-    batch_size = param.Integer(default=1, bounds=(1, 32), label="Batch size")
-    precision = param.Selector(objects=["fp32", "bf16", "int8"], default="fp32", label="Precision")
-    device = param.Selector(objects=DEVICES, default="cpu", label="Device")
-    show_grid = param.Boolean(default=False, label="Tile grid")
-    show_polygons = param.Boolean(default=False, label="Class polygons")
-    scene = param.ClassSelector(class_=xr.DataArray, doc="The scene to predict.")
-    model = param.String(doc="The model to predict with: a name or a model file.")
-    result = param.ClassSelector(class_=RunResult, allow_None=True)
-    runs = param.DataFrame(default=pd.DataFrame(columns=RUN_COLUMNS))
-    running = param.Boolean(default=False)
-    done_tiles = param.Integer(default=0)
-    total_tiles = param.Integer(default=0)
-    message = param.String(default="")
-
-    def __init__(self, cache: ModelCache, **params) -> None:
-        super().__init__(**params)
-        self.cache = cache  # process-wide on purpose: models are quantized once
-        self._results: dict[tuple[int, RunSettings], RunResult] = {}
-        self._polygons: tuple[RunResult | None, gpd.GeoDataFrame | None] = (None, None)
-        self._progress_at = 0.0
-
-    def settings(self) -> RunSettings:
-        """The current choices as a plain, hashable value."""
-        return RunSettings(
-            tile_size=self.tile_size,
-            overlap=self.overlap,
-            blend=self.blend,
-            batch_size=self.batch_size,
-            precision=self.precision,
-            device=self.device,
-        )
-
-    @param.depends("scene", "model", watch=True)
-    def _new_scene(self) -> None:
-        self._results.clear()
-        self.param.update(result=None, runs=pd.DataFrame(columns=RUN_COLUMNS), message="")
-
-    def _progress(self, done: int, total: int) -> None:
-        # At most PROGRESS_HZ updates a second: each one is a message to the page, handled on
-        # the server's event loop beside the prediction (one per tile cost up to 40 % of a
-        # run of 400 small tiles on 2 cores).
-        now = time.monotonic()
-        if done < total and now - self._progress_at < 1 / PROGRESS_HZ:
-            return
-        self._progress_at = now
-        self.param.update(done_tiles=done, total_tiles=total)
-
-    def compute(self, settings: RunSettings | None = None) -> RunResult:
-        """The run for ``settings`` (default: the current choices), cached per parameter set
-        and scene. A non-FP32 run is compared with an FP32 run of the scene for the agreement:
-        the one with the same tiling if cached, else any cached one (tiling is seam-free, so
-        it changes next to nothing), else one with the same tiling, run first."""
-        settings = settings or self.settings()
-        key = (id(self.scene), settings)  # cleared when the scene or the model changes
-        if key not in self._results:
-            reference = None
-            if settings.precision != "fp32":
-                reference = self._fp32_reference(settings)
-            self._results[key] = run_inference(
-                self.scene, settings, self.cache, model=self.model, reference=reference,
-                progress=self._progress,
-            )
-        return self._results[key]
-
-    def _fp32_reference(self, settings: RunSettings) -> xr.DataArray:
-        same_tiling = (id(self.scene), replace(settings, precision="fp32"))
-        cached = [
-            result
-            for (scene, run), result in self._results.items()
-            if scene == id(self.scene) and run.precision == "fp32"
-        ]
-        if same_tiling in self._results or not cached:
-            return self.compute(same_tiling[1]).classes
-        return cached[-1].classes
-
-    def apply(self, result: RunResult) -> None:
-        """Show ``result`` and add it to the runs table (once per parameter set)."""
-        runs = self.runs
-        if result.settings.label() not in set(runs["run"]):
-            row = pd.DataFrame([{k: result.row()[k] for k in RUN_COLUMNS}])
-            runs = row if runs.empty else pd.concat([runs, row], ignore_index=True)
-        self.param.update(result=result, runs=runs, message="")
-
-    def run(self) -> RunResult | None:
-        """Compute and show the current choices; a user mistake goes to ``message``."""
-        try:
-            result = self.compute()
-        except SeamlineError as exc:
-            self.message = str(exc)
-            return None
-        self.apply(result)
-        return result
-
-    def polygons(self) -> gpd.GeoDataFrame:
-        """The class polygons of the latest result (seamline.core.vector.polygonize), computed once
-        per run."""
-        result = self.result
-        if result is None:
-            raise SeamlineError("Run inference first: there is no class map to polygonize.")
-        if self._polygons[0] is not result:
-            self._polygons = (result, polygonize(result.classes))
-        return self._polygons[1]
-
-    def geopackage(self) -> io.BytesIO:
-        """The class polygons as a GeoPackage file, for the download button."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "classes.gpkg"
-            self.polygons().to_file(path, driver="GPKG")
-            return io.BytesIO(path.read_bytes())
-
-    def grid(self, settings: RunSettings | None = None) -> TileGrid:
-        """The tile grid of ``settings`` (default: the current choices) over the scene."""
-        settings = settings or self.settings()
-        return TileGrid(
-            self.scene.sizes["y"],
-            self.scene.sizes["x"],
-            settings.tile_size,
-            settings.overlap,
-            Blend.parse(settings.blend),
-            self.cache.get(self.model).align,
-        )
+from seamline.core.predict.tiling import TileGrid
+from seamline.core.serve.runs import RunResult, seam_diagnostic
 
 
 def class_image(classes: xr.DataArray, colors: list[str], names: list[str]) -> hv.Image:
@@ -236,8 +88,14 @@ class InferenceView(pn.viewable.Viewer):
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
-        self._button = pn.widgets.Button(name="Run inference", button_type="primary")
+        self._button = pn.widgets.Button(
+            name="Run inference", button_type="primary", disabled=self.state.param.running
+        )
         self._button.on_click(self._run)
+        self._cancel = pn.widgets.Button(
+            name="Cancel", button_type="warning", visible=self.state.param.running
+        )
+        self._cancel.on_click(lambda _event: self.state.cancel())
         self._seams_button = pn.widgets.Button(name="Compare with untiled", button_type="default")
         self._seams_button.on_click(self._seams)
         self._seam_plots = pn.Column(
@@ -248,16 +106,18 @@ class InferenceView(pn.viewable.Viewer):
         )
 
     async def _run(self, _event=None) -> None:
-        """Compute in a worker thread (the page stays responsive), then show the result."""
+        """Compute in a worker thread (the page stays responsive), then show the result; a
+        click while a run is in flight does nothing."""
         state = self.state
-        state.param.update(running=True, done_tiles=0, message="")
+        if not state.begin():
+            return
         try:
             result = await asyncio.to_thread(state.compute)
             state.apply(result)
         except SeamlineError as exc:
             state.message = str(exc)
         finally:
-            state.running = False
+            state.finish()
 
     async def _seams(self, _event=None) -> None:
         state = self.state
@@ -322,8 +182,9 @@ class InferenceView(pn.viewable.Viewer):
                 label="Download polygons (GeoPackage)",
                 disabled=pn.bind(lambda result: result is None, state.param.result),
             ),
-            self._button,
+            pn.Row(self._button, self._cancel),
             progress,
+            pn.pane.Markdown(self.state.param.phase, margin=(0, 10)),
             pn.pane.Alert(
                 state.param.message, alert_type="danger", visible=pn.bind(bool, state.param.message)
             ),
@@ -381,8 +242,12 @@ class InferenceView(pn.viewable.Viewer):
         state = self.state
         has_result = pn.bind(lambda result: result is not None, state.param.result)
 
-        def title(result: RunResult | None) -> str:
-            return "" if result is None else f"**Predicted classes** ({result.settings.label()})"
+        def title(result: RunResult | None, *_choices) -> str:
+            if result is None:
+                return ""
+            stale = (" · <span style='color:#b35900'>controls changed since: press Run "
+                     "inference</span>" if result.settings != state.settings() else "")  # fmt: skip
+            return f"**Predicted classes** ({result.settings.label()}){stale}"
 
         def legend_of(result: RunResult | None) -> str:
             attrs = {} if result is None else result.classes.attrs
@@ -393,7 +258,10 @@ class InferenceView(pn.viewable.Viewer):
                 "Press **Run inference** to predict the scene.",
                 visible=pn.bind(lambda shown: not shown, has_result),
             ),
-            pn.pane.Markdown(pn.bind(title, state.param.result), margin=(0, 10)),
+            pn.pane.Markdown(
+                pn.bind(title, state.param.result, *(state.param[n] for n in SETTINGS)),
+                margin=(0, 10),
+            ),
             # visibility on a Column: Panel 1.9 fails to pass ``visible`` refs through a
             # HoloViews pane to its Bokeh pane (a stylesheet type error on the server)
             pn.Column(
@@ -422,8 +290,19 @@ class InferenceView(pn.viewable.Viewer):
         def agreement(r: RunResult) -> str:
             return "-" if r.agreement_fp32 is None else f"{100 * r.agreement_fp32:.2f} %"
 
+        def waited(waited: float | None, reference: float | None) -> str:
+            note = "" if reference is None else f" (FP32 reference {reference:.2f} s)"
+            return (
+                f'<div class="seamline-figure"><div style="font-size:12px;color:#555">'
+                f'Total waited{note}</div><div style="font-size:22px;font-weight:600">'
+                f"{'' if waited is None else f'{waited:.2f} s'}</div></div>"
+            )
+
+        state = self.state
         return pn.FlexBox(
-            cell("Total", lambda r: f"{r.seconds:.2f} s"),
+            pn.pane.HTML(pn.bind(waited, state.param.waited, state.param.reference_seconds),
+                         width=230, margin=(4, 8)),  # fmt: skip
+            cell("Prediction", lambda r: f"{r.seconds:.2f} s"),
             cell("Tile p50", lambda r: f"{r.tile_ms_p50:.1f} ms"),
             cell("Tile p95", lambda r: f"{r.tile_ms_p95:.1f} ms"),
             cell("Throughput", lambda r: f"{r.megapixels_per_s:.2f} Mpx/s"),
@@ -451,7 +330,7 @@ class InferenceView(pn.viewable.Viewer):
             )
 
         table = pn.widgets.Tabulator(
-            pn.bind(lambda runs: runs.round(3), runs),
+            pn.bind(readable_runs, runs),
             disabled=True,
             show_index=False,
             sizing_mode="stretch_width",

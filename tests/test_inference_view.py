@@ -6,10 +6,12 @@ import asyncio
 
 import holoviews as hv
 import numpy as np
+import pandas as pd
 import panel as pn
 import pytest
 
-from seamline.components.inference_view import InferenceState, InferenceView, grid_outline, legend
+from seamline.components.inference_state import InferenceState, readable_runs
+from seamline.components.inference_view import InferenceView, grid_outline, legend
 from seamline.components.scene_picker import ScenePicker
 from seamline.core.demo.synthetic import make_scene
 from seamline.core.demo.train import demo_calibration
@@ -208,3 +210,63 @@ def test_class_polygons_overlay_and_geopackage_download(state, tmp_path):
     state.show_polygons = True
     path = _class_map(view)[1].get(2)
     assert isinstance(path, hv.Path) and len(path) == 1  # one NaN-separated path
+
+
+def test_a_second_run_while_one_is_in_flight_does_nothing(state):
+    assert state.begin() and state.running
+    assert state.run() is None and state.result is None  # the double click
+    state.finish()
+    assert not state.running and state.run() is not None
+
+
+def test_cancel_stops_a_run_between_batches_and_keeps_the_page_usable(state):
+    done = []
+
+    def cancel_after_first_batch(event) -> None:
+        done.append(event.new)
+        if len(done) == 1:
+            state.cancel()
+
+    state.param.watch(cancel_after_first_batch, "done_tiles")
+    state.param.update(tile_size=128, overlap=0)
+    assert state.run() is None
+    assert state.message.startswith("Run cancelled") and not state.running
+    assert len(done) == 1 and state.result is None
+    assert len(state.grid()) > 1  # it stopped with tiles left
+    assert state.run() is not None  # and the next run is a whole one
+
+
+def test_int8_phases_waited_time_and_the_reference_apart(state):
+    phases = []
+    state.param.watch(lambda e: phases.append(e.new), "phase")
+    state.precision = "int8"
+    result = state.run()
+    assert [p for p in phases if p] == ["FP32 reference 1/2", "INT8 2/2"]
+    assert state.reference_seconds > 0 and state.waited > result.seconds + state.reference_seconds
+    assert state.phase == ""
+    phases.clear()
+    state.overlap = 48  # an FP32 run of the scene is cached now: one step
+    state.run()
+    assert [p for p in phases if p] == ["INT8 1/1"] and state.reference_seconds is None
+
+
+def test_the_class_map_is_marked_stale_when_a_control_changes(state):
+    view = InferenceView(state=state)
+    section = view.class_map()
+    title = section.objects[1]
+    state.run()
+    assert "Predicted classes" in title.object and "controls changed" not in title.object
+    state.blend = "crop"
+    assert "controls changed" in title.object
+    state.blend = "cosine"
+    assert "controls changed" not in title.object
+
+
+def test_the_runs_table_reads_as_a_person_would():
+    runs = pd.DataFrame([{"run": "int8 t256 o32 cosine b1", "seconds": 1.23456,
+                          "tile_ms_p50": 12.345, "tile_ms_p95": 20.0, "megapixels_per_s": 3.3333,
+                          "size_mb": 0.1234, "agreement_fp32": 0.99721}])  # fmt: skip
+    shown = readable_runs(runs)
+    assert list(shown.columns) == ["Run", "Prediction (s)", "Tile p50 (ms)", "Tile p95 (ms)",
+                                   "Mpx/s", "Model (MB)", "Agreement with FP32 (%)"]
+    assert shown.iloc[0].tolist()[1:] == [1.23, 12.3, 20.0, 3.33, 0.12, 99.72]

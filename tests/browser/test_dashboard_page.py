@@ -262,3 +262,26 @@ def test_a_model_that_is_not_ours_from_the_command_line(tmp_path):
         assert _painted(_map(page)) > 0.5
         assert errors == []
         browser.close()
+
+
+def test_run_is_locked_while_in_flight_and_cancel_stops_it(visit):
+    """Run is disabled while a run is in flight (a double click starts one); Cancel stops a
+    long run between batches and leaves every control usable."""
+    page = visit.page
+    page.get_by_role("button", name="Synthetic").click()
+    page.locator("select").first.select_option("2048")
+    page.get_by_text("2048 x 2048 px").first.wait_for(timeout=90_000)
+    page.locator(".bk-tab", has_text="Predict & optimise").click()
+    page.locator("select").nth(1).select_option("128")  # ~600 tiles: a run of many seconds
+    run = page.get_by_role("button", name="Run inference")
+    run.dblclick()
+    cancel = page.get_by_role("button", name="Cancel")
+    cancel.wait_for(timeout=30_000)
+    assert run.is_disabled()
+    page.get_by_text("FP32 1/1").wait_for(timeout=30_000)  # the phase is named
+    cancel.click()
+    page.get_by_text("Run cancelled").wait_for(timeout=30_000)
+    assert run.is_enabled() and cancel.is_hidden()
+    assert page.get_by_text("Predicted classes").count() == 0  # nothing half-done is shown
+    visit.shot("cancelled.png")
+    assert visit.errors == []
