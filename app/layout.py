@@ -105,7 +105,9 @@ def create_app(
 
 
 def create_inline(cache: ModelCache = MODELS, data_roots: Sequence[Path] = ()) -> pn.Row:
-    """The same dashboard for a notebook cell: sidebar beside the sections."""
+    """The same dashboard for a notebook cell: sidebar beside the sections. Call
+    ``pn.extension(inline=True)`` first: the JavaScript then comes from the installed
+    packages, not a CDN (an air-gapped Jupyter shows an empty cell otherwise)."""
     sections = create_sections(cache, data_roots)
     return pn.Row(
         pn.Column(sections.sidebar, width=300), sections.tabs, sizing_mode="stretch_width"

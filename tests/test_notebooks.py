@@ -1,5 +1,6 @@
 """The notebooks run top to bottom in a fresh kernel (as a user opening them would)."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -19,3 +20,8 @@ def test_notebook_executes(path):
     texts = " ".join(o.get("text", "") for o in outputs)
     assert "NDVI mean" in texts and "agreement" in texts  # prepare, predict, optimise ran
     assert any("application/vnd.holoviews_exec.v0+json" in o.get("data", {}) for o in outputs)
+    # air-gapped Jupyter: the JavaScript comes inline, no <script src> to a CDN
+    html = " ".join(str(v) for o in outputs for k, v in o.get("data", {}).items()
+                    if "html" in k or "javascript" in k)  # fmt: skip
+    assert "BokehJS" in html or "Bokeh" in html
+    assert not re.search(r"https://cdn\.(bokeh|holoviz)\.org[^\"']*\.js", html)
