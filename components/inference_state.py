@@ -25,7 +25,7 @@ from seamline.core.serve.cache import ModelCache
 from seamline.core.serve.runs import RunResult, RunSettings, run_inference
 from seamline.core.vector.polygonize import polygonize
 
-__all__ = ["InferenceState", "RunCancelled", "readable_runs", "RUN_COLUMNS", "SETTINGS"]
+__all__ = ["InferenceState", "RunCancelled", "readable_runs", "READABLE", "RUN_COLUMNS", "SETTINGS"]
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 PROGRESS_HZ = 8
@@ -53,12 +53,15 @@ READABLE = {
 
 
 def readable_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs table with plain headers and units, rounded, agreement in percent."""
+    """The runs table as a person reads it: plain headers with units, figures as text with
+    fixed decimals (a table widget's default number format showed 0.44 s as "0"), agreement
+    in percent, "-" where there is none."""
     shown = runs[RUN_COLUMNS].copy()
     shown["agreement_fp32"] = pd.to_numeric(shown["agreement_fp32"]) * 100
     for column, (_, decimals) in READABLE.items():
         if decimals is not None:
-            shown[column] = pd.to_numeric(shown[column]).round(decimals)
+            values = pd.to_numeric(shown[column])
+            shown[column] = [("-" if pd.isna(v) else f"{v:.{decimals}f}") for v in values]
     return shown.rename(columns={k: header for k, (header, _) in READABLE.items()})
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 
 import geopandas as gpd
 import holoviews as hv
@@ -21,11 +22,16 @@ import shapely
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
-from seamline.components.inference_state import SETTINGS, InferenceState, readable_runs
+from seamline.components.inference_state import (
+    SETTINGS,
+    InferenceState,
+    readable_runs,
+)
 from seamline.components.map_axes import map_axes, map_frame
 from seamline.core.errors import SeamlineError
 from seamline.core.predict.tiling import TileGrid
-from seamline.core.serve.runs import RunResult, seam_diagnostic
+from seamline.core.serve.runs import RunResult
+from seamline.core.serve.seams import NAIVE, seam_report
 
 
 def class_image(classes: xr.DataArray, colors: list[str], names: list[str]) -> hv.Image:
@@ -96,12 +102,15 @@ class InferenceView(pn.viewable.Viewer):
             name="Cancel", button_type="warning", visible=self.state.param.running
         )
         self._cancel.on_click(lambda _event: self.state.cancel())
-        self._seams_button = pn.widgets.Button(name="Compare with untiled", button_type="default")
+        self._seams_button = pn.widgets.Button(
+            name="Show the seams", button_type="default", disabled=self.state.param.running
+        )
         self._seams_button.on_click(self._seams)
         self._seam_plots = pn.Column(
             pn.pane.Markdown(
-                "The strongest single-tile weight per pixel (seams are where it drops) and the "
-                "difference to the untiled FP32 output of the same model."
+                "Tiles cut side by side change the model's input at every tile edge, and classes "
+                "flip along the grid; overlapping tiles remove that. This sets tiles without "
+                "overlap beside your tiling on this scene, both against the untiled run."
             )
         )
 
@@ -120,37 +129,35 @@ class InferenceView(pn.viewable.Viewer):
             state.finish()
 
     async def _seams(self, _event=None) -> None:
+        """Tiles without overlap beside the chosen tiling, zoomed on a tile corner with each
+        grid drawn, and the difference to the untiled run in plain words."""
         state = self.state
         settings = state.settings()
         self._seam_plots[:] = [pn.indicators.LoadingSpinner(value=True, size=40)]
-        weights, difference = await asyncio.to_thread(
-            seam_diagnostic, state.scene, settings, state.cache, model=state.model
-        )
-        opts = {
-            "responsive": True,
-            "min_height": 260,
-            "data_aspect": 1,
-            "colorbar": True,
-            "xaxis": None,
-            "yaxis": None,
-        }
-        plots = [
-            regrid(hv.Image(weights)).opts(
-                cmap="viridis", clim=(0, 1), title="Strongest tile weight", **opts
+        try:
+            report = await asyncio.to_thread(
+                seam_report, state.scene, settings, state.cache, model=state.model
             )
-        ]
-        if difference is None:
-            note = "Scene too large for an untiled reference."
-        else:
-            plots.append(
-                regrid(hv.Image(difference), aggregator="max").opts(
-                    cmap="magma", title="|tiled - untiled| probability", **opts
-                )
-            )
-            note = f"Largest probability difference: {float(difference.max()):.2e}"
+        except SeamlineError as exc:
+            self._seam_plots[:] = [pn.pane.Alert(str(exc), alert_type="danger")]
+            return
+        x0, x1, y0, y1 = report.window
+        # Two 220 px frames side by side fit beside the controls at 1280 px: no toolbars, and
+        # the right map shares the left one's y axis labels.
+        frame = {"frame_width": 220, "frame_height": 220, "xlim": (x0, x1), "ylim": (y0, y1),
+                 "toolbar": None, **map_axes(state.scene.rio.crs)}  # fmt: skip
+        plots = []
+        for classes, tiling, title, extra in (
+            (report.naive, replace(settings, **NAIVE), "Tiles without overlap", {}),
+            (report.chosen, settings, f"Your tiling ({settings.blend}, {settings.overlap} px)",
+             {"yaxis": None}),
+        ):  # fmt: skip
+            image = class_image(classes, classes.attrs["colors"], classes.attrs["classes"])
+            grid = grid_outline(state.grid(tiling), state.scene).opts(line_color="black")
+            plots.append((image * grid).opts(title=title, **frame, **extra))
         self._seam_plots[:] = [
-            pn.Row(*[pn.pane.HoloViews(p, sizing_mode="stretch_width") for p in plots]),
-            pn.pane.Markdown(note),
+            pn.Row(*[pn.pane.HoloViews(p, linked_axes=False) for p in plots]),
+            pn.pane.Markdown(report.sentence(), sizing_mode="stretch_width"),
         ]
 
     def controls(self) -> pn.viewable.Viewable:

@@ -17,7 +17,8 @@ from seamline.core.demo.synthetic import make_scene
 from seamline.core.demo.train import demo_calibration
 from seamline.core.errors import SeamlineError
 from seamline.core.serve.cache import ModelCache
-from seamline.core.serve.runs import RunSettings, run_inference, seam_diagnostic
+from seamline.core.serve.runs import RunSettings, run_inference
+from seamline.core.serve.seams import seam_report
 from tests.conftest import write_tif
 
 
@@ -127,26 +128,39 @@ def test_map_updates_in_place_and_reframes_for_a_new_scene(state):
     assert figure.frame_width / figure.frame_height == pytest.approx(96 / 128, rel=0.01)
 
 
-def test_async_run_and_seam_diagnostic(state):
+def test_async_run_and_the_seams_side_by_side(state):
     view = InferenceView(state=state)
     asyncio.run(view._run())
     assert state.result is not None and not state.running
     assert state.done_tiles == state.total_tiles == len(state.grid())
     asyncio.run(view._seams())
-    assert "Largest probability difference" in view._seam_plots[1].object
+    maps, words = view._seam_plots
+    assert words.object.startswith("Tiles without overlap give") and "%" in words.object
+    naive, chosen = (hv.render(pane.object) for pane in maps)
+    assert naive.title.text == "Tiles without overlap"
+    assert chosen.title.text == f"Your tiling (cosine, {state.overlap} px)"
+    assert naive.x_range.start < naive.x_range.end and naive.x_range.end == chosen.x_range.end
 
 
-def test_seam_diagnostic_is_small_and_weights_dip_on_seams(cache):
+def test_seam_report_sets_no_overlap_against_the_chosen_tiling(cache):
     scene = make_scene(256, 200, seed=3)[0]
-    settings = RunSettings(tile_size=128, overlap=64, blend="cosine")
-    weights, difference = seam_diagnostic(scene, settings, cache, model="demo")
-    assert weights.shape == difference.shape == (256, 200)
-    assert float(weights.max()) == pytest.approx(1.0) and float(weights.min()) < 0.6
-    assert float(difference.max()) < 1e-3  # overlap 64 covers the receptive field's margin
-    _, crop_difference = seam_diagnostic(scene, RunSettings(tile_size=128, overlap=64,
-                                                            blend="crop"), cache,
-                                         model="demo")  # fmt: skip
-    assert float(crop_difference.max()) < 1e-4
+    report = seam_report(scene, RunSettings(tile_size=128, overlap=64, blend="cosine"), cache,
+                         model="demo")  # fmt: skip
+    for classes in (report.naive, report.chosen):  # on the scene's grid, not transposed
+        assert classes.dims == ("y", "x") and classes.shape == (256, 200)
+        assert classes.rio.transform() == scene.rio.transform()
+    assert report.chosen_max_difference < 1e-3  # overlap 64 covers the receptive field
+    assert report.naive_max_difference > 100 * report.chosen_max_difference  # seams without
+    assert report.naive_changed >= report.chosen_changed
+    x0, x1, y0, y1 = report.window  # around the inner tile corner at pixel (128, 128)
+    corner_x, corner_y = scene.rio.transform() * (128, 128)
+    assert x0 < corner_x < x1 and y0 < corner_y < y1
+    left, bottom, right, top = scene.rio.bounds()
+    assert left <= x0 and x1 <= right and bottom <= y0 and y1 <= top
+    crop = seam_report(scene, RunSettings(tile_size=128, overlap=64, blend="crop"), cache,
+                       model="demo")  # fmt: skip
+    assert crop.chosen_max_difference < 1e-4 and crop.chosen_changed == 0.0
+    assert "another class" in crop.sentence() and "crop over 64 px" in crop.sentence()
 
 
 def test_grid_outline_and_legend(state):
@@ -269,4 +283,6 @@ def test_the_runs_table_reads_as_a_person_would():
     shown = readable_runs(runs)
     assert list(shown.columns) == ["Run", "Prediction (s)", "Tile p50 (ms)", "Tile p95 (ms)",
                                    "Mpx/s", "Model (MB)", "Agreement with FP32 (%)"]
-    assert shown.iloc[0].tolist()[1:] == [1.23, 12.3, 20.0, 3.33, 0.12, 99.72]
+    assert shown.iloc[0].tolist()[1:] == ["1.23", "12.3", "20.0", "3.33", "0.12", "99.72"]
+    runs.loc[0, "agreement_fp32"] = None  # an FP32 run has no agreement
+    assert readable_runs(runs).iloc[0, -1] == "-"

@@ -216,20 +216,6 @@ class TileGrid:
         cov_y, cov_x = self.coverage()
         return np.outer(cov_y[: self.height], cov_x[: self.width])
 
-    def strongest_weight_map(self) -> np.ndarray:
-        """The largest single-tile blend weight per pixel, ``(height, width)``, before
-        normalisation: 1 where one tile owns the pixel, lower where neighbours share it (the
-        seams); for ``crop`` 1 everywhere. Weights are separable and non-negative, so the
-        maximum over tiles is the outer product of the 1-D maxima."""
-        max_y, max_x = (
-            _place(profiles, starts, length, np.maximum)[:n]
-            for profiles, starts, length, n in zip(
-                self.profiles(), (self.rows, self.cols), self.padded_shape,
-                (self.height, self.width), strict=True,
-            )
-        )  # fmt: skip
-        return np.outer(max_y, max_x)
-
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; anything else is passed to torch."""

@@ -2,8 +2,8 @@
 
 :class:`RunSettings` is the plain, hashable set of choices (tile size, overlap, blend, batch,
 precision, device); :func:`run_inference` predicts a scene with them through the warm
-:class:`~core.latency.ModelCache` and returns the class map with its latency figures;
-:func:`seam_diagnostic` gives the blend weights and the difference to the untiled output.
+:class:`~seamline.core.serve.cache.ModelCache` and returns the class map with its latency figures;
+(:mod:`seamline.core.serve.seams` sets a scene's tilings against its untiled run.)
 No UI here: the same calls run in a batch job.
 """
 
@@ -13,20 +13,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import numpy as np
-import torch
 import xarray as xr
 
 from seamline.core.optimise.latency import model_size_bytes
-from seamline.core.predict.blocks import TileTimer, model_input
+from seamline.core.predict.blocks import TileTimer
 from seamline.core.predict.scene import predict_scene
-from seamline.core.predict.tiling import Blend, TileGrid, pick_device, predict_tiled, untiled
+from seamline.core.predict.tiling import pick_device
 from seamline.core.serve.cache import ModelCache
 
-__all__ = ["RunSettings", "RunResult", "run_inference", "seam_diagnostic", "UNTILED_MAX_PIXELS"]
+__all__ = ["RunSettings", "RunResult", "run_inference", "UNTILED_MAX_PIXELS"]
 
 UNTILED_MAX_PIXELS = 2048 * 2048
-"""Largest scene the seam diagnostic runs untiled (the whole raster in one forward pass)."""
+"""Largest scene the seam report runs untiled (the whole raster in one forward pass)."""
 
 
 @dataclass(frozen=True)
@@ -121,35 +119,4 @@ def run_inference(
         size_mb=model_size_bytes(ready) / 2**20,
         agreement_fp32=agreement,
         **timer.summary(),
-    )
-
-
-def seam_diagnostic(
-    scene: xr.DataArray, settings: RunSettings, cache: ModelCache, *, model: str
-) -> tuple[xr.DataArray, xr.DataArray | None]:
-    """The strongest single-tile blend weight per pixel (where tiles share pixels) and the
-    largest absolute difference in class probability between the tiled and the untiled FP32
-    output; the latter is ``None`` above :data:`UNTILED_MAX_PIXELS`."""
-    fp32 = cache.get(model, device=settings.device)
-    height, width = scene.sizes["y"], scene.sizes["x"]
-    grid = TileGrid(
-        height, width, settings.tile_size, settings.overlap, Blend.parse(settings.blend), fp32.align
-    )
-    coords = {"y": scene["y"], "x": scene["x"]}
-    weights = xr.DataArray(
-        grid.strongest_weight_map(), dims=("y", "x"), coords=coords, name="blend weight"
-    )
-    if height * width > UNTILED_MAX_PIXELS:
-        return weights, None
-    x = model_input(fp32, scene)
-    tiled = predict_tiled(fp32.module, x, align=fp32.align, **settings.tiling())
-    whole = untiled(fp32.module, x, device=settings.device)
-    difference = (
-        (torch.softmax(torch.from_numpy(tiled), 0) - torch.softmax(torch.from_numpy(whole), 0))
-        .abs()
-        .amax(0)
-        .numpy()
-    )
-    return weights, xr.DataArray(
-        np.asarray(difference), dims=("y", "x"), coords=coords, name="probability difference"
     )
