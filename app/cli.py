@@ -224,6 +224,15 @@ def _cmd_demo_data(args: argparse.Namespace) -> None:
     _print_json({role: str(path) for role, path in paths.items()})
 
 
+def upload_message_bytes() -> int:
+    """The dashboard's websocket message limit. An upload is one message, base64 (4/3) in
+    JSON: room for twice the input budget, so a file over the budget still arrives and is
+    refused in one sentence (Bokeh's default, 20 MiB, closed the session on a ~15 MB file)."""
+    from seamline.core.data.limits import DEFAULT_BUDGET
+
+    return 2 * DEFAULT_BUDGET.max_bytes * 4 // 3 + 2**20
+
+
 def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The ``panel serve`` command line and environment that ``seamline serve`` runs.
 
@@ -240,6 +249,7 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
         "--allow-websocket-origin", f"{args.address}:{args.port}",
         "--allow-websocket-origin", f"localhost:{args.port}",
         "--setup", str(WARMUP),
+        "--websocket-max-message-size", str(upload_message_bytes()),
     ]  # fmt: skip
     env = {**os.environ, DATA_ROOTS_ENV: roots_to_env(data_roots(args.data_root))}
     env[MODELS_ENV] = os.pathsep.join(args.model or [DEFAULT_MODEL])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from seamline.core.data.limits import DEFAULT_BUDGET
 from seamline.core.demo.data import sentinel2_aoi, sentinel2_sample
 from seamline.core.demo.synthetic import make_scene
 from seamline.core.errors import MissingCRSError, SeamlineError
+from seamline.core.prepare.scene import clip_to_aoi
 
 SOURCES = ("Sentinel-2 demo", "Synthetic", "Upload")
 SYNTHETIC_SIZES = (256, 512, 1024, 2048, 4096)
@@ -64,18 +66,25 @@ class ScenePicker(pn.viewable.Viewer):
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
+        # A file arrives as one websocket message: `seamline serve` sizes the server's limit
+        # for the upload budget (app/cli.py), so a file over it gets one sentence, not a
+        # closed session. (Panel's chunked FileDropper renders nothing here without its CDN.)
         self._raster_input = pn.widgets.FileInput(accept=".tif,.tiff", name="GeoTIFF")
         self._aoi_input = pn.widgets.FileInput(accept=".geojson,.json,.gpkg", name="AOI")
         self._load_button = pn.widgets.Button(name="Use upload", button_type="primary")
-        self._load_button.on_click(
-            lambda _event: self.use_upload(
-                self._raster_input.value,
-                self._raster_input.filename,
-                self._aoi_input.value,
-                self._aoi_input.filename,
-            )
-        )
+        self._load_button.on_click(self._use_dropped)
         self._load_builtin()
+
+    async def _use_dropped(self, _event=None) -> None:
+        """The dropped files, decoded off the event loop (the page stays responsive)."""
+        raster, aoi = self._raster_input, self._aoi_input
+        self._load_button.disabled = True
+        try:
+            await asyncio.to_thread(
+                self.use_upload, raster.value, raster.filename, aoi.value, aoi.filename
+            )
+        finally:
+            self._load_button.disabled = False
 
     @param.depends("source", "synthetic_size", "seed", watch=True)
     def _load_builtin(self) -> None:
@@ -102,13 +111,17 @@ class ScenePicker(pn.viewable.Viewer):
         aoi: bytes | None = None,
         aoi_name: str | None = None,
     ) -> bool:
-        """Use an uploaded GeoTIFF (and AOI file); on a bad file set ``message`` instead."""
+        """Use an uploaded GeoTIFF, clipped to the uploaded AOI when there is one (pixels
+        outside it are nodata, so nothing is predicted there); on a bad file set ``message``
+        instead."""
         if not raster:
             self.message = "Choose a GeoTIFF to upload first."
             return False
         try:
             scene = _from_bytes(raster, raster_name or "upload.tif", _read_scene)
             area = _from_bytes(aoi, aoi_name or "aoi.geojson", open_aoi) if aoi else None
+            if area is not None:
+                scene = clip_to_aoi(scene, area)
         except SeamlineError as exc:
             self.message = str(exc)
             return False

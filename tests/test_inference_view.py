@@ -286,3 +286,24 @@ def test_the_runs_table_reads_as_a_person_would():
     assert shown.iloc[0].tolist()[1:] == ["1.23", "12.3", "20.0", "3.33", "0.12", "99.72"]
     runs.loc[0, "agreement_fp32"] = None  # an FP32 run has no agreement
     assert readable_runs(runs).iloc[0, -1] == "-"
+
+
+def test_an_uploaded_aoi_is_applied_and_uploads_decode_off_the_event_loop(tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    picker = ScenePicker()
+    good = write_tif(tmp_path / "up.tif", np.full((3, 40, 50), 7, dtype=np.uint16))
+    # the AOI in EPSG:4326, as users have it: reprojected, cropped, masked outside
+    aoi = gpd.GeoDataFrame(geometry=[box(500100, 4999700, 500300, 4999900)], crs="EPSG:32633")
+    aoi_bytes = aoi.to_crs("EPSG:4326").to_json().encode()
+    picker._raster_input.param.update(value=good.read_bytes(), filename="up.tif")
+    picker._aoi_input.param.update(value=aoi_bytes, filename="field.geojson")
+    asyncio.run(picker._use_dropped())
+    assert picker.message == "" and picker.aoi is not None
+    assert picker.scene.sizes["x"] < 50 and picker.scene.sizes["y"] < 40  # cropped to it
+    values = picker.scene.values
+    assert (values == 7).any() and (values == picker.scene.rio.nodata).any()  # masked outside
+    far = gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10)], crs="EPSG:32633").to_json().encode()
+    assert not picker.use_upload(good.read_bytes(), "up.tif", far, "far.geojson")
+    assert "\n" not in picker.message and picker.scene is not None

@@ -15,6 +15,7 @@ import torch
 
 from seamline.app.cli import build_parser, main, serve_command
 from seamline.app.cli_args import MODELS_ENV, TRUST_MODEL_ENV
+from seamline.core.data.limits import DEFAULT_BUDGET
 from seamline.core.data.paths import DATA_ROOTS_ENV
 from seamline.core.demo.unet import UNet
 from seamline.core.errors import InputFileError, UntrustedModelError
@@ -112,7 +113,11 @@ def test_serve_offers_the_models_it_was_given_and_refuses_a_bad_one(tmp_path, ca
     _, env = serve_command(args)
     assert env[MODELS_ENV].split(os.pathsep) == [str(path), "demo"]
     assert env[TRUST_MODEL_ENV] == ""
-    assert serve_command(build_parser().parse_args(["serve"]))[1][MODELS_ENV] == "demo"
+    command, env = serve_command(build_parser().parse_args(["serve"]))
+    assert env[MODELS_ENV] == "demo"
+    # an upload of the whole input budget fits one websocket message (base64, 4/3)
+    limit = int(command[command.index("--websocket-max-message-size") + 1])
+    assert limit > DEFAULT_BUDGET.max_bytes * 4 / 3 > 20 * 2**20  # Bokeh's default: 20 MiB
     # a model that cannot load is one sentence before any server starts
     assert main(["serve", "--model", str(tmp_path / "missing.pt")]) == 2
     err = capsys.readouterr().err

@@ -285,3 +285,31 @@ def test_run_is_locked_while_in_flight_and_cancel_stops_it(visit):
     assert page.get_by_text("Predicted classes").count() == 0  # nothing half-done is shown
     visit.shot("cancelled.png")
     assert visit.errors == []
+
+
+def test_a_large_upload_arrives_and_a_wrong_file_is_one_sentence(visit, tmp_path):
+    """A 33 MB GeoTIFF (over Bokeh's 20 MiB message limit, under the 64 MiB budget) is used;
+    a file that is not a GeoTIFF gets one sentence and the session goes on."""
+    import numpy as np
+
+    from tests.conftest import write_tif
+
+    rng = np.random.default_rng(0)  # noise: GDAL cannot shrink it below the message limit
+    big = write_tif(tmp_path / "big.tif", rng.integers(1, 9000, (6, 1700, 1700), dtype=np.uint16))
+    assert big.stat().st_size > 30 * 2**20
+    junk = tmp_path / "notes.tif"
+    junk.write_text("not a raster")
+    page = visit.page
+    page.get_by_role("button", name="Upload").click()
+    upload = page.locator("input[type=file]").first
+    upload.set_input_files(str(junk))
+    page.get_by_role("button", name="Use upload").click()
+    alert = page.locator(".alert-danger", has_text="notes.tif").first
+    alert.wait_for(timeout=30_000)
+    assert "Traceback" not in alert.inner_text() and "\n" not in alert.inner_text().strip()
+    assert "/tmp" not in alert.inner_text()  # no server path reaches the visitor
+    upload.set_input_files(str(big))
+    page.wait_for_timeout(3000)
+    page.get_by_role("button", name="Use upload").click()
+    page.get_by_text("1700 x 1700 px").first.wait_for(timeout=90_000)
+    assert visit.errors == []
