@@ -11,7 +11,7 @@ Playwright) at 1366 x 768 and measures, in the browser:
   the class map itself have changed;
 - a cached control change: back to the previous tile size (results cached per parameter set).
 
-For the control change it also reads the page's "Total" figure, the server-side prediction
+For the control change it also reads the page's "Prediction" figure, the server-side prediction
 time, so the rest (rendering, transfer, the browser) shows as the difference.
 
 Aims (issue 6): first render <= 3 s, update <= 2 s. Prints JSON and a table with the CPU.

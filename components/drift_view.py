@@ -26,6 +26,7 @@ import param
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
+from seamline.components.errors import unexpected_errors
 from seamline.components.map_axes import map_axes
 from seamline.components.scene_view import default_rgb_bands, rgb_composite
 from seamline.core.data.io import band_names, valid_mask
@@ -171,8 +172,10 @@ class DriftSeries(param.Parameterized):
                 progress=step,
             )
         except SeamlineError as exc:
-            self.param.update(running=False, message=str(exc))
+            self.message = str(exc)
             return False
+        finally:
+            self.running = False  # whatever happened: the Run button works again
         self.param.update(
             scenes=list(series),
             results=outcome.results,
@@ -181,7 +184,6 @@ class DriftSeries(param.Parameterized):
             maps=outcome.maps,
             refit=outcome.refit,
             date_index=min(self.date_index, len(series) - 1),
-            running=False,
         )
         return True
 
@@ -239,7 +241,8 @@ class DriftView(pn.viewable.Viewer):
 
     async def _run(self, _event: Any = None) -> None:
         """Compute in a worker thread: the page stays responsive and the bar advances."""
-        await asyncio.to_thread(self.state.compute)
+        with unexpected_errors(self.state):
+            await asyncio.to_thread(self.state.compute)
 
     def _slider_moved(self, event: param.parameterized.Event) -> None:
         self.state.date_index = event.new

@@ -22,6 +22,7 @@ import shapely
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
+from seamline.components.errors import unexpected_errors
 from seamline.components.inference_state import (
     SETTINGS,
     InferenceState,
@@ -121,8 +122,9 @@ class InferenceView(pn.viewable.Viewer):
         if not state.begin():
             return
         try:
-            result = await asyncio.to_thread(state.compute)
-            state.apply(result)
+            with unexpected_errors(state):
+                result = await asyncio.to_thread(state.compute)
+                state.apply(result)
         except SeamlineError as exc:
             state.message = str(exc)
         finally:

@@ -213,3 +213,17 @@ def test_eo_timeseries_winter_scores_above_clear_summer(shared_data):
     state.date_index = int(winter.index[0])
     image = DriftView(state=state).scene_element()
     assert isinstance(image, hv.Image) and image.vdims[0].name == "ndvi"
+
+
+def test_an_unexpected_error_is_one_sentence_and_run_works_again(monkeypatch):
+    import seamline.components.drift_view as drift_view
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(drift_view, "monitor_series", broken)
+    state = DriftSeries(n_dates=4, size=64, baseline_count=2, with_model=False)
+    asyncio.run(DriftView(state=state)._run())
+    assert not state.running  # the Run button is usable again
+    assert state.message.startswith("Something went wrong (RuntimeError: disk on fire)")
+    assert "\n" not in state.message

@@ -307,3 +307,13 @@ def test_an_uploaded_aoi_is_applied_and_uploads_decode_off_the_event_loop(tmp_pa
     far = gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10)], crs="EPSG:32633").to_json().encode()
     assert not picker.use_upload(good.read_bytes(), "up.tif", far, "far.geojson")
     assert "\n" not in picker.message and picker.scene is not None
+
+
+def test_an_unexpected_error_in_a_run_is_one_sentence(state, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("tile")
+
+    monkeypatch.setattr(state, "compute", broken)
+    asyncio.run(InferenceView(state=state)._run())
+    assert not state.running and state.message.startswith("Something went wrong (KeyError")
+    assert state.result is None
