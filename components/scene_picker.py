@@ -73,7 +73,7 @@ class ScenePicker(pn.viewable.Viewer):
         self._aoi_input = pn.widgets.FileInput(accept=".geojson,.json,.gpkg", name="AOI")
         self._load_button = pn.widgets.Button(name="Use upload", button_type="primary")
         self._load_button.on_click(self._use_dropped)
-        self._load_builtin()
+        self.param.update(**self._builtin())
 
     async def _use_dropped(self, _event=None) -> None:
         """The dropped files, decoded off the event loop (the page stays responsive)."""
@@ -86,23 +86,24 @@ class ScenePicker(pn.viewable.Viewer):
         finally:
             self._load_button.disabled = False
 
-    @param.depends("source", "synthetic_size", "seed", watch=True)
-    def _load_builtin(self) -> None:
-        """Load the demo or synthetic scene when those are picked (uploads wait for a click)."""
-        self.message = ""
+    def _builtin(self) -> dict:
+        """The demo or synthetic scene picked, as param values (none for an upload)."""
         if self.source == "Sentinel-2 demo":
-            self.param.update(
-                scene=sentinel2_sample(),
-                aoi=sentinel2_aoi(),
-                title="Sentinel-2 demo scene (EPSG:32719)",
-            )
-        elif self.source == "Synthetic":
+            return {"scene": sentinel2_sample(), "aoi": sentinel2_aoi(),
+                    "title": "Sentinel-2 demo scene (EPSG:32719)"}  # fmt: skip
+        if self.source == "Synthetic":
             size = self.synthetic_size
-            self.param.update(
-                scene=make_scene(size, size, seed=self.seed)[0],
-                aoi=None,
-                title=f"Synthetic scene {size} x {size} (seed {self.seed})",
-            )
+            return {"scene": make_scene(size, size, seed=self.seed)[0], "aoi": None,
+                    "title": f"Synthetic scene {size} x {size} (seed {self.seed})"}  # fmt: skip
+        return {}
+
+    @param.depends("source", "synthetic_size", "seed", watch=True)
+    async def _load_builtin(self) -> None:
+        """Load the demo or synthetic scene when those are picked (uploads wait for a click),
+        in a worker thread: a 4096^2 synthetic scene takes ~3 s, which would stall every
+        session of the server on its event loop."""
+        self.message = ""
+        self.param.update(**await asyncio.to_thread(self._builtin))
 
     def use_upload(
         self,

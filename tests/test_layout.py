@@ -53,3 +53,31 @@ def test_a_scene_the_model_cannot_read_is_one_sentence(tmp_path):
     message = sections.inference.message
     assert "['blue', 'green', 'red']" in message and "'nir'" in message and "\n" not in message
     assert sections.inference.result is None and not sections.inference.running
+
+
+def test_a_big_synthetic_scene_is_made_off_the_event_loop():
+    import asyncio
+
+    import param
+
+    from seamline.components.scene_picker import ScenePicker
+
+    picker = ScenePicker()
+    picker.param.update(source="Synthetic", synthetic_size=256)
+    ticks = []
+
+    async def main() -> None:
+        async def ticker() -> None:
+            while True:
+                ticks.append(1)
+                await asyncio.sleep(0.02)
+
+        task = asyncio.create_task(ticker())
+        with param.parameterized.discard_events(picker):  # load by hand, as the watcher does
+            picker.synthetic_size = 2048
+        await picker._load_builtin()
+        task.cancel()
+
+    asyncio.run(main())
+    assert picker.scene.shape == (6, 2048, 2048)
+    assert len(ticks) > 3  # the loop kept serving while the scene was made
