@@ -27,7 +27,7 @@ import xarray as xr
 from holoviews.operation.datashader import regrid
 
 from seamline.components.errors import unexpected_errors
-from seamline.components.map_axes import map_axes
+from seamline.components.map_axes import map_axes, map_frame
 from seamline.components.scene_view import default_rgb_bands, rgb_composite
 from seamline.core.data.io import band_names, valid_mask
 from seamline.core.demo.series import eo_series, synthetic_series
@@ -415,18 +415,21 @@ class DriftView(pn.viewable.Viewer):
         if self.state.results is None:
             return pn.Spacer(height=0)
         index = self.state.param.date_index
-        opts = {
-            "frame_height": 300,
-            "data_aspect": 1,
-        }
-        scene = regrid(hv.DynamicMap(pn.bind(self.scene_element, index))).opts(**opts)
-        drift = regrid(hv.DynamicMap(pn.bind(self.map_element, index))).opts(**opts)
+        # 1:1 frames that fit side by side beside the controls at 1280 x 800 (300 px frames
+        # were cut off there); the drift map shares the scene's y axis labels.
+        frame = map_frame(self.state.scenes[0].scene, max_width=220, max_height=240)
+        width, height = frame["frame_width"], frame["frame_height"]
+        frame = {**frame, "xticks": 3}  # six-digit metre labels collided at this width
+        scene = regrid(hv.DynamicMap(pn.bind(self.scene_element, index))).opts(**frame)
+        drift = regrid(hv.DynamicMap(pn.bind(self.map_element, index))).opts(
+            yaxis=None, **frame
+        )
         # Two fixed-size panes: a holoviews Layout here rendered at 0 px inside the
         # template's Tabs. Axes are not linked: Panel would link them to every x/y plot of
         # the page, the other sections' scene included, on another grid.
         return pn.Row(
-            pn.pane.HoloViews(scene, width=330, height=320, linked_axes=False),
-            pn.pane.HoloViews(drift, width=400, height=320, linked_axes=False),
+            pn.pane.HoloViews(scene, width=width + 110, height=height + 70, linked_axes=False),
+            pn.pane.HoloViews(drift, width=width + 90, height=height + 70, linked_axes=False),
         )
 
     @param.depends("state.class_shares")
