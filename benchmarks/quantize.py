@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 
-from seamline.core.demo.train import demo_calibration
+from seamline.core.demo.train import demo_calibration, held_out_scenes
 from seamline.core.hardware import bf16_is_native, cpu_info, cpu_label
 from seamline.core.models.modelio import load_model, with_precision
 from seamline.core.optimise.latency import quantization_report
@@ -32,7 +32,8 @@ def main() -> None:
     start = time.perf_counter()
     int8 = quantize(fp32, demo_calibration(fp32))
     quantize_seconds = time.perf_counter() - start
-    timing = {"tile_size": args.tile, "batch_size": args.batch, "runs": args.runs}
+    timing = {"tile_size": args.tile, "batch_size": args.batch, "runs": args.runs,
+              "evaluation": list(held_out_scenes())}  # agreement and mIoU on labelled scenes
     rows = {
         "int8": quantization_report(fp32, int8, **timing),
         "bf16": quantization_report(fp32, with_precision(fp32, "bf16"), **timing),
