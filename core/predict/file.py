@@ -37,7 +37,7 @@ from seamline.core.predict.blocks import (
 )
 from seamline.core.prepare.scene import align_aoi, crop_to_aoi
 
-__all__ = ["predict_file", "output_raster", "write_blocks", "open_for_prediction"]
+__all__ = ["predict_file", "output_raster", "write_blocks", "open_for_prediction", "summary"]
 
 GDAL_CACHE = 64 * 2**20  # bytes (rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64)
 
