@@ -140,10 +140,11 @@ class InferenceState(param.Parameterized):
         if key not in self._results:
             reference, steps = None, 1
             if settings.precision != "fp32":
-                steps = 1 if self._cached_fp32() else 2
+                cached = self._cached_fp32()
+                steps = 1 if cached else 2
                 self.phase = "FP32 reference 1/2" if steps == 2 else ""
                 started = time.perf_counter()
-                reference = self._fp32_reference(settings)
+                reference = self._fp32_reference(settings, cached)
                 if steps == 2:
                     self.reference_seconds = time.perf_counter() - started
             if not as_reference:
@@ -161,9 +162,8 @@ class InferenceState(param.Parameterized):
             if scene == id(self.scene) and run.precision == "fp32"
         ]
 
-    def _fp32_reference(self, settings: RunSettings) -> xr.DataArray:
+    def _fp32_reference(self, settings: RunSettings, cached: list[RunResult]) -> xr.DataArray:
         same_tiling = (id(self.scene), replace(settings, precision="fp32"))
-        cached = self._cached_fp32()
         if same_tiling in self._results or not cached:
             return self.compute(same_tiling[1], as_reference=True).classes
         return cached[-1].classes

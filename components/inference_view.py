@@ -76,6 +76,14 @@ def polygon_outline(polygons: gpd.GeoDataFrame) -> hv.Path:
     return hv.Path([path]).opts(color="black", line_width=1, line_alpha=0.7)
 
 
+def figure_html(name: str, value: str) -> str:
+    """One figure of the latest run: its name small above its value large."""
+    return (
+        f'<div class="seamline-figure"><div style="font-size:12px;color:#555">{name}</div>'
+        f'<div style="font-size:22px;font-weight:600">{value}</div></div>'
+    )
+
+
 def legend(names: list[str], colors: list[str]) -> str:
     """An HTML legend: one colour swatch per class."""
     items = "".join(
@@ -288,11 +296,7 @@ class InferenceView(pn.viewable.Viewer):
 
         def cell(name: str, value: Callable[[RunResult], str]) -> pn.pane.HTML:
             def html(r: RunResult | None) -> str:
-                return (
-                    f'<div class="seamline-figure"><div style="font-size:12px;color:#555">'
-                    f'{name}</div><div style="font-size:22px;font-weight:600">'
-                    f"{'' if r is None else value(r)}</div></div>"
-                )
+                return figure_html(name, "" if r is None else value(r))
 
             return pn.pane.HTML(pn.bind(html, result), width=150, margin=(4, 8))
 
@@ -301,11 +305,7 @@ class InferenceView(pn.viewable.Viewer):
 
         def waited(waited: float | None, reference: float | None) -> str:
             note = "" if reference is None else f" (FP32 reference {reference:.2f} s)"
-            return (
-                f'<div class="seamline-figure"><div style="font-size:12px;color:#555">'
-                f'Total waited{note}</div><div style="font-size:22px;font-weight:600">'
-                f"{'' if waited is None else f'{waited:.2f} s'}</div></div>"
-            )
+            return figure_html(f"Total waited{note}", "" if waited is None else f"{waited:.2f} s")
 
         state = self.state
         return pn.FlexBox(

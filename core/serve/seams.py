@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 import xarray as xr
 
-from seamline.core.predict.blocks import as_prediction, class_ids, model_input
+from seamline.core.data.io import valid_mask
+from seamline.core.predict.blocks import as_prediction, class_ids, model_input, to_output
 from seamline.core.predict.tiling import predict_tiled, untiled
 from seamline.core.serve.cache import ModelCache
 from seamline.core.serve.runs import UNTILED_MAX_PIXELS, RunSettings
@@ -80,12 +80,12 @@ def seam_report(
     and, up to :data:`~seamline.core.serve.runs.UNTILED_MAX_PIXELS`, untiled; compare."""
     fp32 = cache.get(model, device=settings.device)
     x = model_input(fp32, scene)
-    valid = ~np.isnan(x).all(axis=0)
+    valid = valid_mask(scene)
     logits = {
         name: predict_tiled(fp32.module, x, align=fp32.align, **tiling.tiling())
         for name, tiling in (("naive", replace(settings, **NAIVE)), ("chosen", settings))
     }
-    ids = {name: class_ids(scores) for name, scores in logits.items()}
+    ids = {name: to_output(scores, valid, probabilities=False) for name, scores in logits.items()}
     figures: dict[str, float] = {
         "tilings_differ": float((ids["naive"] != ids["chosen"])[valid].mean())
     }
@@ -99,9 +99,6 @@ def seam_report(
             figures[f"{name}_max_difference"] = float(
                 (probs - reference).abs().amax(0).numpy()[valid].max()
             )
-    maps = {}
-    for name, classes in ids.items():
-        classes[~valid] = 255
-        maps[name] = as_prediction(classes, scene, fp32)
-    return SeamReport(maps["naive"], maps["chosen"], settings,
+    naive, chosen = (as_prediction(ids[name], scene, fp32) for name in ("naive", "chosen"))
+    return SeamReport(naive, chosen, settings,
                       _window(scene, settings.tile_size), **figures)  # fmt: skip
