@@ -106,8 +106,9 @@ def create_app(
 
 def create_inline(cache: ModelCache = MODELS, data_roots: Sequence[Path] = ()) -> pn.Row:
     """The same dashboard for a notebook cell: sidebar beside the sections. Call
-    ``pn.extension(inline=True)`` first: the JavaScript then comes from the installed
-    packages, not a CDN (an air-gapped Jupyter shows an empty cell otherwise)."""
+    ``pn.extension("tabulator", inline=True)`` first: the JavaScript then comes from the
+    installed packages, not a CDN (an air-gapped Jupyter shows an empty cell otherwise), and
+    includes Tabulator's, which the runs table needs (the sections are rendered on demand)."""
     sections = create_sections(cache, data_roots)
     return pn.Row(
         pn.Column(sections.sidebar, width=300), sections.tabs, sizing_mode="stretch_width"

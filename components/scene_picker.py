@@ -11,16 +11,16 @@ import panel as pn
 import param
 import xarray as xr
 
-from seamline.core.data.files import decoding
-from seamline.core.data.io import open_aoi, open_raster
+from seamline.core.data.io import open_aoi, read_geotiff_bytes
 from seamline.core.data.limits import DEFAULT_BUDGET
 from seamline.core.demo.data import sentinel2_aoi, sentinel2_sample
 from seamline.core.demo.synthetic import make_scene
-from seamline.core.errors import MissingCRSError, SeamlineError
+from seamline.core.errors import InputFileError, SeamlineError
 from seamline.core.prepare.scene import clip_to_aoi
 
 SOURCES = ("Sentinel-2 demo", "Synthetic", "Upload")
 SYNTHETIC_SIZES = (256, 512, 1024, 2048, 4096)
+GEOPACKAGE_SIGNATURE = b"SQLite format 3\x00"  # a GeoPackage is an SQLite file
 
 
 def _from_bytes(data: bytes, filename: str, reader):
@@ -32,19 +32,23 @@ def _from_bytes(data: bytes, filename: str, reader):
         return reader(path)
 
 
-def _read_scene(path: Path) -> xr.DataArray:
-    """The uploaded scene, loaded once its size and header pass the shared input budget."""
-    source, fix = f"upload {path.name!r}", "use `seamline predict` for it"
-    DEFAULT_BUDGET.check_bytes(path.stat().st_size, source=source, fix=fix)
-    scene = open_raster(path)
-    DEFAULT_BUDGET.check_scene(scene, source=source, fix=fix)
-    if scene.rio.crs is None:  # no map, AOI or prediction can be placed without one
-        raise MissingCRSError(
-            f"The {source} has no CRS: write the GeoTIFF with its CRS (e.g. gdal_translate "
-            "-a_srs EPSG:32633 in.tif out.tif)."
+def _read_aoi(data: bytes, filename: str) -> gpd.GeoDataFrame:
+    """The uploaded AOI, if it is GeoJSON or a GeoPackage by its content (whatever its name):
+    an OGR VRT named ``aoi.geojson`` would make GDAL read another server file."""
+    if not (data.lstrip()[:1] == b"{" or data.startswith(GEOPACKAGE_SIGNATURE)):
+        raise InputFileError(
+            f"The AOI upload {filename!r} is not GeoJSON or a GeoPackage: use one of those."
         )
-    with decoding(f"The {source}", fix="upload an uncorrupted GeoTIFF"):
-        return scene.load()
+    return _from_bytes(data, filename, open_aoi)
+
+
+def _read_scene(data: bytes, filename: str) -> xr.DataArray:
+    """The uploaded GeoTIFF, loaded once its size and header pass the shared input budget
+    (read in memory by GDAL's GTiff driver only: a VRT could read server files or URLs)."""
+    return read_geotiff_bytes(
+        data, budget=DEFAULT_BUDGET, source=f"upload {filename!r}",
+        fix="use `seamline predict` for it",
+    )  # fmt: skip
 
 
 class ScenePicker(pn.viewable.Viewer):
@@ -119,8 +123,8 @@ class ScenePicker(pn.viewable.Viewer):
             self.message = "Choose a GeoTIFF to upload first."
             return False
         try:
-            scene = _from_bytes(raster, raster_name or "upload.tif", _read_scene)
-            area = _from_bytes(aoi, aoi_name or "aoi.geojson", open_aoi) if aoi else None
+            scene = _read_scene(raster, raster_name or "upload.tif")
+            area = _read_aoi(aoi, aoi_name or "aoi.geojson") if aoi else None
             if area is not None:
                 scene = clip_to_aoi(scene, area)
         except SeamlineError as exc:

@@ -176,14 +176,14 @@ def test_geotiff_bytes_round_trip_in_memory(small_tif, tmp_path):
 def test_read_geotiff_bytes_refuses_what_is_not_a_bounded_geotiff(small_tif, tmp_path):
     with pytest.raises(InputFileError, match="empty"):
         read_geotiff_bytes(b"")
-    with pytest.raises(InputFileError, match="not a readable raster"):
+    with pytest.raises(InputFileError, match="not a GeoTIFF"):
         read_geotiff_bytes(b"\x89PNG garbage" * 10)
     png = tmp_path / "scene.png"
     with rasterio.open(small_tif) as src:
         with rasterio.open(png, "w", driver="PNG", width=src.width, height=src.height,
                            count=3, dtype="uint16", crs=src.crs, transform=src.transform) as dst:
             dst.write(src.read([1, 2, 3]))
-    with pytest.raises(InputFileError, match="a PNG raster, not a GeoTIFF"):
+    with pytest.raises(InputFileError, match="not a GeoTIFF"):
         read_geotiff_bytes(png.read_bytes())
     with pytest.raises(SizeLimitError, match="60 x 80|80 x 60"):
         read_geotiff_bytes(small_tif.read_bytes(), budget=InputBudget(max_pixels=80 * 60 * 4 - 1))

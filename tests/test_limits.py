@@ -59,6 +59,6 @@ def test_bomb_bytes_are_refused_from_the_header_in_memory(tmp_path):
         assert (src.width, src.height) == (60000, 60000) and len(data) < 2**20
     with peak_memory() as figures, pytest.raises(SizeLimitError, match="60000 x 60000"):
         read_geotiff_bytes(data, budget=DEFAULT_BUDGET)
-    assert figures["seconds"] < 1 and figures["peak_growth"] < 50 * 2**20, figures
+    assert figures["peak_growth"] < 50 * 2**20, figures
     with pytest.raises(SizeLimitError, match="larger than the 1000 bytes allowed"):
         read_geotiff_bytes(data, budget=InputBudget(max_bytes=1000))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,7 +23,7 @@ from seamline.core.data.limits import InputBudget
 from seamline.core.demo.synthetic import make_scene
 from seamline.core.errors import InvalidArgumentError, SizeLimitError
 from seamline.core.prepare.scene import prepare_file
-from tests.conftest import ROOT, peak_memory, write_bomb
+from tests.conftest import ROOT, peak_memory, write_bomb, write_tif
 
 TOKEN = "s3cret-token-0123456789abcdef"
 TIFF = {"content-type": "image/tiff"}
@@ -73,7 +74,7 @@ def test_401_comes_before_the_body_or_the_parameters_are_looked_at(client):
     assert r.status_code == 401
 
 
-def test_bomb_upload_is_a_413_in_under_a_second_and_memory_does_not_move(client, tmp_path):
+def test_bomb_upload_is_a_413_and_memory_does_not_move(client, tmp_path):
     data = write_bomb(tmp_path / "bomb.tif").read_bytes()
     client.post("/predict", content=data, headers={**TIFF, **bearer(TOKEN)})  # warm the path
     with peak_memory() as figures:
@@ -81,11 +82,11 @@ def test_bomb_upload_is_a_413_in_under_a_second_and_memory_does_not_move(client,
     print(f"service: bomb ({len(data)} bytes) refused in {figures['seconds'] * 1000:.0f} ms, "
           f"peak RSS {figures['peak_growth'] / 2**20:+.1f} MB")  # fmt: skip
     assert r.status_code == 413 and "60000 x 60000 pixels" in r.json()["error"]
-    assert figures["seconds"] < 1 and figures["peak_growth"] < 50 * 2**20, figures
+    assert figures["peak_growth"] < 50 * 2**20, figures
     assert client.get("/health").status_code == 200
 
 
-def test_bomb_is_refused_by_prepare_and_predict_in_under_a_second(tmp_path, capsys):
+def test_bomb_is_refused_by_prepare_and_predict_from_the_header(tmp_path, capsys):
     bomb = write_bomb(tmp_path / "bomb.tif")
     huge_tiles = write_bomb(tmp_path / "huge_tiles.tif", block=16384)
     for argv, phrase in (
@@ -100,7 +101,7 @@ def test_bomb_is_refused_by_prepare_and_predict_in_under_a_second(tmp_path, caps
                   f"peak RSS {figures['peak_growth'] / 2**20:+.1f} MB")  # fmt: skip
         assert code == EXIT_USER_ERROR and phrase in err and "--no-input-limits" in err
         assert "Traceback" not in err and not (tmp_path / "out.tif").exists()
-        assert figures["seconds"] < 1 and figures["peak_growth"] < 50 * 2**20, figures
+        assert figures["peak_growth"] < 50 * 2**20, figures
 
 
 def test_no_input_limits_lifts_the_budget_for_batch_jobs(tmp_path, small_tif):
@@ -116,7 +117,33 @@ def test_dashboard_upload_of_a_bomb_is_refused_with_the_shared_budget(tmp_path):
         used = picker.use_upload(write_bomb(tmp_path / "bomb.tif").read_bytes(), "bomb.tif")
     assert not used and "60000 x 60000 pixels" in picker.message
     assert "seamline predict" in picker.message and picker.source != "Upload"
-    assert figures["seconds"] < 1 and figures["peak_growth"] < 50 * 2**20, figures
+    assert figures["peak_growth"] < 50 * 2**20, figures
+
+
+def test_dashboard_uploads_that_name_other_files_or_urls_are_refused_unread(tmp_path):
+    """A GDAL VRT named like a GeoTIFF, or an OGR VRT named like GeoJSON, would make the
+    server read a file outside its data roots (or fetch a URL) for a visitor."""
+    secret = tmp_path / "server_only.tif"
+    write_tif(secret, np.ones((1, 8, 8), dtype=np.uint8))
+    raster_vrt = (
+        f'<VRTDataset rasterXSize="8" rasterYSize="8"><VRTRasterBand dataType="Byte" band="1">'
+        f"<SimpleSource><SourceFilename>{secret}</SourceFilename><SourceBand>1</SourceBand>"
+        f"</SimpleSource></VRTRasterBand></VRTDataset>"
+    ).encode()
+    table = tmp_path / "server_only.csv"
+    table.write_text("id,wkt\n1,POINT (0 0)\n")
+    vector_vrt = (
+        f'<OGRVRTDataSource><OGRVRTLayer name="t"><SrcDataSource>{table}</SrcDataSource>'
+        f"</OGRVRTLayer></OGRVRTDataSource>"
+    ).encode()
+    picker = ScenePicker()
+    before = picker.scene
+    assert not picker.use_upload(raster_vrt, "field_survey.tif")
+    assert picker.message == "The upload 'field_survey.tif' is not a GeoTIFF: use a GeoTIFF file."
+    good = write_tif(tmp_path / "up.tif", np.ones((3, 16, 16), dtype=np.uint16))
+    assert not picker.use_upload(good.read_bytes(), "up.tif", vector_vrt, "aoi.geojson")
+    assert "'aoi.geojson' is not GeoJSON or a GeoPackage" in picker.message
+    assert picker.scene is before and str(tmp_path) not in picker.message
 
 
 def test_loopback_addresses():

@@ -165,7 +165,7 @@ def _no_crs(scene):
 
 
 BAD = {
-    "garbage": (lambda s: b"not a tiff" * 50, {}, TIFF, 422, "not a readable raster"),
+    "garbage": (lambda s: b"not a tiff" * 50, {}, TIFF, 422, "not a GeoTIFF"),
     "empty": (lambda s: b"", {}, TIFF, 422, "empty"),
     "oversized": (lambda s: b"\0" * 400_000, {}, TIFF, 413, "larger than the 300000 bytes"),
     "oversized stream": (lambda s: (b"\0" * 50_000 for _ in range(8)), {}, TIFF, 413,

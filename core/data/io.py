@@ -101,43 +101,47 @@ def _named_bands(da: xr.DataArray, band_names: Sequence[str] | None, path: Path)
 
 
 def read_geotiff_bytes(
-    data: bytes, *, budget: InputBudget | None = None, source: str = "upload"
+    data: bytes,
+    *,
+    budget: InputBudget | None = None,
+    source: str = "upload",
+    fix: str | None = None,
 ) -> xr.DataArray:
-    """A GeoTIFF held in memory (e.g. an HTTP upload) as a loaded ``(band, y, x)`` scene.
+    """A GeoTIFF held in memory (e.g. an HTTP or dashboard upload) as a loaded
+    ``(band, y, x)`` scene; ``fix`` ends a refusal by the ``budget`` (default: its own).
 
-    The bytes are read through a rasterio ``MemoryFile``: nothing touches the disk. Bytes
-    that are not a GeoTIFF are an :class:`~core.errors.InputFileError`; a raster without a
-    CRS a :class:`~core.errors.MissingCRSError`. With a ``budget``, too many bytes or values
-    are a :class:`~core.errors.SizeLimitError` and a refused data type a
-    :class:`~core.errors.DataTypeError`, raised from the header alone, before the pixels
-    are decompressed.
+    The bytes are read through a rasterio ``MemoryFile`` by GDAL's GTiff driver only: nothing
+    touches the disk, and nothing the bytes name is opened. Bytes that are not a GeoTIFF
+    are an :class:`~core.errors.InputFileError`; a raster without a CRS a
+    :class:`~core.errors.MissingCRSError`. With a ``budget``, too many bytes or values are a
+    :class:`~core.errors.SizeLimitError` and a refused data type a
+    :class:`~core.errors.DataTypeError`, raised from the header alone, before the pixels are
+    decompressed.
     """
     if not data:
-        raise InputFileError(f"The {source} is empty: send a GeoTIFF file.")
+        raise InputFileError(f"The {source} is empty: use a GeoTIFF file.")
+    limits = {"source": source} | ({"fix": fix} if fix else {})
     if budget is not None:
-        budget.check_bytes(len(data), source=source)
+        budget.check_bytes(len(data), **limits)
     with MemoryFile(data) as memory, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # MissingCRSError says it
         try:
-            dataset = memory.open()
+            # Only GDAL's GTiff driver may open it: a VRT (or any format that references
+            # other files or URLs) would read server files or fetch URLs at open time.
+            dataset = memory.open(driver="GTiff")
         except RasterioError:
-            raise InputFileError(
-                f"The {source} is not a readable raster: send a GeoTIFF file."
-            ) from None
+            raise InputFileError(f"The {source} is not a GeoTIFF: use a GeoTIFF file.") from None
         with dataset:
-            if dataset.driver != "GTiff":
-                raise InputFileError(
-                    f"The {source} is a {dataset.driver} raster, not a GeoTIFF: send a GeoTIFF."
-                )
             if dataset.crs is None:
                 raise MissingCRSError(
-                    f"The {source} has no CRS: write the GeoTIFF with its CRS."
+                    f"The {source} has no CRS: write the GeoTIFF with its CRS (e.g. "
+                    "gdal_translate -a_srs EPSG:32633 in.tif out.tif)."
                 )
             if budget is not None:
-                budget.check_dataset(dataset, source=source)
+                budget.check_dataset(dataset, **limits)
             # Closed once loaded: an open handle in xarray's file cache kept GDAL's
             # blocks of every upload (RSS grew ~15 MB per 64 requests).
-            with decoding(f"The {source}", fix="send an uncorrupted GeoTIFF"):
+            with decoding(f"The {source}", fix="use an uncorrupted GeoTIFF"):
                 with rioxarray.open_rasterio(dataset, masked=False, cache=False) as opened:
                     da = opened.load()
     return _named_bands(da, None, Path(source))

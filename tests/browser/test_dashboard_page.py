@@ -3,7 +3,6 @@
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,34 +14,16 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(),
-        reason="Debian's chromium is not installed (scripts/setup.sh --test does)",
-    ),
-]
+from tests.browser.chromium import BROWSER, CHROMIUM, FLAGS, LOOPBACK, free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = BROWSER
 
 
 @contextmanager
 def serving(*options: str) -> Iterator[str]:
     """`seamline serve OPTIONS` on 127.0.0.1, its page's URL; killed at the end (and by its
     own timeout at worst)."""
-    port = _free_port()
+    port = free_port()
     exe = str(Path(sys.executable).with_name("seamline"))
     proc = subprocess.Popen(
         ["timeout", "300", exe, "serve", "--port", str(port), *options],
@@ -102,7 +83,6 @@ def visit(served, tmp_path):
     """The served dashboard opened at 1366 x 768, console errors and outside requests logged."""
     from playwright.sync_api import sync_playwright
 
-    local = ("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:", "about:")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
@@ -110,7 +90,7 @@ def visit(served, tmp_path):
         page.on("console", lambda m: seen.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: seen.errors.append(str(e)))
         outside = seen.external.append
-        page.on("request", lambda r: None if r.url.startswith(local) else outside(r.url))
+        page.on("request", lambda r: None if r.url.startswith(LOOPBACK) else outside(r.url))
         page.goto(served)
         yield seen
         browser.close()
@@ -199,8 +179,10 @@ def test_every_scene_source_draws_its_maps(served, tmp_path, viewport):
     from seamline.core.data.io import write_raster
     from seamline.core.demo.synthetic import make_scene
 
-    upload = write_raster(make_scene(300, 200, crs="EPSG:4326", origin=(12.0, 46.0),
-                                     resolution=0.0001, seed=2)[0], tmp_path / "field.tif")
+    upload = write_raster(
+        make_scene(300, 200, crs="EPSG:4326", origin=(12.0, 46.0), resolution=0.0001, seed=2)[0],
+        tmp_path / "field.tif",
+    )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport=dict(zip(("width", "height"), viewport, strict=True)))
