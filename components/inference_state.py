@@ -6,6 +6,7 @@ draws it. Runs go through :func:`seamline.core.serve.runs.run_inference` off the
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tempfile
 import threading
@@ -80,6 +81,10 @@ class InferenceState(param.Parameterized):
     device = param.Selector(objects=DEVICES, default="cpu", label="Device")
     show_grid = param.Boolean(default=False, label="Tile grid")
     show_polygons = param.Boolean(default=False, label="Class polygons")
+    outlines = param.ClassSelector(
+        class_=gpd.GeoDataFrame, allow_None=True,
+        doc="The class polygons drawn on the map while show_polygons is on.",
+    )  # fmt: skip
     scene = param.ClassSelector(class_=xr.DataArray, doc="The scene to predict.")
     model = param.String(doc="The model to predict with: a name or a model file.")
     result = param.ClassSelector(class_=RunResult, allow_None=True)
@@ -219,6 +224,17 @@ class InferenceState(param.Parameterized):
         if self._polygons[0] is not result:
             self._polygons = (result, polygonize(result.classes))
         return self._polygons[1]
+
+    @param.depends("result", "show_polygons", watch=True)
+    async def _outline(self) -> None:
+        """Polygonize in a worker thread when the polygons are shown: a fragmented class map
+        has 10^5 polygons (seconds), which would stall every session on the event loop."""
+        shown = self.result is not None and self.show_polygons
+        self.outlines = await asyncio.to_thread(self.polygons) if shown else None
+
+    async def geopackage_file(self) -> io.BytesIO:
+        """:meth:`geopackage` built in a worker thread, for the download button."""
+        return await asyncio.to_thread(self.geopackage)
 
     def geopackage(self) -> io.BytesIO:
         """The class polygons as a GeoPackage file, for the download button."""

@@ -193,7 +193,7 @@ class InferenceView(pn.viewable.Viewer):
             pn.widgets.Checkbox.from_param(state.param.show_grid),
             pn.widgets.Checkbox.from_param(state.param.show_polygons),
             pn.widgets.FileDownload(
-                callback=state.geopackage,
+                callback=state.geopackage_file,
                 filename="classes.gpkg",
                 button_type="light",
                 label="Download polygons (GeoPackage)",
@@ -224,10 +224,8 @@ class InferenceView(pn.viewable.Viewer):
         # the tiles of the run shown, not of the widgets (they may have changed since)
         return grid_outline(self.state.grid(result.settings), self.state.scene)
 
-    def _polygons(self, result: RunResult | None, show_polygons: bool) -> hv.Path:
-        if result is None or not show_polygons:
-            return hv.Path([])
-        return polygon_outline(self.state.polygons())
+    def _polygons(self, outlines: gpd.GeoDataFrame | None) -> hv.Path:
+        return hv.Path([]) if outlines is None else polygon_outline(outlines)
 
     def _class_map_plot(self) -> hv.Overlay:
         """The class map, tile grid and polygons as DynamicMaps over the state: a new run
@@ -243,7 +241,7 @@ class InferenceView(pn.viewable.Viewer):
         image = regrid(hv.DynamicMap(self._classes, streams=stream("result")), aggregator="first")
         image = image.opts(**map_frame(state.scene, max_width=560, max_height=480))
         grid = hv.DynamicMap(self._grid, streams=stream("result", "show_grid"))
-        polygons = hv.DynamicMap(self._polygons, streams=stream("result", "show_polygons"))
+        polygons = hv.DynamicMap(self._polygons, streams=stream("outlines"))
         return image * grid * polygons
 
     @param.depends("state.scene")

@@ -214,16 +214,20 @@ def test_class_polygons_overlay_and_geopackage_download(state, tmp_path):
     assert len(polygons) == expected  # one polygon per connected component (4-connectivity)
     assert state.polygons() is polygons  # computed once per run
     path = tmp_path / "classes.gpkg"
-    path.write_bytes(state.geopackage().getvalue())
+    path.write_bytes(asyncio.run(state.geopackage_file()).getvalue())  # the button's callback
     back = gpd.read_file(path)
     assert len(back) == expected and back.crs == result.classes.rio.crs
     outline = polygon_outline(polygons)
     rings = sum(1 + len(g.interiors) for g in polygons.geometry)
     assert np.isnan(outline.array()[:, 0]).sum() == rings - 1  # one NaN between rings
     view = InferenceView(state=state)
+    assert state.outlines is None  # polygonized only while shown (in a worker thread)
     state.show_polygons = True
+    assert state.outlines is polygons
     path = _class_map(view)[1].get(2)
     assert isinstance(path, hv.Path) and len(path) == 1  # one NaN-separated path
+    state.show_polygons = False
+    assert state.outlines is None and len(_class_map(view)[1].get(2)) == 0
 
 
 def test_a_second_run_while_one_is_in_flight_does_nothing(state):

@@ -112,6 +112,8 @@ def test_page_renders_air_gapped_without_errors(visit):
 
 
 def test_run_inference_from_the_page_updates_map_and_figures(visit):
+    import geopandas as gpd
+
     page = visit.page
     page.locator(".bk-tab", has_text="Predict & optimise").click()
     page.get_by_text("Press Run inference").wait_for(timeout=30_000)  # no map yet
@@ -123,9 +125,19 @@ def test_run_inference_from_the_page_updates_map_and_figures(visit):
     model_mb = page.get_by_text(re.compile(r"^0\.\d\d MB$")).first.inner_text()
     assert page.get_by_text("Press Run inference").is_hidden()  # the class map replaced it
     assert page.get_by_text("Predicted classes").first.is_visible()
+    before = _pixels(_map(page))
+    checkboxes = page.locator("input[type=checkbox]")  # "Tile grid", "Class polygons"
+    checkboxes.nth(1).check()  # polygonized in a worker thread, then drawn
+    page.wait_for_timeout(2500)
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name="Download polygons (GeoPackage)").click()
+    polygons = gpd.read_file(download.value.path())
     page.wait_for_timeout(1500)
     visit.shot("inference.png")
     assert visit.errors == []
+    assert len(polygons) > 0 and polygons.crs.to_epsg() == 32719
+    after = _pixels(_map(page))
+    assert after.shape == before.shape and (after != before).any(-1).mean() > 0.005  # outlines
     assert float(agreement.inner_text().split()[0]) >= 98.0
     assert float(model_mb.split()[0]) < 0.2  # the INT8 model, not FP32's 0.48 MB
 
@@ -151,15 +163,19 @@ def test_drift_slider_changes_the_shown_date(visit):
     assert before != after and before[:10] < after[:10]  # a later date is shown
 
 
-def _painted(locator) -> float:
-    """Share of a figure's screenshot that is not page-white: ~0 for a blank map."""
+def _pixels(locator):
+    """A figure's screenshot as an (h, w, 3) int array."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    pixels = np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB"), dtype=int)
-    return float((np.abs(pixels - 255).sum(axis=-1) > 30).mean())
+    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB"), dtype=int)
+
+
+def _painted(locator) -> float:
+    """Share of a figure's screenshot that is not page-white: ~0 for a blank map."""
+    return float((abs(_pixels(locator) - 255).sum(axis=-1) > 30).mean())
 
 
 def _map(page):
