@@ -16,6 +16,15 @@ from rasterio.windows import Window
 from shapely.geometry import Polygon
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _measurements_cached_per_run(tmp_path_factory):
+    """What Seamline caches per machine (measured model geometry) goes to a folder of this
+    run, so no test reads a cache an earlier run left (subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEAMLINE_CACHE_DIR", str(tmp_path_factory.mktemp("seamline-cache")))
+        yield
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

@@ -41,6 +41,7 @@ from seamline.core.errors import (
     SeamlineError,
     UntrustedModelError,
 )
+from seamline.core.models.geometry import cached_geometry
 from seamline.core.models.onnx import OnnxModule
 from seamline.core.models.registry import TORCH_PRECISIONS, builtin_model_path
 from seamline.core.prepare.bandstats import BandStats, band_order
@@ -193,7 +194,10 @@ def _first_conv_in_channels(module: nn.Module) -> int | None:
     return None
 
 
-def _from_module(module: nn.Module, meta: dict) -> SegmentationModel:
+def _from_module(
+    module: nn.Module, meta: dict, *, source: bytes | None = None
+) -> SegmentationModel:
+    module = eval_mode(module)
     bands = meta.get("bands")
     if bands is None:
         count = meta.get("band_count") or _first_conv_in_channels(module)
@@ -204,10 +208,12 @@ def _from_module(module: nn.Module, meta: dict) -> SegmentationModel:
         bands = [f"band_{i + 1}" for i in range(count)]
     classes = meta.get("classes") or [f"class_{i}" for i in range(meta.get("class_count", 0))]
     stats = BandStats.from_dict(meta["stats"]) if meta.get("stats") else None
+    if meta.get("receptive_radius") is None:
+        meta = _with_geometry(module, meta, len(bands), source)
     known = {"name", "bands", "classes", "colors", "stats", "align", "receptive_radius",
              "precision"}
     return SegmentationModel(
-        module=eval_mode(module),
+        module=module,
         bands=tuple(bands),
         classes=tuple(classes),
         colors=tuple(meta.get("colors") or ()),
@@ -218,6 +224,22 @@ def _from_module(module: nn.Module, meta: dict) -> SegmentationModel:
         precision=meta.get("precision", "fp32"),
         metadata={k: v for k, v in meta.items() if k not in known},
     )
+
+
+def _with_geometry(module, meta: dict, bands: int, source: bytes | None) -> dict:
+    """``meta`` completed with the model's measured geometry (receptive field, alignment,
+    non-local layers; seamline.core.models.geometry), unless the model cannot run the probe
+    tile (e.g. a ``.pt2`` exported at another fixed size)."""
+    try:
+        geometry = cached_geometry(module, bands, source=source)
+    except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
+        return meta
+    measured = {"geometry": geometry.to_dict()}
+    if geometry.bounded:
+        measured["receptive_radius"] = geometry.receptive_radius
+    if meta.get("align") is None and getattr(module, "align", None) is None:
+        measured["align"] = geometry.align or 1
+    return {**meta, **measured}
 
 
 def load_model(
@@ -261,7 +283,7 @@ def load_model(
             "check that it matches its class and sidecar."
         ) from None
     meta.setdefault("name", str(spec) if builtin_model_path(str(spec)) else path.stem)
-    return _from_module(module, meta)
+    return _from_module(module, meta, source=path.read_bytes())
 
 
 def save_model(model: SegmentationModel, path: str | os.PathLike, *, model_class: str) -> Path:

@@ -1,0 +1,190 @@
+"""What tiling a model depends on, measured from the model itself when its description does
+not state it (issue #18, docs/architecture.md "models/"):
+
+- **alignment**: the smallest shift of the input that shifts the output by the same amount
+  (a U-Net that downsamples 8x is equivariant to shifts of 8 px only);
+- **receptive field**: how far one input pixel reaches into the output, as the impulse
+  response of one probe tile (the radius that holds all but ``tolerance`` of it, and the
+  radius where it stops altogether);
+- **non-local layers**: normalisation over the tile, attention and global pooling make every
+  output pixel depend on the whole tile, so no overlap makes tiling exact.
+
+Impulse responses need forward passes only, so the same probe measures eager modules,
+``torch.export`` programs and ONNX models alike. Written here because no library measures
+this for an arbitrary model (MONAI and segmentation-models-pytorch take the overlap as given).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["CACHE_ENV", "ModelGeometry", "cache_dir", "cached_geometry", "measure_geometry",
+           "non_local_layers"]  # fmt: skip
+
+CACHE_ENV = "SEAMLINE_CACHE_DIR"
+
+ALIGNMENTS = (1, 2, 4, 8, 16, 32, 64)
+NON_LOCAL_MODULES = (
+    nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+    nn.MultiheadAttention, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+)  # fmt: skip
+NON_LOCAL_OPS = (
+    "group_norm", "layer_norm", "instance_norm", "scaled_dot_product_attention",
+    "multi_head_attention", "adaptive_avg_pool", "adaptive_max_pool",
+)  # fmt: skip
+"""Operator names (in a ``torch.export`` graph) whose output depends on the whole tile."""
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """A model's tiling geometry, as measured on a ``probe`` x ``probe`` tile."""
+
+    align: int | None
+    """The input shift the output follows; None when no shift up to 64 px reproduces it."""
+    receptive_radius: int
+    """Pixels around an input pixel holding all but ``tolerance`` of its impulse response."""
+    reach: int
+    """Pixels around an input pixel where its impulse response stops altogether."""
+    non_local: tuple[str, ...]
+    """Layers whose output depends on the whole tile (then no overlap tiles exactly)."""
+    probe: int
+    tolerance: float
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the impulse response stops inside the probe tile (a local model)."""
+        return not self.non_local and self.reach < self.probe // 2 - 1
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields (for a cache file or a sidecar)."""
+        return asdict(self) | {"non_local": list(self.non_local)}
+
+
+def non_local_layers(module: nn.Module) -> tuple[str, ...]:
+    """Names of the layers of ``module`` that make its output depend on the whole tile:
+    module types for an eager model, operator names for a ``torch.export`` graph."""
+    found = [
+        f"{name or type(module).__name__} ({type(layer).__name__})"
+        for name, layer in module.named_modules()
+        if isinstance(layer, NON_LOCAL_MODULES)
+    ]
+    graph = getattr(module, "graph", None)
+    if graph is not None:
+        targets = {str(node.target) for node in graph.nodes if node.op == "call_function"}
+        found += sorted(t for t in targets if any(op in t for op in NON_LOCAL_OPS))
+    return tuple(found)
+
+
+def _forward(module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return module(x).float()
+
+
+def _alignment(module, x: torch.Tensor, margin: int, atol: float) -> int | None:
+    """The smallest shift ``a`` for which ``f(shift(x, a)) == shift(f(x), a)`` away from the
+    tile edges (``margin`` px)."""
+    size = x.shape[-1] - ALIGNMENTS[-1]
+    base = _forward(module, x[..., :size, :size])
+    for a in ALIGNMENTS:
+        shifted = _forward(module, x[..., a : a + size, a : a + size])
+        inner = slice(margin, size - margin - a)
+        outer = slice(margin + a, size - margin)
+        if torch.allclose(shifted[..., inner, inner], base[..., outer, outer], atol=atol):
+            return a
+    return None
+
+
+def _impulse_radii(module, x: torch.Tensor, tolerance: float) -> tuple[int, int]:
+    """Radii around the centre pixel that hold all but ``tolerance`` of the output change an
+    impulse there causes, and that hold all of it."""
+    size = x.shape[-1]
+    c = size // 2
+    kicked = x.clone()
+    kicked[..., c, c] += 4.0  # four baseline standard deviations on every band
+    change = (_forward(module, kicked) - _forward(module, x)).abs().sum(dim=(0, 1)).numpy()
+    rows, cols = np.indices(change.shape)
+    distance = np.maximum(abs(rows - c), abs(cols - c))  # Chebyshev: square tiles
+    by_radius = np.bincount(distance.ravel(), weights=change.ravel().astype(np.float64))
+    total = by_radius.sum()
+    if total == 0:  # the impulse changed nothing (e.g. a saturated or constant model)
+        return 0, 0
+    held = np.cumsum(by_radius) / total
+    effective = int(np.searchsorted(held, 1.0 - tolerance))
+    reach = int(np.nonzero(by_radius > total * 1e-9)[0].max())
+    return effective, reach
+
+
+def measure_geometry(
+    module, bands: int, *, probe: int = 256, tolerance: float = 1e-3, seed: int = 0
+) -> ModelGeometry:
+    """Measure ``module``'s alignment, receptive field and non-local layers on one random
+    ``(1, bands, probe, probe)`` tile (z-scored values, as the model sees them); about 10
+    forward passes of that tile.
+
+    ``tolerance`` is the share of an impulse response allowed outside ``receptive_radius``;
+    tiling with an overlap that covers that radius is exact to about that share.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, bands, probe + ALIGNMENTS[-1], probe + ALIGNMENTS[-1], generator=generator)
+    effective, reach = _impulse_radii(module, x[..., :probe, :probe], tolerance)
+    margin = min(reach + 1, probe // 4)
+    align = _alignment(module, x, margin, atol=1e-4)
+    return ModelGeometry(
+        align=align,
+        receptive_radius=effective,
+        reach=reach,
+        non_local=non_local_layers(module) if isinstance(module, nn.Module) else (),
+        probe=probe,
+        tolerance=tolerance,
+    )
+
+
+def cache_dir() -> Path:
+    """Where Seamline keeps what it measured or built once per machine: ``$SEAMLINE_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/seamline``, else ``~/.cache/seamline``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seamline"
+
+
+def _fingerprint(module, source: bytes | None) -> str:
+    """The model's identity: its file's bytes, else its weights (names, shapes, values)."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    if source is not None:
+        digest.update(source)
+        return digest.hexdigest()
+    digest.update(type(module).__qualname__.encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_geometry(module, bands: int, *, source: bytes | None = None) -> ModelGeometry:
+    """:func:`measure_geometry`, measured once per model and machine: kept as JSON under
+    :func:`cache_dir`, keyed by the model file's bytes (``source``) or its weights. A cache
+    that cannot be written (read-only home) only costs a measurement per load."""
+    path = cache_dir() / "geometry" / f"{_fingerprint(module, source)}-{bands}.json"
+    try:
+        fields = json.loads(path.read_text())
+        return ModelGeometry(**fields | {"non_local": tuple(fields["non_local"])})
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    geometry = measure_geometry(module, bands)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        partial.write_text(json.dumps(geometry.to_dict()))
+        partial.replace(path)  # atomic: a concurrent reader sees all of it or nothing
+    except OSError:
+        pass
+    return geometry
