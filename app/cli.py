@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +28,7 @@ from seamline.app.cli_args import (
     add_trust_model_flag,
 )
 from seamline.core.data.files import quiet_undecodable_gdal_messages
-from seamline.core.errors import InvalidArgumentError, SeamlineError
+from seamline.core.errors import InvalidArgumentError, SeamlineError, SeamlineWarning
 from seamline.core.models.registry import PRECISIONS, builtin_model_path
 
 if TYPE_CHECKING:
@@ -327,7 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-class", help="package.module:Class for a state dict")
     add_trust_model_flag(p)
     p.add_argument("--tile-size", type=int, default=512)
-    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument(
+        "--overlap",
+        type=int,
+        help="pixels shared by neighbouring tiles (default: what covers the model's receptive "
+        "field: 2x its radius for crop, 4x for the weighted blends)",
+    )
     p.add_argument("--blend", default="cosine", help="crop, linear, cosine or gaussian")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per forward pass; default 1 on CPU (measured fastest: the "
@@ -423,13 +429,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str, default: Callable) -> Callable:
+    """A ``warnings.showwarning`` that prints Seamline's own warnings as one line."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, SeamlineWarning):
+            print(f"seamline {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seamline`` console script."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     quiet_undecodable_gdal_messages()
     try:
-        func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+            func(args)
     except SeamlineError as exc:
         print(f"seamline {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

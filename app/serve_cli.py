@@ -137,7 +137,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="allowed pixel types, comma-separated (default: 8 to 32-bit integers, "
                    "float32, float64)")
     p.add_argument("--tile-size", type=int, default=512, help="default tile side per request")
-    p.add_argument("--overlap", type=int, default=64, help="default tile overlap per request")
+    p.add_argument("--overlap", type=int,
+                   help="default tile overlap per request (default: covers the model's "
+                   "receptive field)")  # fmt: skip
     p.add_argument("--blend", default="cosine", help="default blend: crop, linear, cosine or "
                    "gaussian")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning",

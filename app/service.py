@@ -49,6 +49,7 @@ from seamline.core.data.limits import DEFAULT_BUDGET, RASTER_FIX, InputBudget
 from seamline.core.errors import InvalidArgumentError, SeamlineError, SizeLimitError
 from seamline.core.hardware import no_huge_page_advice
 from seamline.core.models.modelio import SegmentationModel
+from seamline.core.predict.overlap import choose_overlap
 from seamline.core.predict.scene import predict_scene
 from seamline.core.predict.tiling import Blend, predict_tiled
 
@@ -177,7 +178,7 @@ def create_app(
     budget: InputBudget = DEFAULT_BUDGET,
     token: str | None = None,
     tile_size: int = 512,
-    overlap: int = 64,
+    overlap: int | None = None,
     blend: str = "cosine",
     trust_model: bool = False,
 ) -> FastAPI:
@@ -198,19 +199,21 @@ def create_app(
         (401 otherwise). See :func:`seamline.app.serve_cli.resolve_token` for where it comes from.
     tile_size, overlap, blend
         Tiling used when a request does not set ``tile_size``, ``overlap`` or ``blend``
-        (at most :data:`MAX_TILE_SIZE`, overlap at most half the tile).
+        (at most :data:`MAX_TILE_SIZE`, overlap at most half the tile; default overlap: the
+        one that covers the model's receptive field).
     trust_model
         Allow model files whose loading runs code (see
         :func:`seamline.core.models.modelio.load_model`).
 
     Raises :class:`seamline.core.errors.SeamlineError` (a bad model or option) before serving.
     """
-    defaults = {"tile_size": tile_size, "overlap": overlap, "blend": Blend.parse(blend)}
-    _check_tiling(defaults)
+    defaults = {"tile_size": tile_size, "overlap": overlap or 0, "blend": Blend.parse(blend)}
+    _check_tiling(defaults)  # before the model loads: a bad option fails fast
     quiet_undecodable_gdal_messages()
     no_huge_page_advice()  # steady latency: see its docstring
     digest = hashlib.sha256(token.encode()).digest() if token else None
     ready = MODELS.get(model, precision=precision, device="cpu", trust_model=trust_model)
+    defaults["overlap"] = choose_overlap(ready, tile_size, blend, overlap)
     _warm(ready, tile_size)
     metrics = _Metrics()
     workers: dict[str, ThreadPoolExecutor] = {}

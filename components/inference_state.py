@@ -21,6 +21,7 @@ import torch
 import xarray as xr
 
 from seamline.core.errors import SeamlineError
+from seamline.core.predict.overlap import plan_overlap
 from seamline.core.predict.tiling import Blend, TileGrid
 from seamline.core.serve.cache import ModelCache
 from seamline.core.serve.runs import RunResult, RunSettings, run_inference
@@ -101,6 +102,7 @@ class InferenceState(param.Parameterized):
         default=None, allow_None=True, doc="Seconds of the FP32 reference run, if one ran."
     )
     message = param.String(default="")
+    seams = param.String(default="", doc="Why tiles may show seams with these choices.")
 
     def __init__(self, cache: ModelCache, **params) -> None:
         super().__init__(**params)
@@ -110,10 +112,33 @@ class InferenceState(param.Parameterized):
         self._progress_at = 0.0
         self._cancel = threading.Event()
         self._started = 0.0
+        self._auto_overlap = None if "overlap" not in params else -1
+        if "overlap" not in params:
+            self._covering_overlap()
+        self._seam_check()
 
     def settings(self) -> RunSettings:
         """The current choices as a plain, hashable value."""
         return RunSettings(**{name: getattr(self, name) for name in SETTINGS})
+
+    @param.depends("model", watch=True)
+    def _covering_overlap(self) -> None:
+        """Start each model at the overlap that covers its receptive field (tiles agree with
+        an untiled run); the person may change it, and hears why when that shows seams."""
+        overlap, _ = plan_overlap(self.cache.get(self.model), self.tile_size, self.blend)
+        self._auto_overlap = min(overlap, self.param.overlap.bounds[1])
+        self.overlap = self._auto_overlap
+
+    @param.depends("tile_size", "blend", watch=True)
+    def _follow_tiling(self) -> None:
+        """The covering overlap follows the tile size and blend until the person sets one."""
+        if self.overlap == self._auto_overlap:
+            self._covering_overlap()
+
+    @param.depends("model", "tile_size", "blend", "overlap", watch=True)
+    def _seam_check(self) -> None:
+        model = self.cache.get(self.model)
+        self.seams = " ".join(plan_overlap(model, self.tile_size, self.blend, self.overlap)[1])
 
     @param.depends("scene", "model", watch=True)
     def _new_scene(self) -> None:

@@ -205,6 +205,9 @@ class InferenceView(pn.viewable.Viewer):
             pn.pane.Alert(
                 state.param.message, alert_type="danger", visible=pn.bind(bool, state.param.message)
             ),
+            pn.pane.Alert(
+                state.param.seams, alert_type="warning", visible=pn.bind(bool, state.param.seams)
+            ),
             sizing_mode="stretch_width",
         )
 

@@ -12,6 +12,11 @@ class SeamlineError(Exception):
     """Base class: a user-facing problem with a one-sentence explanation."""
 
 
+class SeamlineWarning(UserWarning):
+    """Base class: work goes on, but the result is not what the user may expect (one
+    sentence, shown by the CLI as ``seamline COMMAND: warning: ...``)."""
+
+
 class InputFileError(SeamlineError, FileNotFoundError):
     """A file to read is missing, unreadable or not in a format Seamline understands."""
 

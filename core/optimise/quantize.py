@@ -33,7 +33,12 @@ import xarray as xr
 from torch import nn
 
 from seamline.core.data.files import atomic_path
-from seamline.core.errors import BandMismatchError, InvalidArgumentError, SeamlineError
+from seamline.core.errors import (
+    BandMismatchError,
+    InvalidArgumentError,
+    SeamlineError,
+    SeamlineWarning,
+)
 from seamline.core.hardware import cpu_info
 from seamline.core.models.modelio import SegmentationModel, check_bands, eval_mode
 from seamline.core.models.onnx import OnnxModule
@@ -53,7 +58,7 @@ INT8_OPS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGe
 """ONNX Runtime kernels that compute in integers; a quantized graph must contain them."""
 _WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _EXPORT_SIZE = 64  # tile side used to trace the model; H, W and batch stay dynamic
-class QuantizationWarning(UserWarning):
+class QuantizationWarning(SeamlineWarning):
     """Part or all of a model stays FP32 because a layer cannot be quantized."""
 
 

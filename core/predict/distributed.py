@@ -46,6 +46,7 @@ from seamline.core.predict.file import (
     summary,
     write_blocks,
 )
+from seamline.core.predict.overlap import choose_overlap
 from seamline.core.predict.tiling import Blend, TileGrid
 from seamline.core.prepare.scene import align_aoi
 
@@ -104,7 +105,7 @@ def predict_chunked(
     *,
     probabilities: bool = False,
     tile_size: int = 512,
-    overlap: int = 64,
+    overlap: int | None = None,
     blend: str = "cosine",
     batch_size: int = 1,
     device: str = "cpu",
@@ -125,6 +126,7 @@ def predict_chunked(
     A scene with no valid pixel gives an all-nodata result.
     """
     model = load_model(model)
+    overlap = choose_overlap(model, tile_size, blend, overlap)
     check_bands(model, scene)  # blocks pick the model's bands by name
     height, width = scene.sizes["y"], scene.sizes["x"]
     TileGrid(height, width, tile_size, overlap, Blend.parse(blend), model.align)  # validates

@@ -35,6 +35,7 @@ from seamline.core.predict.blocks import (
     predict_block,
     scene_meta,
 )
+from seamline.core.predict.overlap import choose_overlap
 from seamline.core.prepare.scene import align_aoi, crop_to_aoi
 
 __all__ = ["predict_file", "output_raster", "write_blocks", "open_for_prediction", "summary"]
@@ -153,10 +154,14 @@ def predict_file(
 
     Each ``block_size`` block is read with a halo of ``max(overlap, receptive radius)``
     pixels, so blocks agree with a whole-raster run. ``tiling`` goes to
-    :func:`seamline.core.predict.tiling.predict_tiled`. Returns a summary: tiles, blocks,
-    shape, seconds.
+    :func:`seamline.core.predict.tiling.predict_tiled`; without ``overlap``, the one that
+    covers the model's receptive field (:func:`~.overlap.choose_overlap`). Returns a
+    summary: tiles, blocks, shape, seconds.
     """
     model = load_model(model)
+    tiling["overlap"] = choose_overlap(
+        model, tiling.get("tile_size", 512), tiling.get("blend", "cosine"), tiling.get("overlap")
+    )
     check_output_path(output_path)
     if block_size % model.align:
         raise InvalidArgumentError(
@@ -166,7 +171,7 @@ def predict_file(
     height, width = scene.sizes["y"], scene.sizes["x"]
     grid = BlockGrid.for_model(height, width, model, block_size,
                                tile_size=tiling.get("tile_size", 512),
-                               overlap=tiling.get("overlap", 64))  # fmt: skip
+                               overlap=tiling["overlap"])  # fmt: skip
     geometries = None if aoi is None else list(aoi.geometry)
     meta = scene_meta(scene)
     timer = TileTimer()

@@ -11,6 +11,7 @@ from seamline.core.data.io import valid_mask
 from seamline.core.errors import NoDataError
 from seamline.core.models.modelio import SegmentationModel, load_model
 from seamline.core.predict.blocks import as_prediction, model_input, to_output
+from seamline.core.predict.overlap import choose_overlap
 from seamline.core.predict.tiling import predict_tiled
 
 __all__ = ["predict_scene"]
@@ -22,7 +23,7 @@ def predict_scene(
     *,
     probabilities: bool = False,
     tile_size: int = 512,
-    overlap: int = 64,
+    overlap: int | None = None,
     blend: str = "cosine",
     batch_size: int = 8,
     device: str = "auto",
@@ -34,7 +35,8 @@ def predict_scene(
     The scene may be raw (it is then normalised with the model's baseline statistics) or
     already prepared. Returns ``(y, x)`` uint8 class ids with nodata 255, or with
     ``probabilities=True`` a ``(class, y, x)`` float32 softmax with NaN nodata. Tiling
-    arguments are those of :func:`seamline.core.predict.tiling.predict_tiled`.
+    arguments are those of :func:`seamline.core.predict.tiling.predict_tiled`; the default
+    ``overlap`` covers the model's receptive field (:func:`~.overlap.choose_overlap`).
 
     A dask-backed scene (``open_raster(path, chunks=...)``) gives a lazy result computed chunk
     by chunk on the active dask scheduler: see
@@ -48,6 +50,7 @@ def predict_scene(
             blend=blend, batch_size=batch_size, device=device,
         )  # fmt: skip
     model = load_model(model)
+    overlap = choose_overlap(model, tile_size, blend, overlap)
     x = model_input(model, scene)
     valid = valid_mask(scene)
     if not valid.any():

@@ -1,0 +1,58 @@
+"""The default overlap covers the model's receptive field, and one that cannot is a warning
+(issue #18): tiling is then exact to the measured field's tolerance."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from seamline import load_model, predict_scene
+from seamline.app.cli import main
+from seamline.core.data.io import write_raster
+from seamline.core.demo.synthetic import make_scene
+from seamline.core.predict.overlap import SeamWarning, choose_overlap, covering_overlap
+
+
+def test_covering_overlap_is_twice_the_radius_for_crop_and_four_times_for_blends():
+    assert covering_overlap(22, "crop") == 44 and covering_overlap(22, "cosine") == 88
+    assert covering_overlap(3, "gaussian", align=8) == 16  # rounded up to the stride
+
+
+def test_the_demo_model_gets_an_overlap_that_covers_its_field(recwarn):
+    demo = load_model("demo")  # receptive radius 22 px, stride 4
+    assert choose_overlap(demo, 512, "cosine") == 88
+    assert choose_overlap(demo, 512, "crop") == 44
+    assert not [w for w in recwarn if issubclass(w.category, SeamWarning)]
+    with pytest.warns(SeamWarning, match="tile size of at least 176"):
+        assert choose_overlap(demo, 128, "cosine") == 64  # at most half a tile
+    with pytest.warns(SeamWarning, match="receptive radius of 22 px .* needs 88 px"):
+        assert choose_overlap(demo, 512, "cosine", 32) == 32  # the user's choice stays
+
+
+def test_default_tiling_equals_one_untiled_pass():
+    """The demo at its default overlap, tiled 256 px over 512^2, against one 512 px tile."""
+    scene = make_scene(512, 512, seed=3)[0]
+    demo = load_model("demo")
+    tiled = predict_scene(demo, scene, tile_size=256, probabilities=True).values
+    whole = predict_scene(demo, scene, tile_size=512, probabilities=True).values
+    assert np.abs(tiled - whole).max() < 1e-6  # measured: 2.4e-07 (32 px overlap: 1.5e-03)
+
+
+def test_a_model_that_sees_the_whole_tile_is_named_whatever_the_overlap():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.InstanceNorm2d(8), nn.Conv2d(8, 3, 1))
+    model = load_model(net.eval())
+    assert model.receptive_radius is None  # no bounded field to cover
+    with pytest.warns(SeamWarning, match=r"see the whole tile \(1 \(InstanceNorm2d\)\)"):
+        assert choose_overlap(model, 256, "cosine") == 64
+
+
+def test_the_cli_warns_in_one_line_and_goes_on(tmp_path, capsys):
+    scene = write_raster(make_scene(96, 96, seed=1)[0], tmp_path / "s.tif")
+    out = tmp_path / "classes.tif"
+    code = main(["predict", str(scene), str(out), "--tile-size", "64", "--overlap", "8"])
+    err = capsys.readouterr().err
+    assert code == 0 and out.exists()
+    warning = [line for line in err.splitlines() if line.startswith("seamline predict: warning:")]
+    assert len(warning) == 1 and "An overlap of 8 px does not cover" in warning[0]
+    assert "SeamWarning" not in err and ".py:" not in err  # one sentence, no source line
