@@ -150,25 +150,32 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
         raise InvalidArgumentError(
             "--out saves an INT8 model; a BF16 model is the FP32 one run with --precision bf16."
         )
+    from seamline.core.data.files import check_output_path
+    from seamline.core.data.io import open_raster
+    from seamline.core.models.modelio import load_model
+
+    if args.out is not None:
+        check_output_path(args.out)  # before minutes of work, not after
     cache = new_cache()
-    fp32 = cache.get(args.model, trust_model=args.trust_model)
+    fp32 = load_model(args.model, model_class=args.model_class, trust_model=args.trust_model)
     calibration = None
     if args.calibration:
-        from seamline.core.data.io import open_raster
-
-        scene = open_raster(args.calibration)
+        scene = open_raster(args.calibration, band_names=args.band_names)
         calibration = lambda _model: scene  # noqa: E731
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")  # the exporters' own chatter
         warnings.simplefilter("always", QuantizationWarning)
-        optimised = cache.get(args.model, precision=args.precision, calibration=calibration,
-                              trust_model=args.trust_model)
+        optimised = cache.get(fp32, precision=args.precision, calibration=calibration)
     for warning in caught:
         print(f"seamline quantize: warning: {warning.message}", file=sys.stderr)
     if optimised.precision != args.precision:
         raise InvalidArgumentError(f"Model {fp32.name!r} could not be made {args.precision}.")
-    # Agreement and mIoU need labelled scenes: the demo model's held-out ones.
-    evaluation = held_out_scenes() if args.model == DEFAULT_MODEL else None
+    # Agreement on the user's scenes (--evaluate, else the calibration scene); mIoU needs
+    # labelled scenes: the demo model's held-out ones.
+    scenes = args.evaluate or ([args.calibration] if args.calibration else [])
+    evaluation = [(open_raster(path, band_names=args.band_names).load(), None) for path in scenes]
+    if not evaluation and args.model == DEFAULT_MODEL:
+        evaluation = held_out_scenes()
     report = quantization_report(fp32, optimised, tile_size=args.tile_size,
                                  batch_size=args.batch_size, runs=args.runs,
                                  evaluation=evaluation)  # fmt: skip
@@ -327,7 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
     p.add_argument("--model-class", help="package.module:Class for a state dict")
     add_trust_model_flag(p)
-    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        help="tile side in pixels (default: 512, or the size a .pt2 was exported for)",
+    )
     p.add_argument(
         "--overlap",
         type=int,
@@ -368,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", metavar="SCENE",
                    help="calibrate on tiles of this scene (default: synthetic scenes in the "
                    "demo bands)")
+    p.add_argument("--model-class", help="package.module:Class for a state dict")
+    p.add_argument("--band-names", type=_band_list, help="comma-separated names, one per band")
+    p.add_argument("--evaluate", action="append", metavar="SCENE",
+                   help="measure agreement with FP32 on this scene (repeatable; default: the "
+                   "calibration scene, or the demo's labelled held-out scenes)")  # fmt: skip
     p.add_argument("--out", metavar="PATH.onnx", help="save the INT8 model (+ .json sidecar)")
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)

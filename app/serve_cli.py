@@ -100,9 +100,15 @@ def _cmd_serve_api(args: argparse.Namespace) -> None:
 
     from seamline.app.service import create_app
 
+    calibration = None
+    if args.calibration:
+        from seamline.core.data.io import open_raster
+
+        calibration = open_raster(args.calibration).load()
     app = create_app(args.model, precision=args.precision, tile_size=args.tile_size,
                      overlap=args.overlap, blend=args.blend, budget=budget,
-                     token=token, trust_model=args.trust_model)  # fmt: skip
+                     token=token, trust_model=args.trust_model,
+                     calibration=calibration)  # fmt: skip
     # The access log has the method, path and status, never the headers (nor the token).
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 server_header=False)  # fmt: skip
@@ -126,8 +132,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
     p.add_argument("--precision", choices=PRECISIONS, default="int8",
-                   help="int8 (default) quantizes once at startup, calibrated on synthetic "
-                   "scenes in the demo bands")
+                   help="int8 (default) quantizes once at startup, calibrated on "
+                   "--calibration (the demo model: on synthetic scenes)")
+    p.add_argument("--calibration", metavar="SCENE",
+                   help="a scene of the data the model will serve, with its bands: INT8 "
+                   "calibrates on tiles of it (required for int8 unless the model is the demo)")
     p.add_argument("--max-bytes", type=int, help="largest upload in bytes (default 64 MiB)")
     p.add_argument("--max-pixels", type=int,
                    help="largest scene in values, width x height x bands (default "
@@ -136,7 +145,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtypes", metavar="TYPES",
                    help="allowed pixel types, comma-separated (default: 8 to 32-bit integers, "
                    "float32, float64)")
-    p.add_argument("--tile-size", type=int, default=512, help="default tile side per request")
+    p.add_argument(
+        "--tile-size", type=int, help="default tile side per request (default: the model's, or 512)"
+    )
     p.add_argument("--overlap", type=int,
                    help="default tile overlap per request (default: covers the model's "
                    "receptive field)")  # fmt: skip

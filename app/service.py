@@ -49,7 +49,7 @@ from seamline.core.data.limits import DEFAULT_BUDGET, RASTER_FIX, InputBudget
 from seamline.core.errors import InvalidArgumentError, SeamlineError, SizeLimitError
 from seamline.core.hardware import no_huge_page_advice
 from seamline.core.models.modelio import SegmentationModel
-from seamline.core.predict.overlap import choose_overlap
+from seamline.core.predict.plan import DEFAULT_TILE_SIZE, choose_overlap, choose_tile_size
 from seamline.core.predict.scene import predict_scene
 from seamline.core.predict.tiling import Blend, predict_tiled
 
@@ -177,10 +177,11 @@ def create_app(
     precision: str = "int8",
     budget: InputBudget = DEFAULT_BUDGET,
     token: str | None = None,
-    tile_size: int = 512,
+    tile_size: int | None = None,
     overlap: int | None = None,
     blend: str = "cosine",
     trust_model: bool = False,
+    calibration: xr.DataArray | None = None,
 ) -> FastAPI:
     """The prediction service as an ASGI app, with the model loaded and warmed.
 
@@ -199,20 +200,27 @@ def create_app(
         (401 otherwise). See :func:`seamline.app.serve_cli.resolve_token` for where it comes from.
     tile_size, overlap, blend
         Tiling used when a request does not set ``tile_size``, ``overlap`` or ``blend``
-        (at most :data:`MAX_TILE_SIZE`, overlap at most half the tile; default overlap: the
-        one that covers the model's receptive field).
+        (at most :data:`MAX_TILE_SIZE`, overlap at most half the tile; defaults: the
+        model's tile size, else 512, and the overlap that covers its receptive field).
     trust_model
         Allow model files whose loading runs code (see
         :func:`seamline.core.models.modelio.load_model`).
+    calibration
+        The scene INT8 is calibrated on (required for ``int8`` unless the model is the demo's).
 
     Raises :class:`seamline.core.errors.SeamlineError` (a bad model or option) before serving.
     """
-    defaults = {"tile_size": tile_size, "overlap": overlap or 0, "blend": Blend.parse(blend)}
+    defaults = {"tile_size": tile_size or DEFAULT_TILE_SIZE, "overlap": overlap or 0,
+                "blend": Blend.parse(blend)}  # fmt: skip
     _check_tiling(defaults)  # before the model loads: a bad option fails fast
     quiet_undecodable_gdal_messages()
     no_huge_page_advice()  # steady latency: see its docstring
     digest = hashlib.sha256(token.encode()).digest() if token else None
-    ready = MODELS.get(model, precision=precision, device="cpu", trust_model=trust_model)
+    ready = MODELS.get(
+        model, precision=precision, device="cpu", trust_model=trust_model,
+        calibration=None if calibration is None else lambda _model: calibration,
+    )  # fmt: skip
+    defaults["tile_size"] = tile_size = choose_tile_size(ready, tile_size)
     defaults["overlap"] = choose_overlap(ready, tile_size, blend, overlap)
     _warm(ready, tile_size)
     metrics = _Metrics()

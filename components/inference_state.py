@@ -21,7 +21,7 @@ import torch
 import xarray as xr
 
 from seamline.core.errors import SeamlineError
-from seamline.core.predict.overlap import plan_overlap
+from seamline.core.predict.plan import plan_overlap
 from seamline.core.predict.tiling import Blend, TileGrid
 from seamline.core.serve.cache import ModelCache
 from seamline.core.serve.runs import RunResult, RunSettings, run_inference

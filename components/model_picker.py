@@ -9,6 +9,7 @@ import panel as pn
 import param
 
 from seamline.core.errors import SeamlineError
+from seamline.core.models.modelio import SegmentationModel
 from seamline.core.serve.cache import ModelCache
 
 __all__ = ["ModelPicker", "model_label"]
@@ -17,6 +18,26 @@ __all__ = ["ModelPicker", "model_label"]
 def model_label(spec: str) -> str:
     """How a model is named in the page: a file by its name, a built-in model by its own."""
     return Path(spec).name if Path(spec).suffix else spec
+
+
+def model_geometry(model: SegmentationModel) -> dict[str, str]:
+    """Stride, receptive field, fixed tile and adapted output, as a person reads them: what
+    the sidecar states, or what Seamline measured on load (seamline.core.models.geometry)."""
+    measured = model.metadata.get("geometry")
+    source = " (measured)" if measured else ""
+    radius = model.receptive_radius
+    if radius is not None:
+        field = f"± {radius} px{source}"
+    elif measured and measured["non_local"]:
+        field = f"the whole tile ({measured['non_local'][0].split(' (')[-1].rstrip(')')})"
+    else:
+        field = "not stated"
+    rows = {"Stride": f"{model.align} px{source}", "Receptive field": field}
+    if model.metadata.get("tile_size"):
+        rows["Tile"] = f"{model.metadata['tile_size']} px (fixed at export)"
+    if model.metadata.get("adapted_output"):
+        rows["Output"] = model.metadata["adapted_output"]
+    return rows
 
 
 class ModelPicker(pn.viewable.Viewer):
@@ -35,18 +56,16 @@ class ModelPicker(pn.viewable.Viewer):
 
     @param.depends("model")
     def describe(self) -> dict[str, str]:
-        """Name, bands, classes, stride and receptive field of the chosen model."""
+        """Name, bands, classes and tiling geometry of the chosen model."""
         try:
             model = self.cache.get(self.model)
         except SeamlineError as exc:
             return {"Model": model_label(self.model), "Error": str(exc)}
-        radius = model.receptive_radius
         return {
             "Model": model.name,
             "Bands": f"{len(model.bands)}: {', '.join(model.bands)}",
             "Classes": f"{len(model.classes)}: {', '.join(model.classes)}",
-            "Stride": f"{model.align} px",
-            "Receptive field": "not stated" if radius is None else f"± {radius} px",
+            **model_geometry(model),
         }
 
     @param.depends("model")

@@ -27,7 +27,7 @@ from seamline.core.predict.distributed import WORKER_GDAL_CACHE, connect, predic
 from seamline.core.predict.file import predict_file
 from seamline.core.predict.scene import predict_scene
 
-# Half the overlap (24) covers the demo model's receptive radius (22): crop is exact.
+# Half the overlap (24) covers the demo model's receptive radius (23): crop is exact.
 TILING = {"tile_size": 96, "overlap": 48}
 
 

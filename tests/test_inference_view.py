@@ -327,13 +327,13 @@ def test_each_model_starts_at_the_overlap_that_covers_its_field(cache, tmp_path)
     from tests.conftest import foreign_model
 
     state = InferenceState(cache, model="demo", scene=make_scene(192, 160, seed=7)[0])
-    assert state.tile_size == 256 and state.overlap == 88 and state.seams == ""  # 4 x 22 px
+    assert state.tile_size == 256 and state.overlap == 92 and state.seams == ""  # 4 x 23 px
     state.overlap = 16
-    assert "does not cover model 'demo'" in state.seams and "needs 88 px" in state.seams
+    assert "does not cover model 'demo'" in state.seams and "needs 92 px" in state.seams
     state.model = str(foreign_model(tmp_path))  # receptive radius 3 px
     assert state.overlap == 12 and state.seams == ""
     state.overlap = 4  # the person's choice stays when the tiling changes
     state.tile_size = 128
     assert state.overlap == 4 and "needs 12 px" in state.seams
     state.model = "demo"  # a new model starts at its own covering overlap again
-    assert state.overlap == 64 and "tile size of at least 176" in state.seams
+    assert state.overlap == 64 and "tile size of at least 184" in state.seams

@@ -81,3 +81,16 @@ def test_a_big_synthetic_scene_is_made_off_the_event_loop():
     asyncio.run(main())
     assert picker.scene.shape == (6, 2048, 2048)
     assert len(ticks) > 3  # the loop kept serving while the scene was made
+
+
+def test_the_model_card_says_what_was_measured_and_adapted(tmp_path):
+    import json
+
+    from seamline.components.model_picker import model_geometry
+    from seamline.core.models.modelio import load_model
+
+    path = foreign_model(tmp_path)  # a .pt2 with dynamic H/W whose sidecar states nothing
+    path.with_suffix(".json").write_text(json.dumps({"bands": list("abcdef")}))
+    card = model_geometry(load_model(path))
+    assert card == {"Stride": "1 px (measured)", "Receptive field": "± 3 px (measured)"}
+    assert model_geometry(load_model("demo")) == {"Stride": "4 px", "Receptive field": "± 23 px"}

@@ -84,7 +84,7 @@ def test_seamlines_own_classes_and_checkpoints_need_no_trust(tmp_path):
     loaded = load_model(path).module.state_dict()
     assert all(torch.equal(loaded[name], value) for name, value in net.state_dict().items())
     with pytest.raises(InputFileError, match="not a torch.nn.Module class"):
-        load_model(path, model_class="seamline.core.demo.unet:receptive_radius")
+        load_model(path, model_class="seamline.core.demo.unet:_double_conv")  # a function
 
 
 def _pt2(tmp_path: Path, name: str = "plain.pt2", members: dict[str, bytes] | None = None) -> Path:

@@ -18,9 +18,10 @@ import xarray as xr
 from torch import nn
 
 from seamline.core.demo.synthetic import BANDS, CLASS_COLORS, CLASSES, make_scene
-from seamline.core.demo.unet import UNet, receptive_radius
+from seamline.core.demo.unet import UNet
 from seamline.core.errors import InvalidArgumentError
 from seamline.core.metrics import confusion_matrix, iou_per_class
+from seamline.core.models.geometry import measure_geometry
 from seamline.core.models.modelio import SegmentationModel, save_model
 from seamline.core.prepare.bandstats import fit_band_stats, normalise
 
@@ -57,12 +58,14 @@ def held_out_scenes(*, size: int = 512) -> Iterator[tuple[xr.DataArray, np.ndarr
 
 
 def demo_calibration(model: SegmentationModel) -> xr.DataArray:
-    """A synthetic 512 x 512 scene (a training seed, not a held-out one) for a model that
-    reads the synthetic bands, such as the demo model; other models must be given a scene."""
-    if not set(model.bands) <= set(BANDS):
+    """A synthetic 512 x 512 scene (a training seed, not a held-out one): the demo model's
+    INT8 calibration. Any other model must be given a scene of its own data (synthetic
+    scenes in the same band names say nothing of what that model will see)."""
+    if model.name != "demo":
         raise InvalidArgumentError(
-            f"Model {model.name!r} reads bands {', '.join(model.bands)}: pass a calibration "
-            "scene with them (--calibration SCENE)."
+            f"Model {model.name!r} needs a calibration scene for INT8, a scene of the data it "
+            f"will predict with its bands ({', '.join(model.bands)}): pass --calibration SCENE "
+            "(calibration= in Python)."
         )
     return make_scene(512, 512, seed=100)[0]
 
@@ -136,7 +139,7 @@ def train_demo(
     net.eval()
     model = SegmentationModel(
         module=net, bands=BANDS, classes=CLASSES, colors=tuple(CLASS_COLORS), stats=stats,
-        align=net.align, receptive_radius=receptive_radius(net, len(BANDS)), name="demo",
+        align=net.align, receptive_radius=measure_geometry(net, len(BANDS)).reach, name="demo",
         metadata={"init": {"bands": len(BANDS), "classes": len(CLASSES)},
                   "training": {"seed": seed, "steps": steps, "batch_size": batch_size,
                                "crop": crop, "scenes": len(pairs), "scene_size": scene_size}},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ConvNet", "UNet", "receptive_radius"]
+__all__ = ["ConvNet", "UNet"]
 
 
 class ConvNet(nn.Module):
@@ -82,19 +82,3 @@ class UNet(nn.Module):
             x = nn.functional.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = block(torch.cat([x, skip], dim=1))
         return self.head(x)
-
-
-def receptive_radius(model: nn.Module, bands: int, *, size: int = 256) -> int:
-    """Measured receptive-field radius in pixels: how far an input change reaches an output.
-
-    Back-propagates from the centre output pixel of a ``size x size`` input and returns the
-    largest distance from the centre at which the input gradient is non-zero.
-    """
-    was_training = model.training
-    model.eval()
-    x = torch.randn(1, bands, size, size, requires_grad=True)
-    model(x)[0, :, size // 2, size // 2].sum().backward()
-    model.train(was_training)
-    rows, cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1)) > 0, as_tuple=True)
-    centre = size // 2
-    return int(max((rows - centre).abs().max(), (cols - centre).abs().max()))

@@ -32,6 +32,8 @@ __all__ = ["CACHE_ENV", "ModelGeometry", "cache_dir", "cached_geometry", "measur
 CACHE_ENV = "SEAMLINE_CACHE_DIR"
 
 ALIGNMENTS = (1, 2, 4, 8, 16, 32, 64)
+PHASES = 8
+"""Impulses at this many diagonal offsets of the centre: every stride phase up to 8 px."""
 NON_LOCAL_MODULES = (
     nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
     nn.MultiheadAttention, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
@@ -103,22 +105,26 @@ def _alignment(module, x: torch.Tensor, margin: int, atol: float) -> int | None:
 
 
 def _impulse_radii(module, x: torch.Tensor, tolerance: float) -> tuple[int, int]:
-    """Radii around the centre pixel that hold all but ``tolerance`` of the output change an
-    impulse there causes, and that hold all of it."""
+    """Radii around an input pixel that hold all but ``tolerance`` of the output change an
+    impulse there causes, and that hold all of it: the largest over impulses at the eight
+    diagonal phases of the centre (a strided network answers each phase differently)."""
     size = x.shape[-1]
-    c = size // 2
-    kicked = x.clone()
-    kicked[..., c, c] += 4.0  # four baseline standard deviations on every band
-    change = (_forward(module, kicked) - _forward(module, x)).abs().sum(dim=(0, 1)).numpy()
-    rows, cols = np.indices(change.shape)
-    distance = np.maximum(abs(rows - c), abs(cols - c))  # Chebyshev: square tiles
-    by_radius = np.bincount(distance.ravel(), weights=change.ravel().astype(np.float64))
-    total = by_radius.sum()
-    if total == 0:  # the impulse changed nothing (e.g. a saturated or constant model)
-        return 0, 0
-    held = np.cumsum(by_radius) / total
-    effective = int(np.searchsorted(held, 1.0 - tolerance))
-    reach = int(np.nonzero(by_radius > total * 1e-9)[0].max())
+    base = _forward(module, x)
+    rows, cols = np.indices(base.shape[-2:])
+    effective = reach = 0
+    for phase in range(PHASES):
+        c = size // 2 + phase
+        kicked = x.clone()
+        kicked[..., c, c] += 4.0  # four baseline standard deviations on every band
+        change = (_forward(module, kicked) - base).abs().sum(dim=(0, 1)).numpy()
+        distance = np.maximum(abs(rows - c), abs(cols - c))  # Chebyshev: square tiles
+        by_radius = np.bincount(distance.ravel(), weights=change.ravel().astype(np.float64))
+        total = by_radius.sum()
+        if total == 0:  # the impulse changed nothing (e.g. a saturated or constant model)
+            continue
+        held = np.cumsum(by_radius) / total
+        effective = max(effective, int(np.searchsorted(held, 1.0 - tolerance)))
+        reach = max(reach, int(np.nonzero(by_radius > total * 1e-9)[0].max()))
     return effective, reach
 
 
@@ -126,7 +132,7 @@ def measure_geometry(
     module, bands: int, *, probe: int = 256, tolerance: float = 1e-3, seed: int = 0
 ) -> ModelGeometry:
     """Measure ``module``'s alignment, receptive field and non-local layers on one random
-    ``(1, bands, probe, probe)`` tile (z-scored values, as the model sees them); about 10
+    ``(1, bands, probe, probe)`` tile (z-scored values, as the model sees them); about 17
     forward passes of that tile.
 
     ``tolerance`` is the share of an impulse response allowed outside ``receptive_radius``;
@@ -169,17 +175,19 @@ def _fingerprint(module, source: bytes | None) -> str:
     return digest.hexdigest()
 
 
-def cached_geometry(module, bands: int, *, source: bytes | None = None) -> ModelGeometry:
+def cached_geometry(
+    module, bands: int, *, source: bytes | None = None, probe: int = 256
+) -> ModelGeometry:
     """:func:`measure_geometry`, measured once per model and machine: kept as JSON under
     :func:`cache_dir`, keyed by the model file's bytes (``source``) or its weights. A cache
     that cannot be written (read-only home) only costs a measurement per load."""
-    path = cache_dir() / "geometry" / f"{_fingerprint(module, source)}-{bands}.json"
+    path = cache_dir() / "geometry" / f"{_fingerprint(module, source)}-{bands}-{probe}.json"
     try:
         fields = json.loads(path.read_text())
         return ModelGeometry(**fields | {"non_local": tuple(fields["non_local"])})
     except (OSError, ValueError, TypeError, KeyError):
         pass
-    geometry = measure_geometry(module, bands)
+    geometry = measure_geometry(module, bands, probe=probe)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.part")

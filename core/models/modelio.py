@@ -25,6 +25,7 @@ import os
 import pickle
 import threading
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from unittest import mock
@@ -43,6 +44,12 @@ from seamline.core.errors import (
 )
 from seamline.core.models.geometry import cached_geometry
 from seamline.core.models.onnx import OnnxModule
+from seamline.core.models.outputs import (
+    DenseLogits,
+    OutputLayoutError,
+    dense_logits,
+    exported_tile,
+)
 from seamline.core.models.registry import TORCH_PRECISIONS, builtin_model_path
 from seamline.core.prepare.bandstats import BandStats, band_order
 
@@ -206,12 +213,14 @@ def _from_module(
                 "Cannot tell how many bands the model expects: add \"bands\" to its JSON sidecar."
             )
         bands = [f"band_{i + 1}" for i in range(count)]
-    classes = meta.get("classes") or [f"class_{i}" for i in range(meta.get("class_count", 0))]
     stats = BandStats.from_dict(meta["stats"]) if meta.get("stats") else None
+    module, meta = _as_dense_logits(module, meta, len(bands))
+    count = meta.get("class_count") or meta.get("probed_classes", 0)
+    classes = meta.get("classes") or [f"class_{i}" for i in range(count)]
     if meta.get("receptive_radius") is None:
         meta = _with_geometry(module, meta, len(bands), source)
     known = {"name", "bands", "classes", "colors", "stats", "align", "receptive_radius",
-             "precision"}
+             "precision", "probed_classes"}
     return SegmentationModel(
         module=module,
         bands=tuple(bands),
@@ -226,12 +235,32 @@ def _from_module(
     )
 
 
+def _as_dense_logits(module: nn.Module, meta: dict, bands: int) -> tuple[nn.Module, dict]:
+    """The module as one logits tensor at full resolution (seamline.core.models.outputs),
+    and ``meta`` with what was adapted; a ``torch.export`` module with static height and
+    width records that tile size. A model that cannot run the probe tile is used as it is."""
+    tile = exported_tile(module)
+    found = {"tile_size": tile} if tile else {}
+    try:
+        module, adapted, count = dense_logits(module, bands, tile=tile, key=meta.get("output"))
+        found["probed_classes"] = count
+    except OutputLayoutError as exc:
+        raise InputFileError(
+            f"Model {meta.get('name', 'model')!r} cannot be used: {exc}."
+        ) from None
+    except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
+        adapted = ""
+    if adapted:
+        found["adapted_output"] = adapted
+    return module, {**meta, **found}
+
+
 def _with_geometry(module, meta: dict, bands: int, source: bytes | None) -> dict:
     """``meta`` completed with the model's measured geometry (receptive field, alignment,
     non-local layers; seamline.core.models.geometry), unless the model cannot run the probe
     tile (e.g. a ``.pt2`` exported at another fixed size)."""
     try:
-        geometry = cached_geometry(module, bands, source=source)
+        geometry = cached_geometry(module, bands, source=source, probe=meta.get("tile_size") or 256)
     except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
         return meta
     measured = {"geometry": geometry.to_dict()}
@@ -247,9 +276,13 @@ def load_model(
     *,
     model_class: str | None = None,
     trust_model: bool = False,
+    bands: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> SegmentationModel:
     """Load a model: ``"demo"``, a ``.pt`` state dict (+ class), a ``.pt2`` archive, or a module.
 
+    ``bands`` and ``classes`` name the model's input bands and output classes (they override
+    the sidecar's; a bare module has no sidecar, and its bands are otherwise ``band_1..N``).
     ``model_class`` (``"package.module:Class"``) overrides the sidecar's for a state dict.
     ``trust_model`` allows what runs code from the file: a pickled full model, a class outside
     :mod:`seamline.core.demo.unet`, a ``.pt2`` archive with pickled objects or compiled code.
@@ -257,8 +290,9 @@ def load_model(
     """
     if isinstance(spec, SegmentationModel):
         return spec
+    named = {k: list(v) for k, v in (("bands", bands), ("classes", classes)) if v is not None}
     if isinstance(spec, nn.Module):
-        return _from_module(spec, {})
+        return _from_module(spec, named)
     path = builtin_model_path(str(spec)) or Path(spec)
     if not path.is_file():
         raise InputFileError(
@@ -266,7 +300,7 @@ def load_model(
             ".json sidecar, a torch.export .pt2 archive or a quantized .onnx model."
         )
     sidecar = path.with_suffix(".json")
-    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    meta = (json.loads(sidecar.read_text()) if sidecar.is_file() else {}) | named
     try:
         if path.suffix == ".pt2":
             module = _load_pt2(path, trust_model=trust_model)
@@ -290,7 +324,8 @@ def save_model(model: SegmentationModel, path: str | os.PathLike, *, model_class
     """Save a state dict and its JSON sidecar (atomically, sidecar last)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(model.module.state_dict(), tmp)
+        inner = model.module.module if isinstance(model.module, DenseLogits) else model.module
+        torch.save(inner.state_dict(), tmp)
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps({**model.sidecar(), "model_class": model_class}, indent=2))
     return path

@@ -130,24 +130,27 @@ def measure_latency(
 def _agreement_and_miou(
     fp32: SegmentationModel,
     other: SegmentationModel,
-    evaluation: Iterable[tuple[xr.DataArray, np.ndarray]] | None,
+    evaluation: Iterable[tuple[xr.DataArray, np.ndarray | None]] | None,
 ) -> dict:
-    """Pixel agreement of ``other`` with ``fp32`` and both mIoUs on the labelled
-    ``evaluation`` scenes (``(scene, labels)`` pairs); ``None`` without them."""
+    """Pixel agreement of ``other`` with ``fp32`` on the ``evaluation`` scenes (``(scene,
+    labels)`` pairs), and both mIoUs when every scene has labels; ``None`` without them."""
     if evaluation is None:
         return {"pixel_agreement": None, "miou_fp32": None, "miou": None}
     classes = len(fp32.classes)
     cms = np.zeros((2, classes, classes), dtype=np.int64)
     same = total = 0
+    labelled = True
     for scene, labels in evaluation:
-        a, b = (predict_scene(m, scene, tile_size=256, overlap=64, blend="crop",
-                              device="cpu").values for m in (fp32, other))  # fmt: skip
+        a, b = (predict_scene(m, scene, tile_size=256, blend="crop", device="cpu").values
+                for m in (fp32, other))  # fmt: skip
         known = a != CLASS_NODATA
-        labels = np.asarray(labels)
-        cms += [confusion_matrix(labels[known], a[known], classes),
-                confusion_matrix(labels[known], b[known], classes)]  # fmt: skip
         same, total = same + int((a[known] == b[known]).sum()), total + int(known.sum())
-    miou_fp32, miou = (float(np.nanmean(iou_per_class(cm))) for cm in cms)
+        labelled &= labels is not None
+        if labels is not None:
+            labels = np.asarray(labels)
+            cms += [confusion_matrix(labels[known], a[known], classes),
+                    confusion_matrix(labels[known], b[known], classes)]  # fmt: skip
+    miou_fp32, miou = (float(np.nanmean(iou_per_class(cm))) if labelled else None for cm in cms)
     return {"pixel_agreement": same / total, "miou_fp32": miou_fp32, "miou": miou}
 
 
@@ -162,8 +165,8 @@ def quantization_report(
 ) -> dict:
     """Size, latency, agreement and mIoU of ``optimised`` against its ``fp32`` original.
 
-    Agreement and mIoU are measured on ``evaluation``, labelled scenes as ``(scene, labels)``
-    pairs (``None`` in the report without them).
+    Agreement and mIoU are measured on ``evaluation``, scenes as ``(scene, labels)`` pairs
+    (labels ``None``: agreement only; ``None`` in the report without scenes).
 
     FP32 is timed twice: as Seamline runs it (channels-last eager) and as plain PyTorch
     eager (NCHW), the baseline most users have; ``speedup`` is against the faster one.

@@ -80,12 +80,14 @@ def _layer_of(exc: BaseException, program: torch.export.ExportedProgram) -> str:
     return f"operator {op}" if op else "an unsupported operator"
 
 
-def _export_onnx(module: nn.Module, bands: int, align: int) -> bytes:
-    """The module as ONNX bytes (BatchNorm folded, dynamic batch/height/width); a
-    ``RuntimeError`` naming the layer when an operator has no ONNX equivalent."""
-    side = max(_EXPORT_SIZE, align * 8)
+def _export_onnx(module: nn.Module, bands: int, align: int, tile: int | None = None) -> bytes:
+    """The module as ONNX bytes (BatchNorm folded, dynamic batch/height/width, or batch only
+    for a model with a fixed ``tile``); a ``RuntimeError`` naming the layer when an operator
+    has no ONNX equivalent."""
+    side = tile or max(_EXPORT_SIZE, align * 8)
     example = (torch.zeros(2, bands, side, side),)
-    dynamic = ({i: torch.export.Dim.DYNAMIC for i in (0, 2, 3)},)  # positional: any arg name
+    axes = (0,) if tile else (0, 2, 3)
+    dynamic = ({i: torch.export.Dim.DYNAMIC for i in axes},)  # positional: any arg name
     module = eval_mode(module.to(memory_format=torch.contiguous_format))  # .pt2: no .eval()
     try:
         program = torch.export.export(module, example, dynamic_shapes=dynamic)
@@ -195,8 +197,9 @@ def quantize(
         return model
     if model.precision != "fp32":
         raise InvalidArgumentError(f"quantize an fp32 model, not a {model.precision} one")
+    tile = model.metadata.get("tile_size")  # a torch.export model with a fixed tile
     tiles = (
-        calibration_tiles(calibration, model)
+        calibration_tiles(calibration, model, tile_size=tile or 256)
         if isinstance(calibration, xr.DataArray)
         else np.asarray(calibration, dtype=np.float32)
     )
@@ -207,7 +210,7 @@ def quantize(
             f"({', '.join(model.bands)})."
         )
     try:
-        fp32 = _export_onnx(model.module, len(model.bands), model.align)
+        fp32 = _export_onnx(model.module, len(model.bands), model.align, tile)
     except RuntimeError as exc:
         warnings.warn(f"Model {model.name!r} stays FP32: {exc}.", QuantizationWarning, stacklevel=2)
         return model

@@ -46,7 +46,7 @@ from seamline.core.predict.file import (
     summary,
     write_blocks,
 )
-from seamline.core.predict.overlap import choose_overlap
+from seamline.core.predict.plan import choose_overlap, choose_tile_size
 from seamline.core.predict.tiling import Blend, TileGrid
 from seamline.core.prepare.scene import align_aoi
 
@@ -104,7 +104,7 @@ def predict_chunked(
     scene: xr.DataArray,
     *,
     probabilities: bool = False,
-    tile_size: int = 512,
+    tile_size: int | None = None,
     overlap: int | None = None,
     blend: str = "cosine",
     batch_size: int = 1,
@@ -126,6 +126,7 @@ def predict_chunked(
     A scene with no valid pixel gives an all-nodata result.
     """
     model = load_model(model)
+    tile_size = choose_tile_size(model, tile_size)
     overlap = choose_overlap(model, tile_size, blend, overlap)
     check_bands(model, scene)  # blocks pick the model's bands by name
     height, width = scene.sizes["y"], scene.sizes["x"]

@@ -35,7 +35,7 @@ from seamline.core.predict.blocks import (
     predict_block,
     scene_meta,
 )
-from seamline.core.predict.overlap import choose_overlap
+from seamline.core.predict.plan import choose_overlap, choose_tile_size
 from seamline.core.prepare.scene import align_aoi, crop_to_aoi
 
 __all__ = ["predict_file", "output_raster", "write_blocks", "open_for_prediction", "summary"]
@@ -155,12 +155,13 @@ def predict_file(
     Each ``block_size`` block is read with a halo of ``max(overlap, receptive radius)``
     pixels, so blocks agree with a whole-raster run. ``tiling`` goes to
     :func:`seamline.core.predict.tiling.predict_tiled`; without ``overlap``, the one that
-    covers the model's receptive field (:func:`~.overlap.choose_overlap`). Returns a
+    covers the model's receptive field (:func:`~.plan.choose_overlap`). Returns a
     summary: tiles, blocks, shape, seconds.
     """
     model = load_model(model)
+    tiling["tile_size"] = choose_tile_size(model, tiling.get("tile_size"))
     tiling["overlap"] = choose_overlap(
-        model, tiling.get("tile_size", 512), tiling.get("blend", "cosine"), tiling.get("overlap")
+        model, tiling["tile_size"], tiling.get("blend", "cosine"), tiling.get("overlap")
     )
     check_output_path(output_path)
     if block_size % model.align:
@@ -170,7 +171,7 @@ def predict_file(
     scene, aoi = open_for_prediction(input_path, model, aoi=aoi, band_names=band_names)
     height, width = scene.sizes["y"], scene.sizes["x"]
     grid = BlockGrid.for_model(height, width, model, block_size,
-                               tile_size=tiling.get("tile_size", 512),
+                               tile_size=tiling["tile_size"],
                                overlap=tiling["overlap"])  # fmt: skip
     geometries = None if aoi is None else list(aoi.geometry)
     meta = scene_meta(scene)

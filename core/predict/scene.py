@@ -11,7 +11,7 @@ from seamline.core.data.io import valid_mask
 from seamline.core.errors import NoDataError
 from seamline.core.models.modelio import SegmentationModel, load_model
 from seamline.core.predict.blocks import as_prediction, model_input, to_output
-from seamline.core.predict.overlap import choose_overlap
+from seamline.core.predict.plan import choose_overlap, choose_tile_size
 from seamline.core.predict.tiling import predict_tiled
 
 __all__ = ["predict_scene"]
@@ -22,7 +22,7 @@ def predict_scene(
     scene: xr.DataArray,
     *,
     probabilities: bool = False,
-    tile_size: int = 512,
+    tile_size: int | None = None,
     overlap: int | None = None,
     blend: str = "cosine",
     batch_size: int = 8,
@@ -36,7 +36,8 @@ def predict_scene(
     already prepared. Returns ``(y, x)`` uint8 class ids with nodata 255, or with
     ``probabilities=True`` a ``(class, y, x)`` float32 softmax with NaN nodata. Tiling
     arguments are those of :func:`seamline.core.predict.tiling.predict_tiled`; the default
-    ``overlap`` covers the model's receptive field (:func:`~.overlap.choose_overlap`).
+    ``tile_size`` is the model's (:func:`~.plan.choose_tile_size`) and the default
+    ``overlap`` covers its receptive field (:func:`~.plan.choose_overlap`).
 
     A dask-backed scene (``open_raster(path, chunks=...)``) gives a lazy result computed chunk
     by chunk on the active dask scheduler: see
@@ -50,6 +51,7 @@ def predict_scene(
             blend=blend, batch_size=batch_size, device=device,
         )  # fmt: skip
     model = load_model(model)
+    tile_size = choose_tile_size(model, tile_size)
     overlap = choose_overlap(model, tile_size, blend, overlap)
     x = model_input(model, scene)
     valid = valid_mask(scene)

@@ -202,7 +202,7 @@ def band_order(scene: xr.DataArray, required: Sequence[str], *, by: str) -> list
     missing = [b for b in required if b not in names]
     raise BandMismatchError(
         f"The scene's bands {list(names)} lack {missing} required by {by}: "
-        "pass a scene of the matching sensor or name its bands with --band-names."
+        "pass a scene of the matching sensor or name its bands (--band-names, band_names=)."
     )
 
 

@@ -61,7 +61,7 @@ def spectral_index(scene: xr.DataArray, name: str = "ndvi") -> xr.DataArray:
         need = " and ".join(INDICES[key])
         raise BandMismatchError(
             f"{key.upper()} needs bands named {need}, but the scene has {list(names)}: "
-            "name its bands (e.g. --band-names blue,green,red,nir)."
+            "name its bands (e.g. --band-names blue,green,red,nir; band_names= in Python)."
         )
     a = np.asarray(scene.values[idx[0]], dtype=np.float32)
     b = np.asarray(scene.values[idx[1]], dtype=np.float32)

@@ -1,5 +1,7 @@
-"""How much neighbouring tiles overlap: chosen from the model's receptive field so that
-tiling is exact, and a warning when an explicit overlap cannot be (docs/architecture.md).
+"""How a scene is cut into tiles for a model: the tile size (a ``torch.export`` model
+exported for one size runs at that size) and the overlap, chosen from the model's receptive
+field so that tiling is exact, with a warning when an explicit one cannot be
+(docs/architecture.md).
 
 With ``crop`` each tile keeps its centre and discards ``overlap / 2`` px on each side; the
 weighted blends give the outer quarter of the overlap zero weight (tiling.py ``_ramp``). A
@@ -13,13 +15,17 @@ from __future__ import annotations
 import math
 import warnings
 
-from seamline.core.errors import SeamlineWarning
+from seamline.core.errors import InvalidArgumentError, SeamlineWarning
 from seamline.core.models.modelio import SegmentationModel
 from seamline.core.predict.tiling import Blend
 
 __all__ = [
-    "UNKNOWN_FIELD_OVERLAP", "SeamWarning", "choose_overlap", "covering_overlap", "plan_overlap",
+    "DEFAULT_TILE_SIZE", "UNKNOWN_FIELD_OVERLAP", "SeamWarning", "choose_overlap",
+    "choose_tile_size", "covering_overlap", "plan_overlap",
 ]  # fmt: skip
+
+DEFAULT_TILE_SIZE = 512
+"""The tile side of a model that accepts any (a multiple of its stride)."""
 
 UNKNOWN_FIELD_OVERLAP = 64
 """The overlap used when a model's receptive field is unknown (not stated, not measurable)."""
@@ -27,6 +33,24 @@ UNKNOWN_FIELD_OVERLAP = 64
 
 class SeamWarning(SeamlineWarning):
     """The tiles' overlap does not cover the model's receptive field: expect seams."""
+
+
+def choose_tile_size(model: SegmentationModel, tile_size: int | None = None) -> int:
+    """``tile_size`` if given, else the model's fixed tile (a ``torch.export`` archive with
+    static height and width) or :data:`DEFAULT_TILE_SIZE`; a size the model cannot take is
+    one sentence naming the size it was exported for."""
+    fixed = model.metadata.get("tile_size")
+    if fixed is None:
+        return DEFAULT_TILE_SIZE if tile_size is None else tile_size
+    if tile_size not in (None, fixed):
+        raise InvalidArgumentError(
+            f"Model {model.name!r} was exported for {fixed} x {fixed} px tiles (its height and "
+            f"width are static): use a tile size of {fixed} (tile_size={fixed}, --tile-size "
+            f"{fixed}), or export it with dynamic height and width "
+            "(torch.export.export(net, (x,), dynamic_shapes=({0: Dim.DYNAMIC, "
+            "2: Dim.DYNAMIC, 3: Dim.DYNAMIC},)))."
+        )
+    return fixed
 
 
 def covering_overlap(radius: int, blend: str | Blend, align: int = 1) -> int:
@@ -45,9 +69,11 @@ def plan_overlap(
     problems = []
     non_local = (model.metadata.get("geometry") or {}).get("non_local")
     if non_local:
+        more = len(non_local) - 2
+        named = ", ".join(non_local[:2]) + (f" and {more} more" if more > 0 else "")
         problems.append(
-            f"Model {model.name!r} has layers that see the whole tile ({', '.join(non_local)}): "
-            "tiles differ from an untiled run whatever the overlap; larger tiles reduce it."
+            f"Model {model.name!r} has layers that see the whole tile ({named}): tiles differ "
+            "from an untiled run whatever the overlap; larger tiles reduce it."
         )
     radius = model.receptive_radius
     if radius is None:
@@ -68,7 +94,7 @@ def plan_overlap(
 def choose_overlap(
     model: SegmentationModel, tile_size: int, blend: str | Blend, overlap: int | None = None
 ) -> int:
-    """:func:`plan_overlap`'s overlap; its reasons for seams are :class:`SeamWarning`\ s."""
+    """:func:`plan_overlap`'s overlap, warning (:class:`SeamWarning`) each reason for seams."""
     chosen, problems = plan_overlap(model, tile_size, blend, overlap)
     for problem in problems:
         warnings.warn(problem, SeamWarning, stacklevel=3)

@@ -10,7 +10,7 @@ from seamline import load_model, predict_scene
 from seamline.app.cli import main
 from seamline.core.data.io import write_raster
 from seamline.core.demo.synthetic import make_scene
-from seamline.core.predict.overlap import SeamWarning, choose_overlap, covering_overlap
+from seamline.core.predict.plan import SeamWarning, choose_overlap, covering_overlap
 
 
 def test_covering_overlap_is_twice_the_radius_for_crop_and_four_times_for_blends():
@@ -19,13 +19,13 @@ def test_covering_overlap_is_twice_the_radius_for_crop_and_four_times_for_blends
 
 
 def test_the_demo_model_gets_an_overlap_that_covers_its_field(recwarn):
-    demo = load_model("demo")  # receptive radius 22 px, stride 4
-    assert choose_overlap(demo, 512, "cosine") == 88
-    assert choose_overlap(demo, 512, "crop") == 44
+    demo = load_model("demo")  # receptive radius 23 px, stride 4
+    assert choose_overlap(demo, 512, "cosine") == 92
+    assert choose_overlap(demo, 512, "crop") == 48  # 46 rounded up to the stride
     assert not [w for w in recwarn if issubclass(w.category, SeamWarning)]
-    with pytest.warns(SeamWarning, match="tile size of at least 176"):
+    with pytest.warns(SeamWarning, match="tile size of at least 184"):
         assert choose_overlap(demo, 128, "cosine") == 64  # at most half a tile
-    with pytest.warns(SeamWarning, match="receptive radius of 22 px .* needs 88 px"):
+    with pytest.warns(SeamWarning, match="receptive radius of 23 px .* needs 92 px"):
         assert choose_overlap(demo, 512, "cosine", 32) == 32  # the user's choice stays
 
 
