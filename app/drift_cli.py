@@ -55,7 +55,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
     time = parse_time(args.time)
     baseline = Baseline.load(args.baseline)
     if args.map_out:
-        check_output_path(args.map_out)
+        check_output_path(args.map_out, inputs=[args.scene, args.baseline])
     scene = open_raster(args.scene).load()
     if args.map_out and (baseline.tiles is None or not baseline.tiles.matches(scene)):
         raise InvalidArgumentError(
@@ -72,7 +72,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
     if Path(args.db).exists():
         History(args.db).close()  # a foreign or corrupt file fails before the work
     else:
-        check_output_path(args.db)  # created only once the check has succeeded
+        check_output_path(args.db, inputs=[args.scene])  # created once the check succeeded
     result = check(scene, baseline, model=model, labels=labels, trust_model=args.trust_model)
     written = write_raster(result.drift_map, args.map_out) if args.map_out else None
     try:

@@ -92,3 +92,19 @@ def test_console_script_is_installed_and_reports_errors(tmp_path):
     )
     assert proc.returncode == EXIT_USER_ERROR
     assert proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, capsys):
+    """`predict s.tif s.tif` used to overwrite the scene being read."""
+    from seamline.core.data.io import write_raster
+    from seamline.core.demo.synthetic import make_scene
+
+    scene = write_raster(make_scene(64, 64, seed=1)[0], tmp_path / "s.tif")
+    before = scene.read_bytes()
+    alias = tmp_path / "sub" / ".." / "s.tif"
+    (tmp_path / "sub").mkdir()
+    for argv in (["predict", str(scene), str(scene)], ["prepare", str(scene), str(alias)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is the input file" in err and "choose another output path" in err
+    assert scene.read_bytes() == before

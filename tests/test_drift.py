@@ -280,3 +280,26 @@ def test_real_series_winter_scores_above_next_summer(shared_data):
     assert by_date["2016-08-14"].cloud_fraction == 0
     assert winter.score > summer.score
     assert winter.drift and not summer.drift
+
+
+@pytest.mark.parametrize(
+    ("case", "tolerance"),
+    [("one pixel at 1000 sd", 0.01), ("lognormal sigma 1 -> 1.3", 0.06), ("shift 0.5 sd", 0.01),
+     ("scale x2", 0.02)],
+)  # fmt: skip
+def test_wasserstein_agrees_with_scipy(case, tolerance):
+    from scipy.stats import wasserstein_distance
+
+    from seamline.core.monitor.baseline import QUANTILE_LEVELS
+    from seamline.core.monitor.distances import wasserstein_to_sketch
+
+    rng = np.random.default_rng(0)
+    n = 160_000
+    base, scene = {
+        "one pixel at 1000 sd": (rng.normal(size=n), np.r_[1000.0, rng.normal(size=n - 1)]),
+        "lognormal sigma 1 -> 1.3": (rng.lognormal(0, 1, n), rng.lognormal(0, 1.3, n)),
+        "shift 0.5 sd": (rng.normal(size=n), rng.normal(0.5, 1, n)),
+        "scale x2": (rng.normal(size=n), rng.normal(0, 2, n)),
+    }[case]
+    ours = wasserstein_to_sketch(scene, np.quantile(base, QUANTILE_LEVELS))
+    assert abs(ours - wasserstein_distance(scene, base)) < tolerance

@@ -116,3 +116,17 @@ def test_parse_errors_name_the_input():
         parse_crs("EPSG:99999999")
     with pytest.raises(InvalidArgumentError, match="Did you mean 'bilinear'"):
         parse_resampling("bilinaer")
+
+
+def test_a_signed_raster_without_nodata_keeps_its_zeros(tmp_path):
+    """int16 without a nodata value: 0 is data (elevation, backscatter), not a hole."""
+    from seamline.core.prepare.scene import prepare_file
+    from tests.conftest import write_tif
+
+    data = np.random.default_rng(0).integers(-500, 3000, (2, 60, 80)).astype("int16")
+    data[:, :20] = 0  # 3,200 valid zeros
+    source = write_tif(tmp_path / "dem.tif", data, nodata=None)
+    out = tmp_path / "prepared.tif"
+    prepare_file(source, out, fit_stats=tmp_path / "stats.json")
+    with rasterio.open(out) as ds:
+        assert np.isfinite(ds.read()).all()

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,9 +65,18 @@ def _gdal_reason(exc: BaseException) -> str:
     return re.sub(r"^\S+\.tiff?[,:]\s*", "", first_line(exc))
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail early, with one sentence, if ``path`` cannot be written (missing folder)."""
+def check_output_path(
+    path: str | os.PathLike, *, inputs: Sequence[str | os.PathLike] = ()
+) -> Path:
+    """Fail early, with one sentence, if ``path`` cannot be written (missing folder), or is
+    one of the ``inputs`` (writing it would destroy what is being read)."""
     path = Path(path)
+    for source in inputs:
+        if path.exists() and Path(source).exists() and path.samefile(source):
+            raise OutputPathError(
+                f"Output {str(path)!r} is the input file {str(source)!r}: writing it would "
+                "overwrite the input; choose another output path."
+            )
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputPathError(

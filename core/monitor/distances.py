@@ -16,6 +16,7 @@ __all__ = [
     "feature_metrics",
     "tile_distance",
     "jensen_shannon",
+    "wasserstein_to_sketch",
 ]
 
 MIN_TILE_VALID = 0.25
@@ -33,9 +34,17 @@ def _psi(hist: np.ndarray, ref: np.ndarray) -> float:
     return float(np.sum((p - q) * np.log(p / q)))
 
 
-def _wasserstein(quantiles: np.ndarray, ref: np.ndarray) -> float:
-    """W1 distance from two quantile sketches: the integral of ``|Q1(l) - Q2(l)|`` over l."""
-    return float(np.trapezoid(np.abs(quantiles - ref), QUANTILE_LEVELS))
+_MASS_MIDPOINTS = (np.arange(QUANTILE_LEVELS.size - 1) + 0.5) / (QUANTILE_LEVELS.size - 1)
+"""The middle of each 1 % of the mass, where W1's integral of ``|Q1 - Q2|`` is sampled."""
+
+
+def wasserstein_to_sketch(sample: np.ndarray, ref_quantiles: np.ndarray) -> float:
+    """W1 distance between a sample and a quantile sketch (at :data:`QUANTILE_LEVELS`): the
+    mean of ``|Q1 - Q2|`` at the middle of each 1 % of the mass. The sketch's end knots
+    (minimum, maximum) are left out: a trapezoid through them gave one extreme pixel 1/200 of
+    the mass (one pixel at 1000 sd among 160,000 read as W1 = 5 sd; scipy: 0.009)."""
+    ref = np.interp(_MASS_MIDPOINTS, QUANTILE_LEVELS[1:-1], ref_quantiles[1:-1])
+    return float(np.mean(np.abs(np.quantile(sample, _MASS_MIDPOINTS) - ref)))
 
 
 def _ks(sample: np.ndarray, ref_quantiles: np.ndarray) -> float:
@@ -56,10 +65,9 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
 
 def feature_metrics(part: Part, ref: FeatureProfile) -> dict[str, float]:
     """PSI, standardised W1 and KS of one feature of a scene against a profile."""
-    quantiles = np.quantile(part.sample, QUANTILE_LEVELS)
     return {
         "psi": _psi(part.counts / part.counts.sum(), ref.hist),
-        "wasserstein": _wasserstein(quantiles, ref.quantiles) / ref.scale,
+        "wasserstein": wasserstein_to_sketch(part.sample, ref.quantiles) / ref.scale,
         "ks": _ks(part.ks_sample, ref.quantiles),
     }
 

@@ -222,7 +222,7 @@ def predict_file_distributed(
     ``predict_file``'s, with the scheduler and the workers' count.
     """
     model = load_model(model)
-    check_output_path(output_path)
+    check_output_path(output_path, inputs=[input_path])
     scene, aoi = open_for_prediction(
         input_path, model, aoi=aoi, band_names=band_names,
         chunks={"band": -1, "y": block_size, "x": block_size},

@@ -24,7 +24,7 @@ import xarray as xr
 from rasterio.windows import Window
 
 from seamline.core.data.files import atomic_path, check_output_path, decoding
-from seamline.core.data.io import open_raster
+from seamline.core.data.io import open_raster, overview_resampling
 from seamline.core.errors import InvalidArgumentError, NoDataError
 from seamline.core.models.modelio import SegmentationModel, check_bands, load_model
 from seamline.core.predict.blocks import (
@@ -76,7 +76,9 @@ def output_raster(
                     dst.update_tags(classes=json.dumps(list(model.classes)))
                 yield dst
             if cog:
-                rasterio.shutil.copy(staging, final_tmp, driver="COG", compress="deflate")
+                resampling = overview_resampling(continuous=probabilities)
+                rasterio.shutil.copy(staging, final_tmp, driver="COG", compress="deflate",
+                                     overview_resampling=resampling)  # fmt: skip
         finally:
             if cog:
                 staging.unlink(missing_ok=True)
@@ -163,7 +165,7 @@ def predict_file(
     tiling["overlap"] = choose_overlap(
         model, tiling["tile_size"], tiling.get("blend", "cosine"), tiling.get("overlap")
     )
-    check_output_path(output_path)
+    check_output_path(output_path, inputs=[input_path])
     if block_size % model.align:
         raise InvalidArgumentError(
             f"block_size must be a multiple of {model.align}, got {block_size}"

@@ -80,10 +80,13 @@ def _require_crs(scene: xr.DataArray) -> CRS:
 
 
 def _with_nodata(scene: xr.DataArray) -> xr.DataArray:
-    """Give a scene a nodata value if it has none: NaN for floats, 0 for integers (GDAL's)."""
+    """Give a scene a nodata value if it has none, for the pixels prepare masks: NaN for
+    floats, the type's minimum for signed integers (0 is a valid elevation or backscatter),
+    0 for unsigned ones (the optical convention, e.g. Sentinel-2's)."""
     if scene.rio.nodata is not None:
         return scene
-    fill = np.nan if scene.dtype.kind == "f" else 0
+    kind = scene.dtype.kind
+    fill = np.nan if kind == "f" else np.iinfo(scene.dtype).min if kind == "i" else 0
     return scene.rio.write_nodata(fill, encoded=False)
 
 
@@ -270,9 +273,9 @@ def prepare_file(
     """
     if fit_stats is not None and stats_path is not None:
         raise InvalidArgumentError("give either fit_stats or stats_path, not both")
-    check_output_path(output_path)
+    check_output_path(output_path, inputs=[input_path])
     if fit_stats is not None:
-        check_output_path(fit_stats)
+        check_output_path(fit_stats, inputs=[input_path, output_path])
     scene = open_raster(input_path, band_names=band_names)
     aoi = open_aoi(aoi_path) if aoi_path is not None else None
     if budget is not None:
