@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import secrets
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,9 +27,12 @@ from seamline.app.cli_args import (
     MODELS_ENV,
     TRUST_MODEL_ENV,
     add_trust_model_flag,
+    band_list,
+    tile_size_arg,
 )
+from seamline.app.cli_process import Terminated, one_line_warnings, terminate_cleanly
 from seamline.core.data.files import quiet_undecodable_gdal_messages
-from seamline.core.errors import InvalidArgumentError, SeamlineError, SeamlineWarning
+from seamline.core.errors import InvalidArgumentError, SeamlineError
 from seamline.core.models.registry import PRECISIONS, builtin_model_path
 
 if TYPE_CHECKING:
@@ -285,13 +289,6 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     os.execve(sys.executable, command, env)
 
 
-def _band_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give band names separated by commas, e.g. red,green,blue")
-    return names
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subcommand per stage."""
     parser = argparse.ArgumentParser(
@@ -309,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=float, help="target pixel size in target CRS units")
     p.add_argument("--resampling", default="nearest", help="resampling when reprojecting")
     p.add_argument("--all-touched", action="store_true", help="keep every pixel the AOI touches")
-    p.add_argument("--band-names", type=_band_list, help="comma-separated names, one per band")
+    p.add_argument("--band-names", type=band_list, help="comma-separated names, one per band")
     p.add_argument("--normalisation", choices=("zscore", "percentile"), default="zscore")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     p.add_argument("--no-input-limits", action="store_true",
@@ -336,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_model_flag(p)
     p.add_argument(
         "--tile-size",
-        type=int,
+        type=tile_size_arg,
         help="tile side in pixels (default: 512, or the size a .pt2 was exported for)",
     )
     p.add_argument(
@@ -358,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="eager", choices=("eager", "compile"),
                    help="compile: torch.compile once per process (seconds), then faster tiles")
     p.add_argument("--probabilities", action="store_true", help="write class probabilities")
-    p.add_argument("--band-names", type=_band_list, help="comma-separated names, one per band")
+    p.add_argument("--band-names", type=band_list, help="comma-separated names, one per band")
     p.add_argument("--block-size", type=int, default=1024, help="pixels per block read from disk")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     p.add_argument("--vector", metavar="OUT", help="also write the class polygons (.gpkg, "
@@ -380,12 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibrate on tiles of this scene (default: synthetic scenes in the "
                    "demo bands)")
     p.add_argument("--model-class", help="package.module:Class for a state dict")
-    p.add_argument("--band-names", type=_band_list, help="comma-separated names, one per band")
+    p.add_argument("--band-names", type=band_list, help="comma-separated names, one per band")
     p.add_argument("--evaluate", action="append", metavar="SCENE",
                    help="measure agreement with FP32 on this scene (repeatable; default: the "
                    "calibration scene, or the demo's labelled held-out scenes)")  # fmt: skip
     p.add_argument("--out", metavar="PATH.onnx", help="save the INT8 model (+ .json sidecar)")
-    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--tile-size", type=tile_size_arg, default=256)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--runs", type=int, default=30, help="timed runs (>= 30; warm-up excluded)")
     p.set_defaults(func=_cmd_quantize)
@@ -395,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'demo', a .pt state dict or a .pt2 archive")
     add_trust_model_flag(p)
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
-    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--tile-size", type=tile_size_arg, default=256)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--runs", type=int, default=30, help="timed runs (>= 30; warm-up excluded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -445,26 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warnings(command: str, default: Callable) -> Callable:
-    """A ``warnings.showwarning`` that prints Seamline's own warnings as one line."""
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if issubclass(category, SeamlineWarning):
-            print(f"seamline {command}: warning: {message}", file=sys.stderr)
-        else:
-            default(message, category, filename, lineno, file, line)
-
-    return show
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seamline`` console script."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     quiet_undecodable_gdal_messages()
+    previous = terminate_cleanly()
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+            warnings.showwarning = one_line_warnings(args.command, warnings.showwarning)
             func(args)
     except SeamlineError as exc:
         print(f"seamline {args.command}: error: {exc}", file=sys.stderr)
@@ -472,6 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"seamline {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"seamline {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

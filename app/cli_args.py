@@ -6,6 +6,9 @@ import argparse
 
 __all__ = [
     "add_trust_model_flag",
+    "band_list",
+    "MIN_TILE_SIZE",
+    "tile_size_arg",
     "DEFAULT_MODEL",
     "EO_TIMESERIES_ENV",
     "MODELS_ENV",
@@ -30,3 +33,25 @@ def add_trust_model_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-model", action="store_true",
                         help="allow a model file that runs code when loaded (a pickled full "
                         "model, a class outside Seamline): only for files you trust")
+
+
+MIN_TILE_SIZE = 16
+
+
+def tile_size_arg(text: str) -> int:
+    """A tile side from the command line: an integer of at least :data:`MIN_TILE_SIZE`."""
+    try:
+        side = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a whole number of pixels, got {text!r}") from None
+    if side < MIN_TILE_SIZE:
+        raise argparse.ArgumentTypeError(f"a tile is at least {MIN_TILE_SIZE} px, got {side}")
+    return side
+
+
+def band_list(text: str) -> list[str]:
+    """Band names from the command line, separated by commas."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give band names separated by commas, e.g. red,green,blue")
+    return names

@@ -13,6 +13,7 @@ import rasterio
 from shapely.geometry import box
 
 from seamline.app.cli import EXIT_USER_ERROR, main
+from tests.conftest import ROOT
 
 
 def run(capsys, *argv):
@@ -108,3 +109,69 @@ def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, cap
         err = capsys.readouterr().err
         assert "is the input file" in err and "choose another output path" in err
     assert scene.read_bytes() == before
+
+
+def test_sigterm_and_kill_9_leave_no_hidden_part_files(tmp_path):
+    """SIGTERM unwinds like Ctrl-C (exit 143, nothing written); the temporary file of a
+    process killed with -9 is removed by the next write of that output."""
+    import signal
+    import time
+
+    from seamline.core.data.io import write_raster
+    from seamline.core.demo.synthetic import make_scene
+
+    scene = write_raster(make_scene(1536, 1536, seed=2)[0], tmp_path / "big.tif")
+    out = tmp_path / "classes.tif"
+    exe = str(Path(sys.executable).with_name("seamline"))
+    proc = subprocess.Popen([exe, "predict", str(scene), str(out), "--tile-size", "256"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".classes.tif.*.part")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # well inside the prediction
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "seamline predict: terminated" in err
+    assert "Traceback" not in err and not out.exists()
+    assert list(tmp_path.glob(".*.part*")) == [] and list(tmp_path.glob("*.gtiff")) == []
+
+    orphan = tmp_path / f".classes.tif.{2**22 + 7}.x1y2.part"  # no such process
+    orphan.write_bytes(b"half a GeoTIFF")
+    small = write_raster(make_scene(64, 64, seed=3)[0], tmp_path / "small.tif")
+    assert main(["predict", str(small), str(out)]) == 0
+    assert out.exists() and not orphan.exists()
+
+
+@pytest.mark.parametrize("case", ["no CRS", "garbage onnx", "broken sidecar", "tile size 0",
+                                  "truncated calibration"])  # fmt: skip
+def test_more_bad_inputs_are_one_sentence(case, tmp_path, capsys):
+    """Found by an outside review: each used to end in a traceback (issue #19)."""
+    from rasterio.transform import from_origin
+
+    from tests.conftest import write_tif
+
+    data = np.random.default_rng(0).integers(1, 3000, (6, 64, 64)).astype("uint16")
+    good = write_tif(tmp_path / "ok.tif", data)
+    out = str(tmp_path / "out.tif")
+    if case == "no CRS":
+        bad = write_tif(tmp_path / "nocrs.tif", data, crs=None, transform=from_origin(0, 64, 1, 1))
+        argv, phrase = ["predict", str(bad), out], "has no CRS"
+    elif case == "garbage onnx":
+        (tmp_path / "m.onnx").write_bytes(b"not an onnx model" * 10)
+        argv, phrase = ["predict", str(good), out, "--model", str(tmp_path / "m.onnx")], "ONNX"
+    elif case == "broken sidecar":
+        shutil.copy(ROOT / "core" / "demo" / "assets" / "demo_unet.pt", tmp_path / "m.pt")
+        (tmp_path / "m.json").write_text("{not json")
+        argv, phrase = ["predict", str(good), out, "--model", str(tmp_path / "m.pt")], "JSON"
+    elif case == "tile size 0":
+        argv, phrase = ["quantize", "--tile-size", "0"], "at least 16 px"
+    else:
+        (tmp_path / "cut.tif").write_bytes(good.read_bytes()[:3000])
+        argv, phrase = ["quantize", "--calibration", str(tmp_path / "cut.tif")], "decoded"
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and phrase in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"seamline {argv[0]}: error: ")  # one line

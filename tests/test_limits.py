@@ -29,7 +29,26 @@ def test_check_raster_counts_values_over_all_bands_and_names_the_decoded_size():
         budget.check_raster(100, 100, 4, ["uint16", "float64"], source="scene", fix="crop it")
     message = str(info.value)
     assert "100 x 100 pixels x 4 bands (40,000 values, 0.3 MiB decoded)" in message
-    assert message.endswith("more than the 30,000 allowed: crop it.")
+    assert message.endswith("more than the 30,000 values or 0 MiB allowed: crop it.")
+    with pytest.raises(SizeLimitError, match="0.2 MiB decoded"):  # float64: half as many
+        budget.check_raster(100, 100, 3, ["float64"], source="scene")
+    budget.check_raster(100, 100, 3, ["float32"], source="scene")  # float32 fits
+
+
+def test_a_sparse_float64_upload_within_the_values_is_refused_from_its_header(tmp_path):
+    """27 KB on the wire, 1 GiB decoded: it used to cost 2-3 GB of memory (issue #19)."""
+    from rasterio.transform import from_origin
+
+    path = tmp_path / "sparse.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=4096, height=4096, count=8,
+                       dtype="float64", crs="EPSG:32633", transform=from_origin(0, 0, 10, 10),
+                       tiled=True, compress="deflate", sparse_ok=True):  # fmt: skip
+        pass  # no block written: a few KB
+    data = path.read_bytes()
+    assert len(data) < 100_000
+    with peak_memory() as figures, pytest.raises(SizeLimitError, match="1,024.0 MiB decoded"):
+        read_geotiff_bytes(data, budget=DEFAULT_BUDGET)
+    assert figures["peak_growth"] < 50 * 2**20, figures
 
 
 def test_refused_data_types_are_named_with_the_allowed_ones(tmp_path):

@@ -25,8 +25,10 @@ def test_the_demo_model_gets_an_overlap_that_covers_its_field(recwarn):
     assert not [w for w in recwarn if issubclass(w.category, SeamWarning)]
     with pytest.warns(SeamWarning, match="tile size of at least 184"):
         assert choose_overlap(demo, 128, "cosine") == 64  # at most half a tile
-    with pytest.warns(SeamWarning, match="receptive radius of 23 px .* needs 92 px"):
+    with pytest.warns(SeamWarning, match="receptive radius of 23 px .* needs 92 px") as caught:
         assert choose_overlap(demo, 512, "cosine", 32) == 32  # the user's choice stays
+    measured = float(str(caught[0].message).split("by up to ")[1].rstrip(").").strip())
+    assert 1e-4 < measured < 1  # the seam error, measured on a random probe
 
 
 def test_default_tiling_equals_one_untiled_pass():
@@ -43,8 +45,9 @@ def test_a_model_that_sees_the_whole_tile_is_named_whatever_the_overlap():
     net = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.InstanceNorm2d(8), nn.Conv2d(8, 3, 1))
     model = load_model(net.eval())
     assert model.receptive_radius is None  # no bounded field to cover
-    with pytest.warns(SeamWarning, match=r"see the whole tile \(1 \(InstanceNorm2d\)\)"):
+    with pytest.warns(SeamWarning, match=r"see the whole tile \(1 \(InstanceNorm2d\)\)") as w:
         assert choose_overlap(model, 256, "cosine") == 64
+    assert "differ from an untiled run by up to" in str(w[0].message)  # the floor, measured
 
 
 def test_the_cli_warns_in_one_line_and_goes_on(tmp_path, capsys):

@@ -105,7 +105,7 @@ def test_bomb_is_refused_by_prepare_and_predict_from_the_header(tmp_path, capsys
 
 
 def test_no_input_limits_lifts_the_budget_for_batch_jobs(tmp_path, small_tif):
-    with pytest.raises(SizeLimitError, match="more than the 100 allowed"):
+    with pytest.raises(SizeLimitError, match="more than the 100 values"):
         prepare_file(small_tif, tmp_path / "a.tif", budget=InputBudget(max_pixels=100))
     assert main(["prepare", str(small_tif), str(tmp_path / "b.tif"), "--no-input-limits"]) == 0
     assert (tmp_path / "b.tif").exists()

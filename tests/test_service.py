@@ -176,8 +176,9 @@ BAD = {
     "three bands": (_three_bands, {}, TIFF, 422, "lack ['nir', 'swir1', 'swir2']"),
     "no crs": (_no_crs, {}, TIFF, 422, "no CRS"),
     "tile_size not a number": (geotiff_bytes, {"tile_size": "abc"}, TIFF, 422, "'tile_size'"),
-    "tile_size off the stride": (geotiff_bytes, {"tile_size": 30, "overlap": 8}, TIFF, 422,
+    "tile_size off the stride": (geotiff_bytes, {"tile_size": 66, "overlap": 8}, TIFF, 422,
                                  "multiple"),
+    "tile_size too small": (geotiff_bytes, {"tile_size": 8}, TIFF, 422, "'tile_size'"),
     "overlap over half the tile": (geotiff_bytes, {"overlap": 40}, TIFF, 422, "at most half"),
     "tile_size too large": (geotiff_bytes, {"tile_size": 10**6}, TIFF, 422, "'tile_size'"),
     "overlap >= tile": (geotiff_bytes, {"overlap": 64}, TIFF, 422, "overlap must be"),
@@ -212,8 +213,10 @@ def test_health_describes_model_and_limits(service):
 
 def test_internal_error_is_a_500_without_details_and_is_counted(scenes):
     demo = load_model("demo")
-    broken = replace(demo, module=Probe(demo.module, fail_after=1), name="demo-broken")
-    with serving(create_app(broken, precision="fp32", **TILING)) as url:
+    probe = Probe(demo.module)
+    app = create_app(replace(demo, module=probe, name="demo-broken"), precision="fp32", **TILING)
+    probe.fail_after = probe.calls  # the start-up calls (warm-up, seam probe) went through
+    with serving(app) as url:
         r = httpx.post(f"{url}/predict", content=geotiff_bytes(scenes[0]), headers=TIFF)
         assert r.status_code == 500 and r.json() == {"error": INTERNAL_ERROR}
         assert "secret" not in r.text

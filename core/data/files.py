@@ -7,6 +7,7 @@ vectorize``) can use them without importing xarray, rioxarray or geopandas throu
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import sys
@@ -97,11 +98,16 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
-    A failure (or Ctrl-C) inside the block removes the temporary file, so no partial output
-    is ever left under the final name.
+    A failure (or Ctrl-C, or SIGTERM to the CLI) inside the block removes the temporary file,
+    so no partial output is ever left under the final name. A process killed outright
+    (``kill -9``) cannot clean up: its temporary file names its process id, and the next
+    write of the same output removes it once that process is gone.
     """
     path = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
+    _remove_orphaned_parts(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent or "."
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -110,6 +116,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _remove_orphaned_parts(path: Path) -> None:
+    """Delete the temporary files of earlier writes of ``path`` whose process has died."""
+    for part in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        pid = part.name[len(path.name) + 2 :].split(".")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            part.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
 
 
 def _from_rasterio_err(exc: BaseException | None, where: object = None) -> bool:

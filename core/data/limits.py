@@ -25,6 +25,8 @@ DEFAULT_DTYPES = frozenset(
 """Real-valued pixel types of optical and radar products; complex and 64-bit integer
 rasters are refused (no model here takes them, and their decoded size doubles)."""
 RASTER_FIX = "send a smaller scene or split it into tiles"
+MAX_VALUE_BYTES = 4
+"""Decoded bytes per value the budget's ``max_pixels`` is sized for (float32)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,9 @@ class InputBudget:
         2048 x 2048 x 6 uint16 GeoTIFF is 48 MiB uncompressed.
     max_pixels
         Largest raster in values, width x height x bands. Default 4096 x 4096 x 8
-        (134 million values: 256 MiB decoded as uint16, 512 MiB as float32).
+        (134 million values: 256 MiB decoded as uint16, 512 MiB as float32). The decoded
+        size is bounded too, at ``max_pixels`` float32 values: a float64 raster may hold half
+        as many (a 27 KB sparse float64 4096 x 4096 x 8 file cost 2-3 GB of memory).
     dtypes
         Allowed pixel data types (numpy names). Default :data:`DEFAULT_DTYPES`.
     max_bands
@@ -104,12 +108,13 @@ class InputBudget:
                 f"allowed: {fix}."
             )
         values = width * height * count
-        if values > self.max_pixels:
-            decoded = values * max(np.dtype(d).itemsize for d in kinds) if kinds else values
+        itemsize = max(np.dtype(d).itemsize for d in kinds) if kinds else 1
+        decoded, allowed = values * itemsize, self.max_pixels * MAX_VALUE_BYTES
+        if values > self.max_pixels or decoded > allowed:
             raise SizeLimitError(
                 f"The {source} is {width} x {height} pixels x {count} bands ({values:,} "
                 f"values, {decoded / 2**20:,.1f} MiB decoded), more than the "
-                f"{self.max_pixels:,} allowed: {fix}."
+                f"{self.max_pixels:,} values or {allowed / 2**20:,.0f} MiB allowed: {fix}."
             )
 
     def check_dataset(self, dataset, *, source: str, fix: str = RASTER_FIX) -> None:

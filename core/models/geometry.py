@@ -1,8 +1,9 @@
 """What tiling a model depends on, measured from the model itself when its description does
 not state it (issue #18, docs/architecture.md "models/"):
 
-- **alignment**: the smallest shift of the input that shifts the output by the same amount
-  (a U-Net that downsamples 8x is equivariant to shifts of 8 px only);
+- **alignment**: the smallest shift of the input that shifts the output by the same amount,
+  to 1e-5 (a U-Net that downsamples 8x is equivariant to shifts of 8 px only; deep levels
+  that barely reach the output may let a smaller shift pass, which is what tiling sees);
 - **receptive field**: how far one input pixel reaches into the output, as the impulse
   response of one probe tile (the radius that holds all but ``tolerance`` of it, and the
   radius where it stops altogether);
@@ -142,7 +143,7 @@ def measure_geometry(
     x = torch.randn(1, bands, probe + ALIGNMENTS[-1], probe + ALIGNMENTS[-1], generator=generator)
     effective, reach = _impulse_radii(module, x[..., :probe, :probe], tolerance)
     margin = min(reach + 1, probe // 4)
-    align = _alignment(module, x, margin, atol=1e-4)
+    align = _alignment(module, x, margin, atol=1e-5)
     return ModelGeometry(
         align=align,
         receptive_radius=effective,

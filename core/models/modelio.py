@@ -35,7 +35,7 @@ import xarray as xr
 from torch import nn
 from torch.export.pt2_archive import constants as pt2
 
-from seamline.core.data.files import atomic_path
+from seamline.core.data.files import atomic_path, first_line
 from seamline.core.errors import (
     InputFileError,
     InvalidArgumentError,
@@ -271,6 +271,25 @@ def _with_geometry(module, meta: dict, bands: int, source: bytes | None) -> dict
     return {**meta, **measured}
 
 
+def _sidecar(path: Path) -> dict:
+    """The model's JSON sidecar (empty when there is none); one sentence when it is broken."""
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputFileError(
+            f"Model sidecar {str(path)!r} is not valid JSON ({first_line(exc)}): fix it, or "
+            "remove it to use the model without one."
+        ) from None
+    if not isinstance(meta, dict):
+        raise InputFileError(
+            f"Model sidecar {str(path)!r} holds a JSON {type(meta).__name__}, not an object: "
+            'write {"bands": [...], "classes": [...], ...}.'
+        )
+    return meta
+
+
 def load_model(
     spec: str | os.PathLike | nn.Module | SegmentationModel,
     *,
@@ -300,7 +319,7 @@ def load_model(
             ".json sidecar, a torch.export .pt2 archive or a quantized .onnx model."
         )
     sidecar = path.with_suffix(".json")
-    meta = (json.loads(sidecar.read_text()) if sidecar.is_file() else {}) | named
+    meta = _sidecar(sidecar) | named
     try:
         if path.suffix == ".pt2":
             module = _load_pt2(path, trust_model=trust_model)

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from seamline.core.data.files import first_line
+
 __all__ = ["OnnxModule", "PARALLEL_CALLS"]
 
 PARALLEL_CALLS = 2
@@ -34,7 +36,10 @@ class OnnxModule(nn.Module):
         super().__init__()
         self.onnx_bytes, self.align = onnx_bytes, align
         self.threads = threads or torch.get_num_threads()
-        self.session = self._session(self.threads)
+        try:
+            self.session = self._session(self.threads)
+        except Exception as exc:  # ONNX Runtime's own classes (InvalidProtobuf, Fail, ...)
+            raise ValueError(f"ONNX Runtime cannot read it: {first_line(exc)}") from None
         self.input_name = self.session.get_inputs()[0].name
         self._replicas: queue.SimpleQueue | None = None  # built on first parallel_forward()
         self._replicas_lock = threading.Lock()

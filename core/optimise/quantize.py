@@ -32,7 +32,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from seamline.core.data.files import atomic_path
+from seamline.core.data.files import atomic_path, decoding
 from seamline.core.errors import (
     BandMismatchError,
     InvalidArgumentError,
@@ -141,10 +141,11 @@ def calibration_tiles(
     starts = [(r, c) for r in rows for c in cols]
     chosen = rng.choice(len(starts), size=min(count, len(starts)), replace=False)
     tiles = []
-    for r, c in (starts[i] for i in np.sort(chosen)):  # one window read per tile
-        tile = model_input(model, scene.isel(y=slice(r, r + t), x=slice(c, c + t)))
-        if np.isfinite(tile).any():
-            tiles.append(np.nan_to_num(tile, nan=0.0))
+    with decoding("The calibration scene", fix="pass an uncorrupted GeoTIFF"):
+        for r, c in (starts[i] for i in np.sort(chosen)):  # one window read per tile
+            tile = model_input(model, scene.isel(y=slice(r, r + t), x=slice(c, c + t)))
+            if np.isfinite(tile).any():
+                tiles.append(np.nan_to_num(tile, nan=0.0))
     if not tiles:
         raise QuantizationError("The calibration scene has no valid pixels: pass another one.")
     return np.stack(tiles)

@@ -36,7 +36,7 @@ from seamline.core.predict.blocks import (
     scene_meta,
 )
 from seamline.core.predict.plan import choose_overlap, choose_tile_size
-from seamline.core.prepare.scene import align_aoi, crop_to_aoi
+from seamline.core.prepare.scene import align_aoi, crop_to_aoi, require_crs
 
 __all__ = ["predict_file", "output_raster", "write_blocks", "open_for_prediction", "summary"]
 
@@ -121,6 +121,7 @@ def open_for_prediction(
     """The input raster checked against ``model``'s bands and cropped to the ``aoi`` (given
     back in the raster's CRS)."""
     scene = open_raster(input_path, band_names=band_names, chunks=chunks)
+    require_crs(scene, source=str(input_path))  # the output is placed on its grid
     check_bands(model, scene)
     if aoi is not None:
         aoi = align_aoi(aoi, scene.rio.crs)

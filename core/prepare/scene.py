@@ -43,6 +43,7 @@ __all__ = [
     "prepare",
     "prepare_file",
     "PrepareReport",
+    "require_crs",
 ]
 
 
@@ -70,11 +71,13 @@ def parse_resampling(name: str | Resampling) -> Resampling:
     return Resampling[name]
 
 
-def _require_crs(scene: xr.DataArray) -> CRS:
+def require_crs(scene: xr.DataArray, *, source: str | None = None) -> CRS:
+    """The scene's CRS; one sentence naming ``source`` (default: the array's name) when it
+    has none (nothing can be placed, clipped or written without one)."""
     if scene.rio.crs is None:
         raise MissingCRSError(
-            f"Raster {scene.name or ''!r} has no CRS: assign one (e.g. `gdal_edit.py -a_srs "
-            "EPSG:32633 FILE` or da.rio.write_crs()) and try again."
+            f"Raster {source or scene.name or ''!r} has no CRS: assign one (e.g. `gdal_edit.py "
+            "-a_srs EPSG:32633 FILE` or da.rio.write_crs()) and try again."
         )
     return scene.rio.crs
 
@@ -108,7 +111,7 @@ def reproject_scene(
     """
     if resolution is not None and resolution <= 0:
         raise InvalidArgumentError(f"resolution must be > 0 in target CRS units, got {resolution}")
-    src_crs = _require_crs(scene)
+    src_crs = require_crs(scene)
     crs = parse_crs(dst_crs) if dst_crs is not None else src_crs
     scene = _with_nodata(scene)
     out = scene.rio.reproject(
@@ -141,7 +144,7 @@ def crop_to_aoi(scene: xr.DataArray, aoi: gpd.GeoDataFrame, *, pad: int = 0) -> 
 
     Lazily opened scenes stay lazy: nothing is read until the window's values are used.
     """
-    aoi = align_aoi(aoi, _require_crs(scene))
+    aoi = align_aoi(aoi, require_crs(scene))
     window = _window(scene, tuple(aoi.total_bounds), pad)
     if window is None or not aoi.intersects(_footprint(scene)).any():
         raise GeometryError(
@@ -169,7 +172,7 @@ def clip_to_aoi(
     for lazily opened scenes. ``all_touched`` keeps every pixel the AOI touches, not only
     those whose centre lies inside (GDAL's rasterization rule).
     """
-    crs = _require_crs(scene)
+    crs = require_crs(scene)
     aoi = align_aoi(aoi, crs)
     scene = _with_nodata(crop_to_aoi(scene, aoi))
     # rioxarray's rio.clip masks through xarray.where, which promotes integers to float64
@@ -216,7 +219,7 @@ def prepare(
     normalisation
         ``"zscore"`` or ``"percentile"`` (see :func:`seamline.core.prepare.bandstats.normalise`).
     """
-    _require_crs(scene)
+    require_crs(scene)
     scene = _with_nodata(scene)
     reprojecting = dst_crs is not None or resolution is not None
     if aoi is not None and reprojecting:
