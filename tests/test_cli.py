@@ -143,7 +143,7 @@ def test_sigterm_and_kill_9_leave_no_hidden_part_files(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no CRS", "garbage onnx", "broken sidecar", "tile size 0",
-                                  "truncated calibration"])  # fmt: skip
+                                  "truncated calibration", "AOI at 1e30"])  # fmt: skip
 def test_more_bad_inputs_are_one_sentence(case, tmp_path, capsys):
     """Found by an outside review: each used to end in a traceback (issue #19)."""
     from rasterio.transform import from_origin
@@ -165,6 +165,11 @@ def test_more_bad_inputs_are_one_sentence(case, tmp_path, capsys):
         argv, phrase = ["predict", str(good), out, "--model", str(tmp_path / "m.pt")], "JSON"
     elif case == "tile size 0":
         argv, phrase = ["quantize", "--tile-size", "0"], "at least 16 px"
+    elif case == "AOI at 1e30":
+        far = [[1e30, 1e30], [1e30, 2e30], [2e30, 2e30], [2e30, 1e30], [1e30, 1e30]]
+        (tmp_path / "aoi.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": [far]}))
+        argv = ["prepare", str(good), out, "--aoi", str(tmp_path / "aoi.geojson")]
+        phrase = "does not project into the raster's CRS"
     else:
         (tmp_path / "cut.tif").write_bytes(good.read_bytes()[:3000])
         argv, phrase = ["quantize", "--calibration", str(tmp_path / "cut.tif")], "decoded"

@@ -94,8 +94,17 @@ def _with_nodata(scene: xr.DataArray) -> xr.DataArray:
 
 
 def align_aoi(aoi: gpd.GeoDataFrame, crs: CRS | str) -> gpd.GeoDataFrame:
-    """The AOI reprojected to ``crs`` (the raster's): vectors move, the pixel grid stays."""
-    return check_aoi(aoi).to_crs(crs)
+    """The AOI reprojected to ``crs`` (the raster's): vectors move, the pixel grid stays. An
+    AOI whose coordinates do not project to finite ones (e.g. 1e30 degrees) is one sentence."""
+    checked = check_aoi(aoi)
+    projected = checked.to_crs(crs)
+    if not np.isfinite(projected.total_bounds).all():
+        raise GeometryError(
+            f"The AOI (bounds {_fmt(checked.total_bounds)} in {checked.crs.to_string()}) does "
+            f"not project into the raster's CRS {CRS.from_user_input(crs).to_string()}: check "
+            "its coordinates and that its CRS is the one they are in."
+        )
+    return projected
 
 
 def reproject_scene(
