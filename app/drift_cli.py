@@ -21,13 +21,21 @@ def _print_json(obj: dict) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+def _loaded(path: str):
+    """The raster at ``path`` read into memory; corrupt pixel data is one sentence."""
+    from seamline.core.data.files import decoding
+    from seamline.core.data.io import open_raster
+
+    with decoding(f"Raster file {path!r}"):
+        return open_raster(path).load()
+
+
 def _cmd_baseline(args: argparse.Namespace) -> None:
     from seamline.core.data.files import check_output_path
-    from seamline.core.data.io import open_raster
     from seamline.core.monitor.fit import fit_baseline
 
     check_output_path(args.out)
-    scenes = [open_raster(path).load() for path in args.scenes]
+    scenes = [_loaded(path) for path in args.scenes]
     baseline = fit_baseline(scenes, args.model, tile_size=args.tile_size,
                             trust_model=args.trust_model)  # fmt: skip
     baseline.save(args.out)
@@ -47,7 +55,7 @@ def _cmd_baseline(args: argparse.Namespace) -> None:
 
 def _cmd_check(args: argparse.Namespace) -> None:
     from seamline.core.data.files import check_output_path
-    from seamline.core.data.io import open_raster, write_raster
+    from seamline.core.data.io import write_raster
     from seamline.core.monitor.baseline import Baseline
     from seamline.core.monitor.check import check
     from seamline.core.monitor.history import History, parse_time
@@ -56,7 +64,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
     baseline = Baseline.load(args.baseline)
     if args.map_out:
         check_output_path(args.map_out, inputs=[args.scene, args.baseline])
-    scene = open_raster(args.scene).load()
+    scene = _loaded(args.scene)
     if args.map_out and (baseline.tiles is None or not baseline.tiles.matches(scene)):
         raise InvalidArgumentError(
             f"Scene {args.scene!r} is not on the grid of the baseline's tiles, so no drift map "
@@ -68,7 +76,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
             "--labels needs a model to score, and the baseline has none: pass --model demo or "
             "a model file."
         )
-    labels = open_raster(args.labels).load() if args.labels else None
+    labels = _loaded(args.labels) if args.labels else None
     if Path(args.db).exists():
         History(args.db).close()  # a foreign or corrupt file fails before the work
     else:

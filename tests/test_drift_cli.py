@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,8 @@ def test_bad_inputs_one_sentence_no_output(capsys, scenes, baseline, tmp_path):
     corrupt.write_text('{"format": "seamline-drift-baseline", "version": 1, "bands": [')
     foreign = tmp_path / "foreign.sqlite"
     foreign.write_text("not a database")
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(Path(paths[3]).read_bytes()[:4000])
     db, map_out = tmp_path / "history.sqlite", tmp_path / "map.tif"
     check = ["drift", "check", paths[3], "--db", db, "--time", "2024-05-13"]
     cases = [
@@ -116,10 +119,15 @@ def test_bad_inputs_one_sentence_no_output(capsys, scenes, baseline, tmp_path):
         (["drift", "history", "--db", tmp_path / "nothing.sqlite"], ["does not exist"]),
         (["drift", "history", "--db", foreign], ["not an SQLite database"]),
         (["drift", "baseline", paths[0], "--out", tmp_path / "no" / "b.json"], ["does not exist"]),
+        (["drift", "check", truncated, "--baseline", baseline, "--db", db, "--time",
+          "2024-05-13"], ["truncated.tif", "could not be decoded"]),
+        (["drift", "check", paths[3], "--baseline", baseline, "--db", db, "--time",
+          "2024-05-13", "--map-out", paths[3]], ["is the input file"]),
     ]  # fmt: skip
     for argv, fragments in cases:
         code, out, err = run(capsys, *argv)
         assert_one_sentence_error(code, err, *fragments)
         assert out == ""
     assert not map_out.exists() and not db.exists() and foreign.read_text() == "not a database"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.json", "foreign.sqlite"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["corrupt.json", "foreign.sqlite", "truncated.tif"]
