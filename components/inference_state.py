@@ -112,7 +112,7 @@ class InferenceState(param.Parameterized):
         self._progress_at = 0.0
         self._cancel = threading.Event()
         self._started = 0.0
-        self._auto_overlap = None if "overlap" not in params else -1
+        self._auto_overlap: int | None = None  # the overlap the page chose, while it stands
         if "overlap" not in params:
             self._covering_overlap()
         self._seam_check()

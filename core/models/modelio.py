@@ -202,7 +202,7 @@ def _first_conv_in_channels(module: nn.Module) -> int | None:
 
 
 def _from_module(
-    module: nn.Module, meta: dict, *, source: bytes | None = None
+    module: nn.Module, meta: dict, *, source: Path | None = None
 ) -> SegmentationModel:
     module = eval_mode(module)
     bands = meta.get("bands")
@@ -235,6 +235,10 @@ def _from_module(
     )
 
 
+_PROBE_ERRORS = (RuntimeError, ValueError, TypeError, AssertionError, IndexError)
+"""What a model that cannot run a probe tile raises (torch.export guards assert)."""
+
+
 def _as_dense_logits(module: nn.Module, meta: dict, bands: int) -> tuple[nn.Module, dict]:
     """The module as one logits tensor at full resolution (seamline.core.models.outputs),
     and ``meta`` with what was adapted; a ``torch.export`` module with static height and
@@ -248,20 +252,22 @@ def _as_dense_logits(module: nn.Module, meta: dict, bands: int) -> tuple[nn.Modu
         raise InputFileError(
             f"Model {meta.get('name', 'model')!r} cannot be used: {exc}."
         ) from None
-    except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
+    except _PROBE_ERRORS:
         adapted = ""
     if adapted:
         found["adapted_output"] = adapted
     return module, {**meta, **found}
 
 
-def _with_geometry(module, meta: dict, bands: int, source: bytes | None) -> dict:
+def _with_geometry(module, meta: dict, bands: int, source: Path | None) -> dict:
     """``meta`` completed with the model's measured geometry (receptive field, alignment,
-    non-local layers; seamline.core.models.geometry), unless the model cannot run the probe
-    tile (e.g. a ``.pt2`` exported at another fixed size)."""
+    non-local layers; seamline.core.models.geometry), cached by the bytes of the ``source``
+    file (else the weights), unless the model cannot run the probe tile."""
+    content = source.read_bytes() if source is not None else None
+    probe = meta.get("tile_size") or 256
     try:
-        geometry = cached_geometry(module, bands, source=source, probe=meta.get("tile_size") or 256)
-    except (RuntimeError, ValueError, TypeError, AssertionError, IndexError):
+        geometry = cached_geometry(module, bands, source=content, probe=probe)
+    except _PROBE_ERRORS:
         return meta
     measured = {"geometry": geometry.to_dict()}
     if geometry.bounded:
@@ -336,7 +342,7 @@ def load_model(
             "check that it matches its class and sidecar."
         ) from None
     meta.setdefault("name", str(spec) if builtin_model_path(str(spec)) else path.stem)
-    return _from_module(module, meta, source=path.read_bytes())
+    return _from_module(module, meta, source=path)
 
 
 def save_model(model: SegmentationModel, path: str | os.PathLike, *, model_class: str) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -32,6 +33,10 @@ DEFAULT_TILE_SIZE = 512
 
 UNKNOWN_FIELD_OVERLAP = 64
 """The overlap used when a model's receptive field is unknown (not stated, not measurable)."""
+
+
+_SEAM_ERRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Seam errors measured so far, per module (forgotten with it) and tiling."""
 
 
 class SeamWarning(SeamlineWarning):
@@ -115,7 +120,18 @@ def measured_seam_error(
 ) -> float | None:
     """Largest class-probability difference between this tiling and one untiled pass over a
     random 2 x 2-tile probe (z-scored values, as the model sees them); None when the model
-    cannot run the untiled probe (e.g. a fixed tile size)."""
+    cannot run the untiled probe (e.g. a fixed tile size). Measured once per module and
+    tiling: a service warns on every request with the same options."""
+    known = _SEAM_ERRORS.setdefault(model.module, {})
+    key = (tile_size, overlap, str(Blend.parse(blend)))
+    if key not in known:
+        known[key] = _probe_seam_error(model, tile_size, overlap, blend)
+    return known[key]
+
+
+def _probe_seam_error(
+    model: SegmentationModel, tile_size: int, overlap: int, blend: str | Blend
+) -> float | None:
     side = 2 * tile_size - overlap
     image = np.random.default_rng(0).standard_normal((len(model.bands), side, side))
     image = image.astype(np.float32)
