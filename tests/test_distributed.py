@@ -78,7 +78,8 @@ def test_chunked_prediction_equals_the_in_process_engine(client, demo, scene_fil
     np.testing.assert_array_equal(np.isfinite(got.values), valid)
     diff = np.linalg.norm(got.values[valid] - expected.values[valid])
     assert diff / np.linalg.norm(expected.values[valid]) < 1e-3
-    if blend == "crop":
+    if blend == "crop":  # each pixel from a tile covering its receptive field: float noise only
+        np.testing.assert_allclose(got.values, expected.values, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(np.fmax(got.values, -1).argmax(0),
                                       np.fmax(expected.values, -1).argmax(0))  # fmt: skip
         classes = predict_scene(demo, open_raster(path, chunks=64), blend="crop", **TILING)

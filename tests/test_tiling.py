@@ -1,5 +1,6 @@
 """Tiled inference: grid rules, blend weights, and seam-freeness against the untiled output."""
 
+import pickle
 import threading
 import time
 
@@ -225,3 +226,38 @@ def test_timing_shares_a_call_among_the_calls_really_in_flight(net):
                   timing=lambda *a: timed.append(a))  # fmt: skip
     assert len(timed) == len(durations) == 2
     assert min(s for s, _ in timed) >= min(durations) / 2  # 2 in flight, not 4
+
+
+def test_threads_sharing_a_fresh_module_get_the_same_tiles_as_one_thread():
+    """Two dask worker threads share one unpickled model: converting it to channels-last in
+    both at once left a weight with mixed strides and every later tile wrong (relative L2 1.2
+    in test_distributed)."""
+    from seamline.core.models.modelio import load_model
+
+    blob = pickle.dumps(load_model("demo").module)  # contiguous weights, as a worker gets them
+    images = np.random.default_rng(9).normal(size=(2, 6, 96, 96)).astype(np.float32)
+    tiling = {"tile_size": 64, "overlap": 16, "blend": "crop", "align": 8}
+    expected = [predict_tiled(pickle.loads(blob), image, **tiling) for image in images]
+    for _ in range(12):  # the race showed in ~1 of 8 rounds of two threads
+        module, got = pickle.loads(blob), [None, None]
+
+        def run(k, module=module, got=got):
+            got[k] = predict_tiled(module, images[k], **tiling)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for k in range(2):
+            np.testing.assert_array_equal(got[k], expected[k])
+
+
+def test_a_placed_module_is_not_converted_again(net, monkeypatch):
+    image = np.zeros((3, 40, 40), np.float32)
+    predict_tiled(net, image, tile_size=32, overlap=8)  # places it: channels-last on the CPU
+    calls = []
+    monkeypatch.setattr(net, "to", lambda *a, **k: calls.append((a, k)))
+    predict_tiled(net, image, tile_size=32, overlap=8)
+    untiled(net, image)
+    assert calls == []  # a thread in its forward never sees its weights re-assigned

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -298,7 +299,7 @@ def predict_tiled(
         channels_last = dev.type == "cpu" and getattr(model, "channels_last", True)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(model, torch.nn.Module):
-        model = eval_mode(model.to(dev, memory_format=fmt))
+        model = _placed(model, dev, fmt)
 
     with torch.inference_mode():
         x = _reflect_pad(torch.as_tensor(image, device=dev, dtype=torch.float32),
@@ -411,6 +412,33 @@ def _place(
     return total
 
 
+_PLACING = threading.Lock()
+
+
+def _placed(module: torch.nn.Module, device: torch.device,
+            fmt: torch.memory_format | None = None) -> torch.nn.Module:
+    """``module`` in eval mode on ``device`` with its 4-D weights in ``fmt`` (``None``: as
+    they are), converted in place at most once.
+
+    ``Module.to`` re-assigns every parameter's ``.data``, which is not atomic: two threads
+    converting one fresh module together (two dask worker threads sharing an unpickled model)
+    left a weight with one layout's strides over the other's storage, and every later tile
+    wrong. So the conversion holds a lock, and a module already placed is not touched (a
+    thread may be in its forward).
+    """
+    device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors say
+    with _PLACING:
+        tensors = (*module.parameters(), *module.buffers())
+        if not all(t.device == device for t in tensors):
+            module.to(device)
+        if fmt is not None and not all(t.dim() != 4 or t.is_contiguous(memory_format=fmt)
+                                       for t in tensors):  # fmt: skip
+            module.to(memory_format=fmt)
+        if module.training:
+            eval_mode(module)
+    return module
+
+
 def _support(profiles: np.ndarray) -> np.ndarray:
     """The ``[first, last + 1)`` range of non-zero weight of each profile (the owned range
     for ``crop``): nothing outside it needs to be read or written."""
@@ -439,7 +467,7 @@ def untiled(
     """The model on the whole raster in one forward pass: the reference tiles are judged by."""
     dev = pick_device(device)
     if isinstance(model, torch.nn.Module):
-        model = eval_mode(model.to(dev))
+        model = _placed(model, dev)
     with torch.inference_mode():
         x = torch.nan_to_num(torch.as_tensor(image, dtype=torch.float32, device=dev), nan=0.0)
         return model(x[None])[0].float().cpu().numpy()
