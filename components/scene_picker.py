@@ -11,6 +11,7 @@ import panel as pn
 import param
 import xarray as xr
 
+from seamline.core.data.grid import is_rotated
 from seamline.core.data.io import open_aoi, read_geotiff_bytes
 from seamline.core.data.limits import DEFAULT_BUDGET
 from seamline.core.demo.data import sentinel2_aoi, sentinel2_sample
@@ -45,10 +46,18 @@ def _read_aoi(data: bytes, filename: str) -> gpd.GeoDataFrame:
 def _read_scene(data: bytes, filename: str) -> xr.DataArray:
     """The uploaded GeoTIFF, loaded once its size and header pass the shared input budget
     (read in memory by GDAL's GTiff driver only: a VRT could read server files or URLs)."""
-    return read_geotiff_bytes(
+    scene = read_geotiff_bytes(
         data, budget=DEFAULT_BUDGET, source=f"upload {filename!r}",
         fix="use `seamline predict` for it",
     )  # fmt: skip
+    if is_rotated(scene.rio.transform()):  # the map draws north-up grids (image x/y axes)
+        crs = scene.rio.crs.to_string()
+        raise InputFileError(
+            f"The upload {filename!r} has a rotated geotransform, which the map cannot draw: "
+            f"make it north-up first (`seamline prepare {filename} north_up.tif --dst-crs "
+            f"{crs}`), or use `seamline predict` for it."
+        )
+    return scene
 
 
 class ScenePicker(pn.viewable.Viewer):

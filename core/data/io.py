@@ -14,6 +14,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import rasterio
 import rioxarray
 import shapely
 import xarray as xr
@@ -23,6 +24,7 @@ from rasterio.io import MemoryFile
 from seamline.core.data.files import atomic_path, check_output_path, decoding
 from seamline.core.data.files import existing_file as _existing_file
 from seamline.core.data.files import first_line as _first_line
+from seamline.core.data.grid import is_rotated
 from seamline.core.data.limits import InputBudget
 from seamline.core.errors import (
     GeometryError,
@@ -76,7 +78,11 @@ def open_raster(
     try:
         # cache=False: a lazily opened scene reads each window when asked and keeps no hidden
         # in-memory copy (xarray's cache doubled prepare's peak memory); call .load() to keep.
-        da = rioxarray.open_rasterio(path, chunks=chunks, masked=False, cache=False)
+        with warnings.catch_warnings(), rasterio.open(path) as src:
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said once it is used
+            rotated = is_rotated(src.transform)  # a rotated grid has no 1-D coordinates
+        da = rioxarray.open_rasterio(path, chunks=chunks, masked=False, cache=False,
+                                     parse_coordinates=not rotated)  # fmt: skip
     except RasterioError as exc:
         raise InputFileError(
             f"Raster file {str(path)!r} could not be read ({_first_line(exc)}): "
@@ -142,7 +148,9 @@ def read_geotiff_bytes(
             # Closed once loaded: an open handle in xarray's file cache kept GDAL's
             # blocks of every upload (RSS grew ~15 MB per 64 requests).
             with decoding(f"The {source}", fix="use an uncorrupted GeoTIFF"):
-                with rioxarray.open_rasterio(dataset, masked=False, cache=False) as opened:
+                with rioxarray.open_rasterio(dataset, masked=False, cache=False,
+                                             parse_coordinates=not is_rotated(dataset.transform),
+                                             ) as opened:  # fmt: skip
                     da = opened.load()
     return _named_bands(da, None, Path(source))
 
@@ -308,7 +316,9 @@ def _writable(
     if "long_name" not in out.attrs and out["band"].dtype.kind in "US":
         out = out.copy(deep=False)
         out.attrs["long_name"] = band_names(out)
-    creation = {"compress": compress, **options}
+    # A rotated grid's transform is the one written on it: there are no coordinates to redo it.
+    creation = {"compress": compress, "recalc_transform": not is_rotated(out.rio.transform()),
+                **options}  # fmt: skip
     if driver == "GTiff":
         creation.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
     else:

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import xarray as xr
+from affine import Affine
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 from rasterio.enums import Resampling
 from rasterio.features import geometry_mask
-from shapely.geometry import Polygon, box
+from rasterio.warp import calculate_default_transform, transform_bounds
 
 from seamline.core.data.files import check_output_path, decoding
+from seamline.core.data.grid import footprint, is_rotated, pixel_size, window
 from seamline.core.data.io import check_aoi, open_aoi, open_raster, valid_mask, write_raster
 from seamline.core.data.limits import InputBudget
 from seamline.core.errors import (
@@ -45,6 +48,10 @@ __all__ = [
     "PrepareReport",
     "require_crs",
 ]
+
+WRAPPED_PIXEL_RATIO = 16
+"""A reprojection whose suggested grid holds under 1/16 of the source's pixels wraps around
+the world (GDAL keeps the pixel count along the diagonal; a world-wide strip is mostly empty)."""
 
 
 def parse_crs(text: str | int | CRS) -> CRS:
@@ -116,6 +123,9 @@ def reproject_scene(
 ) -> xr.DataArray:
     """Reproject a scene to ``dst_crs`` and/or ``resolution`` (in target CRS units).
 
+    The grid is GDAL's suggestion for the scene's footprint (what ``gdalwarp`` and ``rio warp``
+    choose), except that a rotated grid made north-up in its own CRS keeps its pixel size.
+
     Nodata pixels stay nodata (they do not bleed into neighbours for any resampling).
     """
     if resolution is not None and resolution <= 0:
@@ -123,14 +133,47 @@ def reproject_scene(
     src_crs = require_crs(scene)
     crs = parse_crs(dst_crs) if dst_crs is not None else src_crs
     scene = _with_nodata(scene)
-    out = scene.rio.reproject(
-        crs,
-        resolution=resolution,
-        resampling=parse_resampling(resampling),
-        nodata=scene.rio.nodata,
-    )
+    source = scene.rio.transform()
+    if resolution is None and is_rotated(source) and crs == src_crs:  # north-up, same pixels
+        resolution = min(pixel_size(source))
+    transform, shape = _destination_grid(scene, src_crs, crs, resolution)
+    with warnings.catch_warnings():  # rioxarray: a rotated transform cannot be recomputed
+        warnings.filterwarnings("ignore", "Transform that is non-rectilinear")
+        out = scene.rio.reproject(
+            crs,
+            transform=transform,
+            shape=shape,
+            resampling=parse_resampling(resampling),
+            nodata=scene.rio.nodata,
+        )
     out.attrs["long_name"] = scene.attrs.get("long_name", tuple(scene["band"].values.tolist()))
     return out
+
+
+def _destination_grid(
+    scene: xr.DataArray, src_crs: CRS, crs: CRS, resolution: float | None
+) -> tuple[Affine, tuple[int, int]]:
+    """GDAL's suggested output grid for the scene's true footprint (``rio.reproject`` takes
+    its bounds from coordinates: a rotated raster lost half its pixels), refused in one sentence
+    when it wraps around the world (a raster across the antimeridian in EPSG:3857 became a
+    283 x 1 strip spanning 360 degrees)."""
+    height, width = scene.sizes["y"], scene.sizes["x"]
+    bounds = footprint(scene).bounds
+    suggested = calculate_default_transform(src_crs, crs, width, height, *bounds)
+    if suggested[1] * suggested[2] * WRAPPED_PIXEL_RATIO < width * height:
+        west, _, east, _ = transform_bounds(src_crs, "EPSG:4326", *bounds)
+        why = "crosses the antimeridian (longitude 180)" if west > east else "wraps around"
+        raise GeometryError(
+            f"The raster (bounds {_fmt(bounds)} in {src_crs.to_string()}) {why}, so in "
+            f"{crs.to_string()} it would become a {suggested[1]} x {suggested[2]} px strip "
+            "around the world: reproject it to a CRS local to it (e.g. its UTM zone) or keep "
+            "its own CRS (leave the target CRS out)."
+        )
+    if resolution is None:
+        return suggested[0], (suggested[2], suggested[1])
+    transform, w, h = calculate_default_transform(src_crs, crs, width, height, *bounds,
+                                                  resolution=resolution)  # fmt: skip
+    return transform, (h, w)
 
 
 def _window(scene: xr.DataArray, bounds: tuple[float, float, float, float], pad: int):
@@ -154,18 +197,15 @@ def crop_to_aoi(scene: xr.DataArray, aoi: gpd.GeoDataFrame, *, pad: int = 0) -> 
     Lazily opened scenes stay lazy: nothing is read until the window's values are used.
     """
     aoi = align_aoi(aoi, require_crs(scene))
-    window = _window(scene, tuple(aoi.total_bounds), pad)
-    if window is None or not aoi.intersects(_footprint(scene)).any():
+    window_slices = _window(scene, tuple(aoi.total_bounds), pad)
+    outline = footprint(scene)
+    if window_slices is None or not aoi.intersects(outline).any():
         raise GeometryError(
             f"The AOI (bounds {_fmt(aoi.total_bounds)} in {aoi.crs.to_string()}) does not "
-            f"overlap the raster (bounds {_fmt(scene.rio.bounds())}): choose an AOI over the scene."
+            f"overlap the raster (bounds {_fmt(outline.bounds)}): choose an AOI over the scene."
         )
-    rows, cols = window
-    return scene.isel(y=rows, x=cols)
-
-
-def _footprint(scene: xr.DataArray) -> Polygon:
-    return box(*scene.rio.bounds())
+    rows, cols = window_slices
+    return window(scene, rows, cols)
 
 
 def _fmt(bounds) -> str:
@@ -304,13 +344,13 @@ def prepare_file(
         write_raster(prepared, output_path, driver="COG" if cog else "GTiff")
     if fit_stats is not None:
         stats.save(fit_stats)
-    res = prepared.rio.resolution()
+    transform = prepared.rio.transform()
     return PrepareReport(
         output=str(Path(output_path)),
         crs=prepared.rio.crs.to_string(),
         shape=tuple(int(s) for s in prepared.shape),
-        resolution=(abs(float(res[0])), abs(float(res[1]))),
-        bounds=tuple(float(b) for b in prepared.rio.bounds()),
+        resolution=pixel_size(transform),
+        bounds=tuple(float(b) for b in footprint(prepared).bounds),
         valid_fraction=float(valid_mask(prepared).mean()),
         stats=str(fit_stats or stats_path) if (fit_stats or stats_path) else None,
     )
