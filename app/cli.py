@@ -30,7 +30,12 @@ from seamline.app.cli_args import (
     band_list,
     tile_size_arg,
 )
-from seamline.app.cli_process import Terminated, one_line_warnings, terminate_cleanly
+from seamline.app.cli_process import (
+    Terminated,
+    one_line_warnings,
+    silence_stdout,
+    terminate_cleanly,
+)
 from seamline.core.data.files import quiet_undecodable_gdal_messages
 from seamline.core.errors import InvalidArgumentError, SeamlineError
 from seamline.core.models.registry import PRECISIONS, builtin_model_path
@@ -461,6 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print(f"seamline {args.command}: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except BrokenPipeError:  # the reader of stdout left (`| head`): end quietly, as cat does
+        silence_stdout()
+        return 128 + signal.SIGPIPE
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -3,6 +3,7 @@ outputs are removed), and Seamline's own warnings print as one line."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -10,7 +11,7 @@ from collections.abc import Callable
 
 from seamline.core.errors import SeamlineWarning
 
-__all__ = ["Terminated", "one_line_warnings", "terminate_cleanly"]
+__all__ = ["Terminated", "one_line_warnings", "silence_stdout", "terminate_cleanly"]
 
 
 class Terminated(BaseException):
@@ -28,6 +29,14 @@ def terminate_cleanly():
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device: its reader is gone (``seamline drift history | head``),
+    and Python's flush at exit would otherwise print a ``BrokenPipeError`` of its own."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def one_line_warnings(command: str, default: Callable) -> Callable:

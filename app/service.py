@@ -41,6 +41,7 @@ from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from seamline.app.models import MODELS
 from seamline.core.data.files import quiet_undecodable_gdal_messages
@@ -67,6 +68,7 @@ LATENCY_HEADER = "X-Seamline-Latency-Ms"
 INFERENCE_HEADER = "X-Seamline-Inference-Ms"
 TOKEN_FIX = "send the service's token as 'Authorization: Bearer <token>'"
 BEARER_CHALLENGE = 'Bearer realm="seamline"'
+CLIENT_CLOSED = 499  # nginx's "client closed request": counted apart from the server's 500s
 INTERNAL_ERROR = "The prediction failed with an internal error: the server log has the details."
 
 
@@ -312,6 +314,9 @@ def create_app(
                 metrics.queued -= 1
         except SeamlineError as exc:
             return _error(_status(exc), str(exc))
+        except ClientDisconnect:  # the client left mid-upload: its fault, not a server error
+            log.info("POST /predict: the client disconnected before its upload ended")
+            return _error(CLIENT_CLOSED, "The client closed the connection mid-upload.")
         except Exception:  # a bug, not the user's: log it, leak nothing
             log.exception("POST /predict failed")
             return _error(500, INTERNAL_ERROR)

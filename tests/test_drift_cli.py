@@ -131,3 +131,29 @@ def test_bad_inputs_one_sentence_no_output(capsys, scenes, baseline, tmp_path):
     assert not map_out.exists() and not db.exists() and foreign.read_text() == "not a database"
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["corrupt.json", "foreign.sqlite", "truncated.tif"]
+
+
+def test_history_piped_into_head_ends_quietly(scenes, baseline, tmp_path):
+    """`seamline drift history | head` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    from seamline.core.data.io import open_raster
+    from seamline.core.monitor.baseline import Baseline
+    from seamline.core.monitor.check import check
+    from seamline.core.monitor.history import History
+
+    result = check(open_raster(scenes[0][3]).load(), Baseline.load(baseline))
+    db = tmp_path / "history.sqlite"
+    with History(db) as history:  # ~23 rows a check: far more than a pipe's 64 KB buffer
+        for day in range(1, 200):
+            history.add(result, time=f"2024-{1 + day // 28:02d}-{1 + day % 28:02d}", scene="s.tif")
+    script = (f"import sys; from seamline.app.cli import main; "
+              f"sys.exit(main(['drift', 'history', '--db', {str(db)!r}]))")  # fmt: skip
+    cli = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)  # fmt: skip
+    first = cli.stdout.readline()  # what `head -1` reads, then it leaves
+    cli.stdout.close()
+    err = cli.stderr.read().decode()
+    assert cli.wait(timeout=60) == 141 and first.startswith(b"time,")  # 128 + SIGPIPE
+    assert err == "", err

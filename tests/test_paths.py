@@ -54,6 +54,21 @@ def test_a_symlink_escaping_the_root_is_refused(tree):
             resolve_under(path, [tree["root"]])
 
 
+def test_behind_an_escaping_symlink_existing_and_missing_files_answer_alike(tree):
+    """Review attack: ``escape/key.txt`` said "outside" and ``escape/nothing.txt`` said "does
+    not exist under the data roots", so a visitor could probe which server files exist."""
+    (tree["scenes"] / "escape").symlink_to(tree["secret"], target_is_directory=True)
+    (tree["scenes"] / "gone.tif").symlink_to(tree["secret"] / "gone.txt")  # dangling, outside
+    answers = set()
+    for path in ("key.txt", "nothing.txt", "nothing/deeper.txt"):
+        with pytest.raises(PathOutsideRootsError) as refused:
+            resolve_under(f"scenes/escape/{path}", [tree["root"]])
+        answers.add(str(refused.value).replace(path, "NAME"))
+    assert len(answers) == 1
+    with pytest.raises(PathOutsideRootsError):
+        resolve_under("scenes/gone.tif", [tree["root"]])
+
+
 def test_a_symlink_staying_inside_is_allowed(tree):
     (tree["root"] / "latest").symlink_to(tree["scenes"], target_is_directory=True)
     assert resolve_under("latest", [tree["root"]]) == tree["scenes"].resolve()

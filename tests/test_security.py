@@ -232,3 +232,56 @@ def test_serve_api_budget_flags_reach_the_budget():
     assert budget_from_args(build_parser().parse_args(["serve-api"])) == InputBudget()
     with pytest.raises(InvalidArgumentError, match="max_bands=0"):
         budget_from_args(build_parser().parse_args(["serve-api", "--max-bands", "0"]))
+
+
+def _dated_folder(folder, days=("2024-01-01", "2024-02-01", "2024-03-01"), side=32):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    for day in days:
+        data = rng.integers(100, 3000, size=(3, side, side), dtype=np.uint16)
+        write_tif(folder / f"{day}.tif", data, descriptions=("red", "green", "blue"))
+    return folder
+
+
+def test_dashboard_folder_files_are_read_as_uploads_are(tmp_path):
+    """The drift section's folder source had no budget and opened any GDAL driver: a bomb
+    among the dates cost what its header declared, a VRT named ``.tif`` read a server file."""
+    from seamline.components.drift_view import DriftSeries
+
+    root = tmp_path / "root"
+    site = _dated_folder(root / "site")
+    secret = write_tif(tmp_path / "server_only.tif", np.ones((3, 32, 32), dtype=np.uint16))
+    (site / "2024-04-01.tif").write_text(
+        f'<VRTDataset rasterXSize="32" rasterYSize="32"><VRTRasterBand dataType="UInt16" '
+        f'band="1"><SimpleSource><SourceFilename>{secret}</SourceFilename>'
+        f"<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>"
+    )
+    state = DriftSeries(source="folder", folder="site", data_roots=[root], baseline_count=2)
+    assert state.compute() is False
+    assert state.message == "The GeoTIFF '2024-04-01.tif' is not a GeoTIFF: use a GeoTIFF file."
+    (site / "2024-04-01.tif").unlink()
+    write_bomb(site / "2024-05-01.tif")
+    with peak_memory() as figures:
+        assert state.compute() is False
+    assert "60000 x 60000 pixels" in state.message and "seamline prepare --aoi" in state.message
+    assert figures["peak_growth"] < 50 * 2**20, figures
+
+
+def test_a_folder_series_has_a_file_count_and_a_total_budget(tmp_path):
+    from seamline.core.monitor.series import MAX_SERIES_FILES, SERIES_SCENES, folder_series
+
+    crowded = tmp_path / "crowded"
+    crowded.mkdir()
+    for day in range(MAX_SERIES_FILES + 1):  # empty files: refused before any is opened
+        (crowded / f"d{day:04d}.tif").touch()
+    with pytest.raises(SizeLimitError, match=f"holds {MAX_SERIES_FILES + 1} GeoTIFFs"):
+        folder_series(crowded, roots=[tmp_path])
+    # Each date (3 x 32 x 32 uint16) fills the budget; the series may hold SERIES_SCENES
+    # budgets of float32 values, so 2 x SERIES_SCENES uint16 dates and no more.
+    budget = InputBudget(max_pixels=3 * 32 * 32)
+    days = [f"2024-01-{d:02d}" for d in range(1, 2 * SERIES_SCENES + 2)]
+    site = _dated_folder(tmp_path / "site", days=days)
+    with pytest.raises(SizeLimitError, match=f"up to '{days[-1]}.tif' .* a series may hold"):
+        folder_series(site, budget=budget)
+    (site / f"{days[-1]}.tif").unlink()
+    assert len(folder_series(site, budget=budget)) == 2 * SERIES_SCENES

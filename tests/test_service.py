@@ -252,3 +252,21 @@ def test_serve_api_cli_bad_model_is_one_sentence(capsys):
     code = main(["serve-api", "--model", "missing.pt"])
     err = capsys.readouterr().err
     assert code == EXIT_USER_ERROR and "does not exist" in err and "Traceback" not in err
+
+
+def test_a_client_leaving_mid_upload_is_not_a_server_error(service, scenes):
+    """Review: client disconnects counted as 500s in /metrics (and logged as failures)."""
+    body = geotiff_bytes(scenes[0])
+    host, port = service.removeprefix("http://").split(":")
+    before = httpx.get(f"{service}/metrics").json()["requests"]
+    with socket.create_connection((host, int(port))) as conn:
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/tiff\r\n"
+        conn.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body[: len(body) // 2])
+        time.sleep(0.2)  # the server is reading the body
+    deadline = time.monotonic() + 10
+    while (after := httpx.get(f"{service}/metrics").json()["requests"]) == before:
+        assert time.monotonic() < deadline, "the abandoned request was never counted"
+        time.sleep(0.05)
+    assert after.get("499", 0) == before.get("499", 0) + 1
+    assert after.get("500", 0) == before.get("500", 0)
+    assert httpx.post(f"{service}/predict", content=body, headers=TIFF).status_code == 200

@@ -53,7 +53,8 @@ def resolve_under(path: str | os.PathLike, roots: Iterable[str | os.PathLike]) -
 
     A relative ``path`` is taken relative to the first root. Symlinks are followed: one that
     stays inside the roots is fine, one that leads out of them is refused. A missing path
-    outside the roots is reported as outside (so the answer never tells what exists there).
+    outside the roots, or behind a symlink leading out, is reported as outside (so the answer
+    never tells what exists there).
 
     Raises :class:`~core.errors.PathOutsideRootsError` for a path outside the roots (or no
     roots at all) and :class:`~core.errors.InputFileError` for a missing path inside them.
@@ -73,7 +74,9 @@ def resolve_under(path: str | os.PathLike, roots: Iterable[str | os.PathLike]) -
     try:
         resolved = candidate.resolve(strict=True)
     except (OSError, RuntimeError):  # missing, unreadable or a symlink loop
-        if not _inside(Path(os.path.normpath(candidate)), resolved_roots):
+        # Where it would be, through the symlinks that exist: a link leading out makes a
+        # missing path outside too, so existing and missing files there answer alike.
+        if not _inside(Path(os.path.realpath(candidate)), resolved_roots):
             raise outside from None
         raise InputFileError(
             f"Path {str(path)!r} does not exist under the data roots ({shown}): check its name."

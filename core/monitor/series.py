@@ -20,9 +20,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from seamline.core.data.io import band_names, open_raster
+from seamline.core.data.io import band_names, open_raster, read_geotiff_bytes
+from seamline.core.data.limits import DEFAULT_BUDGET, MAX_VALUE_BYTES, InputBudget
 from seamline.core.data.paths import resolve_under
-from seamline.core.errors import BandMismatchError, InputFileError, InvalidArgumentError
+from seamline.core.errors import (
+    BandMismatchError,
+    InputFileError,
+    InvalidArgumentError,
+    SizeLimitError,
+)
 from seamline.core.models.modelio import load_model
 from seamline.core.monitor.check import check
 from seamline.core.monitor.fit import fit_baseline
@@ -40,6 +46,11 @@ CLEAR_CLOUD_FRACTION = 0.01
 
 DATE_IN_NAME = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
+MAX_SERIES_FILES = 366
+"""Most GeoTIFFs a budgeted folder may hold: a daily series of a year."""
+SERIES_SCENES = 4
+"""A budgeted series holds at most this many input budgets of decoded pixels (2 GiB at the
+default budget: e.g. 40 dates of 2048 x 2048 x 6 uint16)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,14 +82,30 @@ def _file_time(path: Path) -> dt.datetime:
     return dt.datetime.fromtimestamp(path.stat().st_mtime)
 
 
+def _untrusted_scene(path: Path, budget: InputBudget) -> xr.DataArray:
+    """A folder's GeoTIFF read as an upload is: its bytes and header within ``budget``
+    before a pixel is decoded, by GDAL's GTiff driver only (a VRT named ``.tif`` would read
+    other server files or URLs)."""
+    source, fix = f"GeoTIFF {path.name!r}", "crop it to the site with `seamline prepare --aoi`"
+    budget.check_bytes(path.stat().st_size, source=source, fix=fix)
+    return read_geotiff_bytes(path.read_bytes(), budget=budget, source=source, fix=fix)
+
+
 def folder_series(
-    folder: str | Path, *, roots: Sequence[str | Path] | None = None
+    folder: str | Path,
+    *,
+    roots: Sequence[str | Path] | None = None,
+    budget: InputBudget | None = None,
 ) -> list[DatedScene]:
     """Every GeoTIFF of a folder, in date order (date from the file name, else mtime).
 
     With ``roots`` (a server's data roots), the folder and every file in it must resolve
     inside them (:func:`seamline.core.data.paths.resolve_under`): ``..``, other absolute paths and
-    symlinks leading out are refused before anything is read.
+    symlinks leading out are refused before anything is read. With a ``budget`` (with
+    ``roots``, default :data:`~seamline.core.data.limits.DEFAULT_BUDGET`) each file is read as
+    an upload is (:func:`seamline.core.data.io.read_geotiff_bytes`: GTiff only, bytes and
+    header checked first), the folder holds at most :data:`MAX_SERIES_FILES` files and the
+    series at most :data:`SERIES_SCENES` budgets of decoded pixels.
 
     Raises :class:`~core.errors.SeamlineError` with one sentence for a missing folder, a
     folder outside ``roots``, a folder without GeoTIFFs, an unreadable file or files whose
@@ -100,7 +127,26 @@ def folder_series(
         raise InputFileError(
             f"Folder {str(path)!r} holds no GeoTIFF (.tif, .tiff): add one scene per date."
         )
-    series = [DatedScene(time, open_raster(p).load()) for time, p in files]
+    if budget is None and roots is not None:  # a visitor's folder: never unbounded
+        budget = DEFAULT_BUDGET
+    if budget is not None and len(files) > MAX_SERIES_FILES:
+        raise SizeLimitError(
+            f"Folder {str(path)!r} holds {len(files)} GeoTIFFs, more than the "
+            f"{MAX_SERIES_FILES} dates a series may have: keep one folder per site and year."
+        )
+    series, held = [], 0
+    for time, p in files:
+        scene = open_raster(p).load() if budget is None else _untrusted_scene(p, budget)
+        held += scene.nbytes
+        if budget is not None and held > budget.max_pixels * MAX_VALUE_BYTES * SERIES_SCENES:
+            raise SizeLimitError(
+                f"The GeoTIFFs of folder {str(path)!r} up to {p.name!r} hold "
+                f"{held / 2**20:,.0f} MiB of pixels, more than the "
+                f"{budget.max_pixels * MAX_VALUE_BYTES * SERIES_SCENES / 2**20:,.0f} MiB a "
+                "series may hold: keep fewer or smaller dates in the folder (crop them to "
+                "the site with `seamline prepare --aoi`)."
+            )
+        series.append(DatedScene(time, scene))
     bands = band_names(series[0].scene)
     for (_, p), item in zip(files, series, strict=True):
         if band_names(item.scene) != bands:
