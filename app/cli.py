@@ -69,6 +69,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         args.input,
         args.output,
         aoi_path=args.aoi,
+        aoi_layer=args.aoi_layer,
         fit_stats=args.fit_stats,
         stats_path=stats,
         band_names=args.band_names,
@@ -124,7 +125,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         model = model.with_module(fast, precision=model.precision)
     report = _file_predictor(args.scheduler)(
         args.input, args.output, model=model,
-        aoi=open_aoi(args.aoi) if args.aoi else None,
+        aoi=open_aoi(args.aoi, layer=args.aoi_layer) if args.aoi else None,
         probabilities=args.probabilities, cog=args.cog, block_size=args.block_size,
         band_names=args.band_names, tile_size=args.tile_size, overlap=args.overlap,
         blend=args.blend, batch_size=batch_size, device=device,
@@ -307,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="raster to prepare (GeoTIFF, COG, NetCDF)")
     p.add_argument("output", help="prepared GeoTIFF to write")
     p.add_argument("--aoi", help="area of interest (GeoJSON, Shapefile, GeoPackage), any CRS")
+    p.add_argument("--aoi-layer", help="the AOI file's layer, when it has several")
     p.add_argument("--dst-crs", help="reproject the raster to this CRS (e.g. EPSG:32633)")
     p.add_argument("--resolution", type=float, help="target pixel size in target CRS units")
     p.add_argument("--resampling", default="nearest", help="resampling when reprojecting")
@@ -332,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="raster to predict (raw or prepared)")
     p.add_argument("output", help="class-id GeoTIFF to write (probabilities with --probabilities)")
     p.add_argument("--aoi", help="predict only inside this area of interest (any CRS)")
+    p.add_argument("--aoi-layer", help="the AOI file's layer, when it has several")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
     p.add_argument("--model-class", help="package.module:Class for a state dict")

@@ -225,6 +225,13 @@ def create_app(
     )  # fmt: skip
     defaults["tile_size"] = tile_size = choose_tile_size(ready, tile_size)
     defaults["overlap"] = choose_overlap(ready, tile_size, blend, overlap)
+    if tile_size > MAX_TILE_SIZE:  # a .pt2 exported for one tile side
+        raise InvalidArgumentError(
+            f"Model {ready.name!r} takes only {tile_size} x {tile_size} px tiles, more than "
+            f"the {MAX_TILE_SIZE} this service allows: export it for a smaller tile, or with "
+            "a dynamic height and width."
+        )
+    _check_tiling(defaults)  # the overlap chosen to cover the model's receptive field
     _warm(ready, tile_size)
     metrics = _Metrics()
     workers: dict[str, ThreadPoolExecutor] = {}

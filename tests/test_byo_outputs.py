@@ -117,3 +117,18 @@ def test_int8_of_a_model_that_is_not_the_demo_calibrates_on_the_users_scene(tmp_
             "/predict", content=geotiff_bytes(scene), headers={"content-type": "image/tiff"}
         )
     assert r.status_code == 200
+
+
+def test_a_service_refuses_at_start_a_pt2_fixed_above_its_largest_tile(tmp_path):
+    """create_app checked its tiling before it knew a .pt2's own tile: a model exported for
+    1100 px tiles started, and every request then ran tiles larger than the service allows."""
+    from seamline.app.service import MAX_TILE_SIZE, create_app
+
+    net = nn.Sequential(nn.Conv2d(6, 3, 1)).eval()
+    side = MAX_TILE_SIZE + 76
+    program = torch.export.export(net, (torch.zeros(1, 6, side, side),))
+    path = tmp_path / "large.pt2"
+    torch.export.save(program, path)
+    path.with_suffix(".json").write_text(json.dumps({"bands": BANDS, "classes": list("abc")}))
+    with pytest.raises(InvalidArgumentError, match=f"takes only {side} x {side} px tiles"):
+        create_app(path, precision="fp32")

@@ -13,7 +13,7 @@ import rasterio
 from shapely.geometry import box
 
 from seamline.app.cli import EXIT_USER_ERROR, main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_tif
 
 
 def run(capsys, *argv):
@@ -180,3 +180,41 @@ def test_more_bad_inputs_are_one_sentence(case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and phrase in err and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(f"seamline {argv[0]}: error: ")  # one line
+
+
+@pytest.mark.parametrize(("descriptions", "given", "shown"), [
+    (("blue",) * 4, None, "'blue' (4 bands)"),  # rioxarray collapses them into one string
+    (("blue", "green", "blue", "nir"), None, "'blue' (2 bands)"),
+    (("blue", "green", "red", "nir"), "red,red,red,nir", "'red' (3 bands)"),
+])  # fmt: skip
+def test_bands_named_alike_are_one_sentence_not_renamed(capsys, tmp_path, descriptions, given,
+                                                        shown):  # fmt: skip
+    """Review: six bands all described "blue" were renamed band_1..6 silently, and the model
+    then took them by position."""
+    data = np.random.default_rng(0).integers(1, 3000, size=(4, 32, 32), dtype=np.uint16)
+    source = write_tif(tmp_path / "alike.tif", data, descriptions=descriptions)
+    names = ["--band-names", given] if given else []
+    code, _, err = run(capsys, "prepare", source, tmp_path / "out.tif", *names)
+    assert_one_sentence_error(code, err, shown, "--band-names")
+    assert not (tmp_path / "out.tif").exists()
+    fixed = ["--band-names", "blue,green,red,nir"]
+    assert run(capsys, "prepare", source, tmp_path / "out.tif", *fixed)[0] == 0
+
+
+def test_an_aoi_geopackage_of_several_layers_needs_its_layer_named(capsys, tmp_path, small_tif,
+                                                                   small_aoi):  # fmt: skip
+    """Review: a two-layer GeoPackage silently used its first layer."""
+    aoi = gpd.read_file(small_aoi)
+    package = tmp_path / "site.gpkg"
+    aoi.to_file(package, layer="roads")  # listed first: the silent choice
+    aoi.to_file(package, layer="fields")
+    for command in ("prepare", "predict"):
+        code, _, err = run(capsys, command, small_tif, tmp_path / "out.tif", "--aoi", package)
+        assert_one_sentence_error(code, err, "2 layers (roads, fields)", "--aoi-layer")
+    code, out, _ = run(capsys, "prepare", small_tif, tmp_path / "out.tif", "--aoi", package,
+                       "--aoi-layer", "fields")  # fmt: skip
+    assert code == 0 and json.loads(out)["valid_fraction"] < 0.5
+    code, _, err = run(capsys, "prepare", small_tif, tmp_path / "o2.tif", "--aoi", package,
+                       "--aoi-layer", "parcels")  # fmt: skip
+    assert_one_sentence_error(code, err, "site.gpkg")
+    assert not (tmp_path / "o2.tif").exists()

@@ -3,11 +3,15 @@ that never invent an id (MODE), probabilities AVERAGE ones (issue #19)."""
 
 import geopandas as gpd
 import numpy as np
+import pytest
 import rasterio
+from affine import Affine
 from shapely.geometry import box
 
 from seamline import load_model, predict_file
 from seamline.core.data.io import write_raster
+from seamline.core.predict.distributed import connect, predict_file_distributed
+from seamline.core.prepare.scene import prepare_file
 from seamline.core.demo.synthetic import make_scene
 
 
@@ -54,3 +58,31 @@ def test_write_raster_gives_a_class_map_mode_overviews(tmp_path):
     full, small, factor = _overview(path)
     from_block = (full.reshape(512, 2, 512, 2) == small[:, None, :, None]).any(axis=(1, 3))
     assert from_block.all()
+
+
+@pytest.mark.parametrize("kind", ["classes", "probabilities", "prepared", "prepared rotated",
+                                  "distributed"])  # fmt: skip
+def test_every_cog_written_passes_rio_cogeo_validate(tmp_path, kind):
+    """An independent validator (rio-cogeo, GDAL's COG rules: tiled, overviews, IFD order,
+    no leading ghost-area surprises) on each COG writer of Seamline."""
+    from rio_cogeo.cogeo import cog_validate
+
+    scene = make_scene(1100, 900, seed=12)[0]
+    source = write_raster(scene, tmp_path / "scene.tif")
+    out = tmp_path / f"{kind.replace(' ', '_')}.tif"
+    if kind in ("classes", "probabilities"):
+        predict_file(source, out, model="demo", probabilities=kind == "probabilities", cog=True,
+                     tile_size=256)  # fmt: skip
+    elif kind == "prepared":
+        prepare_file(source, out, cog=True)
+    elif kind == "prepared rotated":
+        rotated = scene.rio.write_transform(Affine.rotation(20) * scene.rio.transform())
+        prepare_file(write_raster(rotated, tmp_path / "rotated.tif"), out, cog=True)
+    else:
+        with connect("local", n_workers=1, processes=False) as client:
+            predict_file_distributed(source, out, model="demo", scheduler=client, cog=True,
+                                     tile_size=256, block_size=512)  # fmt: skip
+    valid, errors, warnings = cog_validate(str(out))
+    assert valid and not errors and not warnings, (errors, warnings)
+    with rasterio.open(out) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and ds.overviews(1)

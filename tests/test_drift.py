@@ -303,3 +303,61 @@ def test_wasserstein_agrees_with_scipy(case, tolerance):
     }[case]
     ours = wasserstein_to_sketch(scene, np.quantile(base, QUANTILE_LEVELS))
     assert abs(ours - wasserstein_distance(scene, base)) < tolerance
+
+
+def _samples(case: str, n: int = 160_000) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "one pixel at 1000 sd": (rng.normal(size=n), np.r_[1000.0, rng.normal(size=n - 1)]),
+        "lognormal sigma 1 -> 1.3": (rng.lognormal(0, 1, n), rng.lognormal(0, 1.3, n)),
+        "student t df 3, scale x1.5": (rng.standard_t(3, n), 1.5 * rng.standard_t(3, n)),
+        "student t df 1.5, unchanged": (rng.standard_t(1.5, n), rng.standard_t(1.5, n)),
+        "pareto 2.5 -> 2": (rng.pareto(2.5, n), rng.pareto(2.0, n)),
+        "poisson 3 -> 3.5 (ties)": (rng.poisson(3, n) * 1.0, rng.poisson(3.5, n) * 1.0),
+        "shift 0.5 sd": (rng.normal(size=n), rng.normal(0.5, 1, n)),
+    }[case]
+
+
+CASES = ["one pixel at 1000 sd", "lognormal sigma 1 -> 1.3", "student t df 3, scale x1.5",
+         "student t df 1.5, unchanged", "pareto 2.5 -> 2", "poisson 3 -> 3.5 (ties)",
+         "shift 0.5 sd"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_drift_metric_agrees_with_scipy_on_outliers_and_heavy_tails(case):
+    """Each metric against scipy on the same data: KS against ``ks_2samp``, W1 against
+    ``wasserstein_distance``, PSI against scipy's symmetric KL (PSI is KL(p|q) + KL(q|p)) and
+    JS against ``jensenshannon`` squared, over the baseline's fixed-edge bins."""
+    from scipy.spatial.distance import jensenshannon
+
+    from seamline.core.monitor.baseline import QUANTILE_LEVELS
+    from seamline.core.monitor.distances import _ks, _psi, jensen_shannon, wasserstein_to_sketch
+
+    base, scene = _samples(case)
+    sketch = np.quantile(base, QUANTILE_LEVELS)
+    # KS at the sketch's 101 knots: within its 1 % resolution of the full two-sample statistic
+    assert abs(_ks(scene, sketch) - stats.ks_2samp(scene, base).statistic) < 0.01
+    # W1 from the sketch leaves out the outer 0.5 % each side (one pixel at 1000 sd is not
+    # drift); with an infinite variance (t, df 1.5) scipy's own value is a few pixels' noise.
+    w1 = stats.wasserstein_distance(scene, base)
+    assert abs(wasserstein_to_sketch(scene, sketch) - w1) < max(0.05 * w1, 0.05)
+    edges = np.unique(np.quantile(base, np.linspace(0, 1, 21)))  # mass of both in every bin
+    edges[0], edges[-1] = -np.inf, np.inf
+    p, q = (np.histogram(x, edges)[0] / x.size for x in (scene, base))
+    assert (p > 0).all() and (q > 0).all()
+    assert _psi(p, q) == pytest.approx(stats.entropy(p, q) + stats.entropy(q, p), rel=1e-9)
+    assert jensen_shannon(p, q) == pytest.approx(jensenshannon(p, q, base=2) ** 2, rel=1e-9)
+
+
+def test_the_drift_pipeline_on_a_heavy_tail_agrees_with_scipy():
+    """Through fit_baseline and check (their sampling, sketches and scale), not only the
+    distance functions: a lognormal band whose sigma grows from 1 to 1.3."""
+    rng = np.random.default_rng(5)
+    reference, changed = rng.lognormal(7, 1, 16384), rng.lognormal(7, 1.3, 16384)
+    baseline = fit_baseline(iid_scene(reference))
+    result = check(iid_scene(changed), baseline)
+    scale = baseline.feature("nir").scale
+    w1 = stats.wasserstein_distance(changed, reference) / scale
+    assert result.metric("nir", "wasserstein").value == pytest.approx(w1, rel=0.1)
+    ks = stats.ks_2samp(changed, reference).statistic
+    assert result.metric("nir", "ks").value == pytest.approx(ks, abs=0.05)

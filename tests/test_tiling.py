@@ -261,3 +261,40 @@ def test_a_placed_module_is_not_converted_again(net, monkeypatch):
     predict_tiled(net, image, tile_size=32, overlap=8)
     untiled(net, image)
     assert calls == []  # a thread in its forward never sees its weights re-assigned
+
+
+# MONAI's sliding-window test cases (tests/inferers/test_sliding_window_inference.py,
+# TEST_CASES and the 2-D windows of its buffer tests), ported to predict_tiled's square tiles
+# and pixel overlaps: (bands, height, width), tile side, batch size, overlap as a fraction.
+# A pointwise model's tiled output must be its untiled output, for every blend. Not ported:
+# test_sigma and test_cval (they pin MONAI's constant padding and its border-tapering
+# Gaussian, which Seamline replaces by reflection and untapered borders on purpose), the
+# multi-output cases (lower-resolution heads are upsampled by the model adapter,
+# core/models/outputs.py, before tiling) and the 1-D, 3-D and 4-D cases.
+MONAI_CASES = [
+    ((3, 15, 7), 2, 1000, 0.25),  # 2-D small roi, large batch
+    ((3, 15, 7), 6, 1000, 0.25),
+    ((3, 16, 7), 80, 7, 0.25),  # 2-D large roi: one tile larger than the image
+    ((3, 16, 7), 80, 7, 0.5),  # large overlap
+    ((3, 10, 11), 7, 5, 0.8),
+    ((3, 10, 11), 15, 2, 0.0),
+    ((3, 10, 11), 10, 3, 0.0),
+    ((3, 511, 237), 96, 5, 0.4),
+    ((3, 512, 245), 96, 5, 0.0),
+    ((3, 512, 245), 512, 5, 0.125),
+]
+
+
+@pytest.mark.parametrize("blend", BLENDS)
+@pytest.mark.parametrize(("shape", "tile", "batch", "fraction"), MONAI_CASES)
+def test_monai_sliding_window_cases(shape, tile, batch, fraction, blend):
+    overlap = int(tile * fraction)
+    inputs = {
+        "arange": np.arange(np.prod(shape), dtype=np.float32).reshape(shape),  # MONAI "constant"
+        "random": np.random.default_rng(0).integers(0, 255, shape).astype(np.float32),
+    }
+    for image in inputs.values():
+        for model, expected in ((lambda x: x + 1, image + 1), (lambda x: 2 * x, 2 * image)):
+            out = predict_tiled(model, image, tile_size=tile, overlap=overlap, blend=blend,
+                                batch_size=batch, device="cpu")  # fmt: skip
+            np.testing.assert_allclose(out, expected, rtol=1e-6)

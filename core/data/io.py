@@ -183,16 +183,31 @@ def _resolve_band_names(
                 f"Raster file {str(path)!r} has {count} bands but {len(names)} band names were "
                 "given: pass one name per band."
             )
+        _check_unique(names, f"The band names given for {str(path)!r}")
         return names
     described = da.attrs.get("long_name")
-    if isinstance(described, str):
-        described = (described,)
+    if isinstance(described, str):  # rioxarray's one string for bands described alike
+        described = (described,) * count
     if described is not None and len(described) == count and all(described):
-        return tuple(str(n) for n in described)
+        names = tuple(str(n) for n in described)
+        _check_unique(names, f"The band descriptions of raster file {str(path)!r}")
+        return names
     coord = da["band"].values
     if coord.dtype.kind in "US" and len(set(coord.tolist())) == count:
         return tuple(str(n) for n in coord.tolist())
     return tuple(f"band_{i + 1}" for i in range(count))
+
+
+def _check_unique(names: tuple[str, ...], what: str) -> None:
+    """One sentence when a name is given to several bands: models pick bands by name, and
+    renaming them ``band_1..N`` silently made the choice positional."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        shown = ", ".join(f"{n!r} ({names.count(n)} bands)" for n in repeated)
+        raise InputFileError(
+            f"{what} give one name to several bands ({shown}): name each band once with "
+            "--band-names (band_names= in Python)."
+        )
 
 
 def band_names(da: xr.DataArray) -> tuple[str, ...]:
@@ -220,7 +235,8 @@ def valid_mask(da: xr.DataArray) -> np.ndarray:
 
 
 def open_aoi(path: str | os.PathLike, *, layer: str | int | None = None) -> gpd.GeoDataFrame:
-    """Open an area of interest from GeoJSON, Shapefile or GeoPackage.
+    """Open an area of interest from GeoJSON, Shapefile or GeoPackage (``layer``: which of
+    a file's layers; a file of several needs it).
 
     The geometries must be non-empty, valid polygons with a CRS; anything else is a
     :class:`~core.errors.GeometryError` (or :class:`~core.errors.MissingCRSError`) that says
@@ -228,7 +244,17 @@ def open_aoi(path: str | os.PathLike, *, layer: str | int | None = None) -> gpd.
     """
     path = _existing_file(path, "AOI")
     try:
+        if layer is None:  # the first of several layers would be a silent guess
+            layers = [str(name) for name in gpd.list_layers(path)["name"]]
+            if len(layers) > 1:
+                raise GeometryError(
+                    f"AOI file {str(path)!r} has {len(layers)} layers ({', '.join(layers)}): "
+                    "choose one with --aoi-layer NAME (layer= in Python), or keep one layer "
+                    "in the file."
+                )
         gdf = gpd.read_file(path, layer=layer)
+    except GeometryError:
+        raise
     except Exception as exc:  # pyogrio raises several unrelated types for unreadable files
         raise InputFileError(
             f"AOI file {str(path)!r} could not be read ({_first_line(exc)}): "

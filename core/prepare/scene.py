@@ -307,6 +307,7 @@ def prepare_file(
     output_path: str | os.PathLike,
     *,
     aoi_path: str | os.PathLike | None = None,
+    aoi_layer: str | None = None,
     fit_stats: str | os.PathLike | None = None,
     stats_path: str | os.PathLike | None = None,
     band_names: list[str] | None = None,
@@ -329,7 +330,7 @@ def prepare_file(
     if fit_stats is not None:
         check_output_path(fit_stats, inputs=[input_path, output_path])
     scene = open_raster(input_path, band_names=band_names)
-    aoi = open_aoi(aoi_path) if aoi_path is not None else None
+    aoi = open_aoi(aoi_path, layer=aoi_layer) if aoi_path is not None else None
     if budget is not None:
         window = crop_to_aoi(scene, aoi) if aoi is not None else scene
         where = " inside the AOI" if aoi is not None else ""
