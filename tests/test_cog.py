@@ -1,6 +1,11 @@
 """Cloud Optimized GeoTIFFs that independent readers agree with: class maps get overviews
 that never invent an id (MODE), probabilities AVERAGE ones (issue #19)."""
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -10,9 +15,9 @@ from shapely.geometry import box
 
 from seamline import load_model, predict_file
 from seamline.core.data.io import write_raster
+from seamline.core.demo.synthetic import make_scene
 from seamline.core.predict.distributed import connect, predict_file_distributed
 from seamline.core.prepare.scene import prepare_file
-from seamline.core.demo.synthetic import make_scene
 
 
 def _overview(path, level: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
@@ -86,3 +91,22 @@ def test_every_cog_written_passes_rio_cogeo_validate(tmp_path, kind):
     assert valid and not errors and not warnings, (errors, warnings)
     with rasterio.open(out) as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and ds.overviews(1)
+    if GDAL_VALIDATOR is not None:  # GDAL's own validator, where GDAL's Python is installed
+        checked = subprocess.run([*GDAL_VALIDATOR, str(out)], capture_output=True, text=True)
+        assert checked.returncode == 0 and "is a valid cloud optimized GeoTIFF" in checked.stdout
+
+
+def _gdal_validator() -> list[str] | None:
+    """GDAL's validate_cloud_optimized_geotiff, through a Python that has GDAL's bindings
+    (Debian's python3-gdal, beside gdal-bin); None where there is none."""
+    for python in {sys.executable, shutil.which("python3"), "/usr/bin/python3"} - {None}:
+        command = [python, "-m", "osgeo_utils.samples.validate_cloud_optimized_geotiff"]
+        if Path(python).exists() and subprocess.run(
+            [python, "-c", "import osgeo_utils.samples.validate_cloud_optimized_geotiff"],
+            capture_output=True,
+        ).returncode == 0:
+            return command
+    return None
+
+
+GDAL_VALIDATOR = _gdal_validator()

@@ -293,3 +293,46 @@ def test_undecodable_gdal_messages_print_no_traceback(monkeypatch):
     for exc in (in_handler, elsewhere):
         sys.excepthook(type(exc), exc, exc.__traceback__)
     assert reported == [other, elsewhere]
+
+
+_PICKER: dict = {}
+
+
+def _picker():
+    """One ScenePicker for every example (building one per example loads the demo scene)."""
+    from seamline.components.scene_picker import ScenePicker
+
+    return _PICKER.setdefault("picker", ScenePicker())
+
+
+@FUZZ
+@given(data=broken_tiffs(), aoi=st.one_of(st.none(), aoi_documents()))
+def test_malformed_dashboard_uploads_are_one_sentence_and_keep_the_scene(data, aoi):
+    """The dashboard's upload (scene and AOI) under the service's fuzzing: a bad upload sets
+    one sentence and the previous scene stays; a good one replaces it."""
+    picker = _picker()
+    before = picker.scene
+    used = picker.use_upload(data, "scene.tif", aoi, "aoi.geojson" if aoi else None)
+    if used:
+        assert picker.message == "" and picker.scene.dims == ("band", "y", "x")
+    else:
+        assert picker.scene is before and "\n" not in picker.message
+        assert picker.message.endswith(".") and "Traceback" not in picker.message
+
+
+@FUZZ
+@given(files=st.lists(broken_tiffs(), min_size=1, max_size=3))
+def test_malformed_files_in_a_dashboard_folder_are_one_sentence(files):
+    """The drift section's folder source with broken GeoTIFFs among its dates."""
+    from seamline.components.drift_view import DriftSeries
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for day, data in enumerate(files, start=1):
+            (Path(tmp) / f"2024-01-{day:02d}.tif").write_bytes(data)
+        state = DriftSeries(source="folder", folder=".", data_roots=[tmp], baseline_count=1,
+                            tile_size=8)  # fmt: skip
+        if not state.compute():
+            assert "\n" not in state.message and state.message.endswith(".")
+            assert state.results is None and not state.running
+        else:
+            assert len(state.results) == len(files)
