@@ -115,6 +115,11 @@ def _export_onnx(module: nn.Module, bands: int, align: int, tile: int | None = N
     return proto.SerializeToString()
 
 
+MIN_CALIBRATION_TILE = 32
+"""Smallest calibration tile side: the activation ranges of a few pixels say nothing of a
+scene (and a 1 x 1 px tile broke the demo U-Net's upsampling inside ONNX Runtime)."""
+
+
 def calibration_tiles(
     scene: xr.DataArray,
     model: SegmentationModel,
@@ -133,7 +138,13 @@ def calibration_tiles(
     if count < 1:
         raise InvalidArgumentError(f"count must be >= 1, got {count}")
     height, width = scene.sizes["y"], scene.sizes["x"]
-    t = min(tile_size, height, width)
+    t = min(tile_size, height, width) // model.align * model.align  # the model's stride
+    if t < max(model.align, MIN_CALIBRATION_TILE):
+        raise QuantizationError(
+            f"The calibration scene is {width} x {height} px, too small for a calibration "
+            f"tile of at least {max(model.align, MIN_CALIBRATION_TILE)} px: pass a larger "
+            "scene of the model's sensor."
+        )
     side = int(np.ceil(np.sqrt(count)))
     rng = np.random.default_rng(seed)
     rows = np.linspace(0, height - t, side).astype(int)
