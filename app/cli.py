@@ -8,8 +8,6 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import os
 import secrets
 import signal
@@ -18,9 +16,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from seamline.app import drift_cli, serve_cli, vectorize_cli
+from seamline.app import drift_cli, predict_cli, serve_cli, vectorize_cli
 from seamline.app.cli_args import (
     DEFAULT_MODEL,
     EO_TIMESERIES_ENV,
@@ -28,6 +25,8 @@ from seamline.app.cli_args import (
     TRUST_MODEL_ENV,
     add_trust_model_flag,
     band_list,
+    input_budget,
+    print_json,
     tile_size_arg,
 )
 from seamline.app.cli_process import (
@@ -40,23 +39,9 @@ from seamline.core.data.files import quiet_undecodable_gdal_messages
 from seamline.core.errors import InvalidArgumentError, SeamlineError
 from seamline.core.models.registry import PRECISIONS, builtin_model_path
 
-if TYPE_CHECKING:
-    from seamline.core.data.limits import InputBudget
-
 EXIT_USER_ERROR = 2
 DASHBOARD = Path(__file__).with_name("dashboard.py")
 WARMUP = Path(__file__).with_name("warmup.py")
-
-
-def _print_json(obj: dict) -> None:
-    print(json.dumps(obj, indent=2, default=str))
-
-
-def _budget(args: argparse.Namespace) -> InputBudget | None:
-    """The default input budget, or None with ``--no-input-limits``."""
-    from seamline.core.data.limits import DEFAULT_BUDGET
-
-    return None if args.no_input_limits else DEFAULT_BUDGET
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -79,73 +64,9 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         resampling=args.resampling,
         all_touched=args.all_touched,
         normalisation=args.normalisation,
-        budget=_budget(args),
+        budget=input_budget(args),
     )
-    _print_json(asdict(report))
-
-
-def _cmd_predict(args: argparse.Namespace) -> None:
-    from seamline.core.data.io import open_aoi, open_raster
-    from seamline.core.hardware import bf16_is_native, cpu_info, peak_rss_bytes
-    from seamline.core.models.modelio import load_model, with_precision
-    from seamline.core.predict.tiling import pick_device
-
-    if args.vector:
-        from seamline.core.vector.writers import vector_format
-
-        if args.probabilities:
-            raise InvalidArgumentError("--vector needs class ids: drop --probabilities.")
-        vector_format(args.vector)  # a bad path fails now, not after the prediction
-    if (budget := _budget(args)) is not None:
-        # Blocks stream through memory: the budget bounds the file's own blocks (GDAL decodes
-        # a tile or strip whole to serve any window of it) and its data types.
-        budget.check_scene(open_raster(args.input, band_names=args.band_names),
-                           source=f"raster {args.input!r}", streaming=True,
-                           fix="rewrite it tiled (gdal_translate -co TILED=YES), or lift the "
-                           "limit with --no-input-limits")  # fmt: skip
-    model = load_model(args.model, model_class=args.model_class, trust_model=args.trust_model)
-    precision = args.precision or model.precision
-    if precision == "bf16" and not bf16_is_native():
-        print("seamline predict: warning: BF16 is emulated on this CPU (no AMX or "
-              "AVX512-BF16): expect it to be slower than fp32.", file=sys.stderr)
-    if precision == "int8" and model.precision != "int8":
-        from seamline.core.optimise.quantize import quantize
-
-        # Calibrated on tiles sampled across the scene being predicted (only they are read).
-        calibration = args.calibration or args.input
-        model = quantize(model, open_raster(calibration, band_names=args.band_names))
-    elif precision != model.precision:
-        model = with_precision(model, precision)
-    device = pick_device(args.device)
-    batch_size = args.batch_size or (1 if device.type == "cpu" else 8)
-    if args.backend == "compile":
-        from seamline.core.optimise.backends import compiled
-
-        fast = compiled(model.module, batch=batch_size, device=device)
-        model = model.with_module(fast, precision=model.precision)
-    report = _file_predictor(args.scheduler)(
-        args.input, args.output, model=model,
-        aoi=open_aoi(args.aoi, layer=args.aoi_layer) if args.aoi else None,
-        probabilities=args.probabilities, cog=args.cog, block_size=args.block_size,
-        band_names=args.band_names, tile_size=args.tile_size, overlap=args.overlap,
-        blend=args.blend, batch_size=batch_size, device=device,
-    )  # fmt: skip
-    report.update(model=model.name, precision=model.precision, batch_size=batch_size,
-                  peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"])
-    if args.vector:
-        report["vector"] = vectorize_cli.vectorize(args.output, args.vector)
-    _print_json(report)
-
-
-def _file_predictor(scheduler: str | None) -> Callable[..., dict]:
-    """``predict_file``, or its dask.distributed twin on ``scheduler`` (``--scheduler``)."""
-    if scheduler is None:
-        from seamline.core.predict.file import predict_file
-
-        return predict_file
-    from seamline.core.predict.distributed import predict_file_distributed
-
-    return functools.partial(predict_file_distributed, scheduler=scheduler)
+    print_json(asdict(report))
 
 
 def _cmd_quantize(args: argparse.Namespace) -> None:
@@ -191,13 +112,16 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
                                  evaluation=evaluation)  # fmt: skip
     if args.out is not None:
         report["out"] = str(save_quantized(optimised, args.out))
-    _print_json(report)
+    print_json(report)
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
     from seamline.app.models import new_cache
     from seamline.core.optimise.latency import measure_latency
 
+    if args.backends:
+        _bench_backends(args)
+        return
     cache = new_cache()
     rows = [
         measure_latency(cache.get(args.model, precision=precision, trust_model=args.trust_model),
@@ -206,7 +130,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         for precision in args.precisions
     ]  # fmt: skip
     if args.json:
-        _print_json({"bench": rows})
+        print_json({"bench": rows})
         return
     print(f"seamline bench: model {args.model}, tile {args.tile_size}, batch "
           f"{args.batch_size}, {args.runs} runs, on {rows[0]['cpu']}")
@@ -218,10 +142,43 @@ def _cmd_bench(args: argparse.Namespace) -> None:
               f"{r['size_mb']:>9.3f}{r['peak_rss_mb']:>8.0f}MB")
 
 
+def _bench_backends(args: argparse.Namespace) -> None:
+    """``seamline bench --backends``: every backend measured, and what auto picks."""
+    from seamline.core.data.io import open_raster
+    from seamline.core.demo.train import demo_calibration
+    from seamline.core.models.modelio import load_model
+    from seamline.core.optimise.auto import choose_backend
+    from seamline.core.optimise.quantize import calibration_tiles
+
+    model = load_model(args.model, trust_model=args.trust_model)
+    scene = open_raster(args.calibration) if args.calibration else demo_calibration(model)
+    tiles = calibration_tiles(scene, model, tile_size=args.tile_size)
+    choice = choose_backend(model, tiles, tile_size=args.tile_size, batch_size=args.batch_size,
+                            cache=not args.no_cache)  # fmt: skip
+    if args.json:
+        print_json({"backends": choice.to_dict(), "table": choice.table()})
+        return
+    cached = " (from the cache: --no-cache measures again)" if choice.from_cache else ""
+    print(f"seamline bench --backends: model {args.model}, tile {args.tile_size}, batch "
+          f"{args.batch_size}, {choice.gflop_per_tile:.1f} GFLOP per tile, on {choice.cpu}"
+          f"{cached}")
+    print(f"{'backend':<14}{'ms/tile':>9}{'vs FP32':>9}{'GFLOP/s':>9}{'% peak':>8}"
+          f"{'agrees':>9}{'build s':>9}  note")
+    for r in choice.table():
+        peak = f"{r['percent_of_peak']:.0f}" if r["percent_of_peak"] is not None else "-"
+        mark = "*" if r["chosen"] else " "
+        print(f"{mark}{r['backend']:<13}{r['ms_per_tile']:>9.1f}{r['speedup']:>8.1f}x"
+              f"{r['gflops']:>9.0f}{peak:>8}{r['agreement']:>9.2%}{r['build_s']:>9.1f}  "
+              f"{r['note']}")
+    peaks = ", ".join(f"{p} {v:.0f}" for p, v in choice.peaks.items() if v)
+    print(f"peaks measured by matmul (GFLOP/s): {peaks}")
+    print(f"auto: {choice.reason}")
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from seamline.app.report import write_report
 
-    _print_json({"report": str(write_report(args.output))})
+    print_json({"report": str(write_report(args.output))})
 
 
 def _cmd_train_demo(args: argparse.Namespace) -> None:
@@ -229,7 +186,7 @@ def _cmd_train_demo(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else builtin_model_path(DEFAULT_MODEL)
     model = train_demo(out, seed=args.seed, steps=args.steps,
                        log=lambda line: print(line, file=sys.stderr))
-    _print_json({"weights": str(out), "held_out": model.metadata["held_out"],
+    print_json({"weights": str(out), "held_out": model.metadata["held_out"],
                  "receptive_radius": model.receptive_radius})
 
 
@@ -239,7 +196,7 @@ def _cmd_demo_data(args: argparse.Namespace) -> None:
     if args.size < 1 or args.size > 16384:
         raise InvalidArgumentError(f"--size must be between 1 and 16384 pixels, got {args.size}.")
     paths = write_demo_data(args.outdir, synthetic_size=args.size, seed=args.seed)
-    _print_json({role: str(path) for role, path in paths.items()})
+    print_json({role: str(path) for role, path in paths.items()})
 
 
 def upload_message_bytes() -> int:
@@ -330,51 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(.pt/.pt2 with its sidecar) or 'demo'")
     p.set_defaults(func=_cmd_prepare)
 
-    p = sub.add_parser("predict", help="tiled inference into a georeferenced GeoTIFF")
-    p.add_argument("input", help="raster to predict (raw or prepared)")
-    p.add_argument("output", help="class-id GeoTIFF to write (probabilities with --probabilities)")
-    p.add_argument("--aoi", help="predict only inside this area of interest (any CRS)")
-    p.add_argument("--aoi-layer", help="the AOI file's layer, when it has several")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
-    p.add_argument("--model-class", help="package.module:Class for a state dict")
-    add_trust_model_flag(p)
-    p.add_argument(
-        "--tile-size",
-        type=tile_size_arg,
-        help="tile side in pixels (default: 512, or the size a .pt2 was exported for)",
-    )
-    p.add_argument(
-        "--overlap",
-        type=int,
-        help="pixels shared by neighbouring tiles (default: what covers the model's receptive "
-        "field: 2x its radius for crop, 4x for the weighted blends)",
-    )
-    p.add_argument("--blend", default="cosine", help="crop, linear, cosine or gaussian")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="tiles per forward pass; default 1 on CPU (measured fastest: the "
-                   "activations stay in cache, and memory stays low), 8 on a GPU")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="default: the model's own (fp32, or int8 for a quantized .onnx); "
-                   "int8 quantizes an fp32 model, calibrated on the input scene")
-    p.add_argument("--calibration", metavar="SCENE",
-                   help="calibrate --precision int8 on this scene instead of the input")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--backend", default="eager", choices=("eager", "compile"),
-                   help="compile: torch.compile once per process (seconds), then faster tiles")
-    p.add_argument("--probabilities", action="store_true", help="write class probabilities")
-    p.add_argument("--band-names", type=band_list, help="comma-separated names, one per band")
-    p.add_argument("--block-size", type=int, default=1024, help="pixels per block read from disk")
-    p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
-    p.add_argument("--vector", metavar="OUT", help="also write the class polygons (.gpkg, "
-                   ".geojson or .parquet) beside the class raster")
-    p.add_argument("--no-input-limits", action="store_true",
-                   help="lift the input budget on the file's internal blocks and data types "
-                   "(the raster itself streams: its size is not limited)")
-    p.add_argument("--scheduler", metavar="ADDRESS|local",
-                   help="predict on a dask.distributed cluster, one task per block: 'local' "
-                   "starts a LocalCluster, an address (tcp://host:8786) joins a running one")
-    p.set_defaults(func=_cmd_predict)
+    predict_cli.add_parser(sub)
 
     p = sub.add_parser("quantize", help="FP32 -> INT8 (calibrated) or BF16, with the figures")
     p.add_argument("--model", default=DEFAULT_MODEL,
@@ -404,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--runs", type=int, default=30, help="timed runs (>= 30; warm-up excluded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--backends", action="store_true",
+                   help="measure every backend (compiled, BF16, INT8) with GFLOP/s and %% of "
+                   "this CPU's peak, and show what --precision auto picks")
+    p.add_argument("--calibration", metavar="SCENE",
+                   help="--backends: the scene whose tiles are timed and compared (default: "
+                   "the demo model's calibration scene)")
+    p.add_argument("--no-cache", action="store_true", help="--backends: measure again")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("report", help="write the current figures as a self-contained HTML page")

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from seamline.core.data.limits import InputBudget
 
 __all__ = [
     "add_trust_model_flag",
@@ -55,3 +60,15 @@ def band_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError("give band names separated by commas, e.g. red,green,blue")
     return names
+
+
+def print_json(obj: dict) -> None:
+    """A command's result: one JSON object on stdout."""
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def input_budget(args: argparse.Namespace) -> InputBudget | None:
+    """The default input budget, or None with ``--no-input-limits``."""
+    from seamline.core.data.limits import DEFAULT_BUDGET
+
+    return None if args.no_input_limits else DEFAULT_BUDGET

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
-from seamline.app.cli_args import add_trust_model_flag
+from seamline.app.cli_args import add_trust_model_flag, print_json
 from seamline.core.errors import InvalidArgumentError
-
-
-def _print_json(obj: dict) -> None:
-    print(json.dumps(obj, indent=2, default=str))
 
 
 def _loaded(path: str):
@@ -39,7 +34,7 @@ def _cmd_baseline(args: argparse.Namespace) -> None:
     baseline = fit_baseline(scenes, args.model, tile_size=args.tile_size,
                             trust_model=args.trust_model)  # fmt: skip
     baseline.save(args.out)
-    _print_json({
+    print_json({
         "baseline": args.out,
         "fingerprint": baseline.fingerprint(),
         "scenes": baseline.scenes,
@@ -90,7 +85,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
         if written is not None:
             written.unlink(missing_ok=True)
         raise
-    _print_json({"time": time, "scene": args.scene, **result.to_dict(), "db": args.db,
+    print_json({"time": time, "scene": args.scene, **result.to_dict(), "db": args.db,
                  "map_path": str(written) if written else None})  # fmt: skip
 
 
@@ -100,7 +95,7 @@ def _cmd_history(args: argparse.Namespace) -> None:
     with History(args.db, create=False) as history:
         rows = history.records()
     if args.format == "json":
-        _print_json({"db": args.db, "records": rows})
+        print_json({"db": args.db, "records": rows})
         return
     writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

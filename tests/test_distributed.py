@@ -124,7 +124,7 @@ def test_predict_cli_with_scheduler_address(client, scene_file, tmp_path, capsys
     out = tmp_path / "classes.tif"
     code = main(["predict", str(path), str(out), "--scheduler", client.scheduler.address,
                  "--tile-size", "96", "--overlap", "48", "--blend", "crop",
-                 "--block-size", "128"])  # fmt: skip
+                 "--block-size", "128", "--precision", "fp32"])  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["workers"] == 2 and report["blocks"] == 4
     with rasterio.open(out) as ds:

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from seamline import load_model
+from seamline.core.diskcache import cache_dir
 from seamline.core.models import geometry as geometry_module
-from seamline.core.models.geometry import cache_dir, measure_geometry
+from seamline.core.models.geometry import measure_geometry
 from tests.conftest import foreign_model
 
 

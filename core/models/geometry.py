@@ -17,20 +17,17 @@ this for an arbitrary model (MONAI and segmentation-models-pytorch take the over
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CACHE_ENV", "ModelGeometry", "cache_dir", "cached_geometry", "measure_geometry",
-           "non_local_layers"]  # fmt: skip
+from seamline.core.diskcache import model_fingerprint, read_entry, write_entry
 
-CACHE_ENV = "SEAMLINE_CACHE_DIR"
+__all__ = ["ModelGeometry", "cached_geometry", "measure_geometry", "non_local_layers"]
+
 
 ALIGNMENTS = (1, 2, 4, 8, 16, 32, 64)
 PHASES = 8
@@ -154,46 +151,20 @@ def measure_geometry(
     )
 
 
-def cache_dir() -> Path:
-    """Where Seamline keeps what it measured or built once per machine: ``$SEAMLINE_CACHE_DIR``,
-    else ``$XDG_CACHE_HOME/seamline``, else ``~/.cache/seamline``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seamline"
-
-
-def _fingerprint(module, source: bytes | None) -> str:
-    """The model's identity: its file's bytes, else its weights (names, shapes, values)."""
-    digest = hashlib.sha256(torch.__version__.encode())
-    if source is not None:
-        digest.update(source)
-        return digest.hexdigest()
-    digest.update(type(module).__qualname__.encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def cached_geometry(
     module, bands: int, *, source: bytes | None = None, probe: int = 256
 ) -> ModelGeometry:
-    """:func:`measure_geometry`, measured once per model and machine: kept as JSON under
-    :func:`cache_dir`, keyed by the model file's bytes (``source``) or its weights. A cache
-    that cannot be written (read-only home) only costs a measurement per load."""
-    path = cache_dir() / "geometry" / f"{_fingerprint(module, source)}-{bands}-{probe}.json"
-    try:
-        fields = json.loads(path.read_text())
-        return ModelGeometry(**fields | {"non_local": tuple(fields["non_local"])})
-    except (OSError, ValueError, TypeError, KeyError):
-        pass
+    """:func:`measure_geometry`, measured once per model and machine: kept as JSON in the
+    disk cache (:mod:`seamline.core.diskcache`), keyed by the model file's bytes (``source``)
+    or its weights."""
+    key = f"{model_fingerprint(module, source)}-{bands}-{probe}"
+    stored = read_entry("geometry", key, ".json")
+    if stored is not None:
+        try:
+            fields = json.loads(stored)
+            return ModelGeometry(**fields | {"non_local": tuple(fields["non_local"])})
+        except (ValueError, TypeError, KeyError):
+            pass
     geometry = measure_geometry(module, bands, probe=probe)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-        partial.write_text(json.dumps(geometry.to_dict()))
-        partial.replace(path)  # atomic: a concurrent reader sees all of it or nothing
-    except OSError:
-        pass
+    write_entry("geometry", key, ".json", json.dumps(geometry.to_dict()).encode())
     return geometry

@@ -14,7 +14,7 @@ import threading
 import torch
 from torch import nn
 
-__all__ = ["FixedBatch", "compiled"]
+__all__ = ["FixedBatch", "compiled", "forget_compiled"]
 
 _CACHE: dict[tuple, nn.Module] = {}  # shared on purpose: compile once per process
 _LOCK = threading.Lock()
@@ -24,12 +24,14 @@ class FixedBatch(nn.Module):
     """Runs ``module`` on batches of exactly ``batch`` tiles, padding a short last batch.
 
     A compiled graph is specialised to its input shape; padding the last batch (at most
-    ``batch - 1`` wasted tiles) avoids recompiling for it.
+    ``batch - 1`` wasted tiles) avoids recompiling for it. ``eager`` is the module before
+    compilation, for one-off runs at other shapes (a seam probe would recompile, ~4-8 s).
     """
 
-    def __init__(self, module: nn.Module, batch: int) -> None:
+    def __init__(self, module: nn.Module, batch: int, eager: nn.Module | None = None) -> None:
         super().__init__()
         self.module, self.batch = module, batch
+        self.eager = eager if eager is not None else module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The module's output for ``x`` (any batch size up to ``batch``)."""
@@ -54,7 +56,15 @@ def compiled(module: nn.Module, *, batch: int, device: torch.device | str = "cpu
         if key not in _CACHE:
             inductor_config.freezing = True  # constant-fold weights into the graph
             module = module.to(device, memory_format=torch.channels_last).eval()
-            wrapped = FixedBatch(torch.compile(module, dynamic=False), batch)
+            wrapped = FixedBatch(torch.compile(module, dynamic=False), batch, eager=module)
             wrapped.align = getattr(module, "align", 1)
             _CACHE[key] = wrapped
         return _CACHE[key]
+
+
+def forget_compiled() -> None:
+    """Drop this process's compiled modules and dynamo's state: the next :func:`compiled`
+    compiles again, from inductor's disk cache (what a new process pays)."""
+    with _LOCK:
+        _CACHE.clear()
+    torch._dynamo.reset()

@@ -33,6 +33,7 @@ import xarray as xr
 from torch import nn
 
 from seamline.core.data.files import atomic_path, decoding
+from seamline.core.diskcache import digest, model_fingerprint, read_entry, write_entry
 from seamline.core.errors import (
     BandMismatchError,
     InvalidArgumentError,
@@ -149,7 +150,7 @@ def calibration_tiles(
     rng = np.random.default_rng(seed)
     rows = np.linspace(0, height - t, side).astype(int)
     cols = np.linspace(0, width - t, side).astype(int)
-    starts = [(r, c) for r in rows for c in cols]
+    starts = sorted({(int(r), int(c)) for r in rows for c in cols})  # a small scene: no copies
     chosen = rng.choice(len(starts), size=min(count, len(starts)), replace=False)
     tiles = []
     with decoding("The calibration scene", fix="pass an uncorrupted GeoTIFF"):
@@ -184,48 +185,32 @@ def _fp32_layers(graph) -> list[str]:
     ]
 
 
-def quantize(
-    model: SegmentationModel,
-    calibration: np.ndarray | xr.DataArray,
-    *,
-    per_channel: bool = True,
-) -> SegmentationModel:
-    """Post-training static INT8 quantization of ``model``, calibrated on ``calibration``.
-
-    ``calibration`` is a scene (tiles are sampled across it with :func:`calibration_tiles`)
-    or an array of normalised tiles ``(n, bands, t, t)``. Weights are INT8 per output
-    channel, activations UINT8 with min/max ranges (``reduce_range`` on CPUs without VNNI,
-    where U8S8 can saturate). Entropy and percentile calibration gave the same mIoU on the
-    demo model (0.9984) at 1-2 s more, so min/max it is.
-
-    A layer ONNX cannot express leaves the whole model FP32; a layer ONNX Runtime cannot
-    quantize stays FP32 inside the INT8 graph. Both warn (:class:`QuantizationWarning`)
-    naming the layer, and never crash.
-    """
+def _artefact_key(model: SegmentationModel, tiles: np.ndarray, per_channel: bool) -> str:
+    """What an INT8 model depends on: the FP32 weights, the calibration tiles, the versions of
+    the exporters and ONNX Runtime, and the CPU's VNNI (which sets ``reduce_range``)."""
     import onnx
+    import onnxruntime
+
+    return digest([
+        model_fingerprint(model.module), np.ascontiguousarray(tiles, np.float32).tobytes(),
+        str(tiles.shape), onnx.__version__, onnxruntime.__version__,
+        f"vnni={cpu_info()['avx512_vnni']} per_channel={per_channel}",
+        str(model.metadata.get("tile_size")),
+    ])  # fmt: skip
+
+
+def _quantized_onnx(
+    model: SegmentationModel, tiles: np.ndarray, tile: int | None, per_channel: bool
+) -> bytes | None:
+    """The INT8 QDQ ONNX graph of ``model`` calibrated on ``tiles``; None (with a warning)
+    when the model cannot be exported to ONNX."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    if model.precision == "int8":
-        return model
-    if model.precision != "fp32":
-        raise InvalidArgumentError(f"quantize an fp32 model, not a {model.precision} one")
-    tile = model.metadata.get("tile_size")  # a torch.export model with a fixed tile
-    tiles = (
-        calibration_tiles(calibration, model, tile_size=tile or 256)
-        if isinstance(calibration, xr.DataArray)
-        else np.asarray(calibration, dtype=np.float32)
-    )
-    if tiles.ndim != 4 or tiles.shape[1] != len(model.bands):
-        raise BandMismatchError(
-            f"Calibration tiles must be (n, {len(model.bands)}, t, t) for model "
-            f"{model.name!r}, got shape {tiles.shape}: pass a scene with its bands "
-            f"({', '.join(model.bands)})."
-        )
     try:
         fp32 = _export_onnx(model.module, len(model.bands), model.align, tile)
     except RuntimeError as exc:
-        warnings.warn(f"Model {model.name!r} stays FP32: {exc}.", QuantizationWarning, stacklevel=2)
-        return model
+        warnings.warn(f"Model {model.name!r} stays FP32: {exc}.", QuantizationWarning, stacklevel=3)
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32)
@@ -245,7 +230,59 @@ def quantize(
             )
         finally:
             root.setLevel(level)
-        int8 = dst.read_bytes()
+        return dst.read_bytes()
+
+
+def quantize(
+    model: SegmentationModel,
+    calibration: np.ndarray | xr.DataArray,
+    *,
+    per_channel: bool = True,
+    cache: bool = True,
+) -> SegmentationModel:
+    """Post-training static INT8 quantization of ``model``, calibrated on ``calibration``.
+
+    With ``cache`` the INT8 graph is kept on disk (:mod:`seamline.core.diskcache`), keyed by
+    the weights, the calibration tiles, the ONNX and ONNX Runtime versions and the CPU: the
+    same model calibrated on the same scene is quantized once per machine.
+
+    ``calibration`` is a scene (tiles are sampled across it with :func:`calibration_tiles`)
+    or an array of normalised tiles ``(n, bands, t, t)``. Weights are INT8 per output
+    channel, activations UINT8 with min/max ranges (``reduce_range`` on CPUs without VNNI,
+    where U8S8 can saturate). Entropy and percentile calibration gave the same mIoU on the
+    demo model (0.9984) at 1-2 s more, so min/max it is.
+
+    A layer ONNX cannot express leaves the whole model FP32; a layer ONNX Runtime cannot
+    quantize stays FP32 inside the INT8 graph. Both warn (:class:`QuantizationWarning`)
+    naming the layer, and never crash.
+    """
+    import onnx
+
+    if model.precision == "int8":
+        return model
+    if model.precision != "fp32":
+        raise InvalidArgumentError(f"quantize an fp32 model, not a {model.precision} one")
+    tile = model.metadata.get("tile_size")  # a torch.export model with a fixed tile
+    tiles = (
+        calibration_tiles(calibration, model, tile_size=tile or 256)
+        if isinstance(calibration, xr.DataArray)
+        else np.asarray(calibration, dtype=np.float32)
+    )
+    if tiles.ndim != 4 or tiles.shape[1] != len(model.bands):
+        raise BandMismatchError(
+            f"Calibration tiles must be (n, {len(model.bands)}, t, t) for model "
+            f"{model.name!r}, got shape {tiles.shape}: pass a scene with its bands "
+            f"({', '.join(model.bands)})."
+        )
+    key = _artefact_key(model, tiles, per_channel) if cache else None
+    int8 = read_entry("int8", key, ".onnx") if key else None
+    cached = int8 is not None
+    if int8 is None:
+        int8 = _quantized_onnx(model, tiles, tile, per_channel)
+        if int8 is None:
+            return model  # it stays FP32 (warned)
+        if key:
+            write_entry("int8", key, ".onnx", int8)
     left = _fp32_layers(onnx.load_from_string(int8).graph)
     if left:
         warnings.warn(
@@ -263,6 +300,7 @@ def quantize(
             "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
             "activations": "uint8",
             "calibration_tiles": int(len(tiles)),
+            "from_cache": cached,
             "fp32_layers": left,
         },
     }

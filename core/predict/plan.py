@@ -135,10 +135,11 @@ def _probe_seam_error(
     side = 2 * tile_size - overlap
     image = np.random.default_rng(0).standard_normal((len(model.bands), side, side))
     image = image.astype(np.float32)
+    module = getattr(model.module, "eager", model.module)  # a compiled one would recompile
     try:
-        tiled = predict_tiled(model.module, image, tile_size=tile_size, overlap=overlap,
+        tiled = predict_tiled(module, image, tile_size=tile_size, overlap=overlap,
                               blend=blend, align=model.align, device="cpu")  # fmt: skip
-        whole = untiled(model.module, image, device="cpu")
+        whole = untiled(module, image, device="cpu")
     except (RuntimeError, ValueError, AssertionError):
         return None
     probabilities = [torch.from_numpy(x).softmax(0) for x in (tiled, whole)]

@@ -1,0 +1,186 @@
+"""``seamline predict``: tiled inference of a raster file into a georeferenced GeoTIFF, at
+the backend ``--precision auto`` measured fastest (or the one asked for).
+
+Registered by :func:`seamline.app.cli.build_parser`; user mistakes raise
+:class:`seamline.core.errors.SeamlineError`, which :func:`seamline.app.cli.main` prints as one
+sentence. Heavy imports (torch, rasterio, dask) happen inside the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+
+from seamline.app import vectorize_cli
+from seamline.app.cli_args import (
+    DEFAULT_MODEL,
+    add_trust_model_flag,
+    band_list,
+    input_budget,
+    print_json,
+    tile_size_arg,
+)
+from seamline.core.errors import InvalidArgumentError
+from seamline.core.models.registry import PRECISIONS
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from seamline.core.data.io import open_aoi, open_raster
+    from seamline.core.hardware import bf16_is_native, cpu_info, peak_rss_bytes
+    from seamline.core.models.modelio import load_model, with_precision
+    from seamline.core.predict.tiling import pick_device
+
+    if args.vector:
+        from seamline.core.vector.writers import vector_format
+
+        if args.probabilities:
+            raise InvalidArgumentError("--vector needs class ids: drop --probabilities.")
+        vector_format(args.vector)  # a bad path fails now, not after the prediction
+    if (budget := input_budget(args)) is not None:
+        # Blocks stream through memory: the budget bounds the file's own blocks (GDAL decodes
+        # a tile or strip whole to serve any window of it) and its data types.
+        budget.check_scene(open_raster(args.input, band_names=args.band_names),
+                           source=f"raster {args.input!r}", streaming=True,
+                           fix="rewrite it tiled (gdal_translate -co TILED=YES), or lift the "
+                           "limit with --no-input-limits")  # fmt: skip
+    model = load_model(args.model, model_class=args.model_class, trust_model=args.trust_model)
+    precision = args.precision if args.precision != "auto" or model.precision == "fp32" else (
+        model.precision)  # a quantized .onnx runs as it is  # fmt: skip
+    if precision == "auto" and args.backend == "compile":
+        raise InvalidArgumentError(
+            "--backend compile picks a backend by hand: give it with --precision fp32 or bf16, "
+            "or leave both out (--precision auto measures the compiled backends too)."
+        )
+    if precision == "bf16" and not bf16_is_native():
+        print("seamline predict: warning: BF16 is emulated on this CPU (no AMX or "
+              "AVX512-BF16): expect it to be slower than fp32.", file=sys.stderr)
+    device = pick_device(args.device)
+    batch_size = args.batch_size or (1 if device.type == "cpu" else 8)
+    # Calibrated on tiles sampled across the scene being predicted (only they are read).
+    calibration = args.calibration or args.input
+    choice = None
+    if precision == "auto":
+        from seamline.core.optimise.auto import auto_backend
+
+        tile_size, tiles = _job_tiles(model, args)
+        model, choice = auto_backend(
+            model, open_raster(calibration, band_names=args.band_names), tile_size=tile_size,
+            tiles=tiles, batch_size=batch_size, device=device, cache=not args.no_cache,
+            allow_compile=args.scheduler is None,  # compiled modules stay in this process
+        )  # fmt: skip
+    elif precision == "int8" and model.precision != "int8":
+        from seamline.core.optimise.quantize import quantize
+
+        model = quantize(model, open_raster(calibration, band_names=args.band_names),
+                         cache=not args.no_cache)  # fmt: skip
+    elif precision != model.precision:
+        model = with_precision(model, precision)
+    if args.backend == "compile":
+        from seamline.core.optimise.backends import compiled
+
+        fast = compiled(model.module, batch=batch_size, device=device)
+        model = model.with_module(fast, precision=model.precision)
+    report = _file_predictor(args.scheduler)(
+        args.input, args.output, model=model,
+        aoi=open_aoi(args.aoi, layer=args.aoi_layer) if args.aoi else None,
+        probabilities=args.probabilities, cog=args.cog, block_size=args.block_size,
+        band_names=args.band_names, tile_size=args.tile_size, overlap=args.overlap,
+        blend=args.blend, batch_size=batch_size, device=device,
+    )  # fmt: skip
+    report.update(model=model.name, precision=model.precision, batch_size=batch_size,
+                  peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"])
+    if precision == "auto":
+        report["backend"] = _backend_summary(choice, model)
+    if args.vector:
+        report["vector"] = vectorize_cli.vectorize(args.output, args.vector)
+    print_json(report)
+
+
+def _job_tiles(model, args: argparse.Namespace) -> tuple[int, int]:
+    """The tile side predict will use and how many tiles one grid over the input needs (what
+    --precision auto weighs a compiled backend's build against)."""
+    from seamline.core.data.io import open_raster
+    from seamline.core.predict.plan import choose_tile_size, plan_overlap
+    from seamline.core.predict.tiling import Blend, TileGrid
+
+    scene = open_raster(args.input, band_names=args.band_names)
+    tile_size = choose_tile_size(model, args.tile_size)
+    overlap, _ = plan_overlap(model, tile_size, args.blend, args.overlap)
+    grid = TileGrid(scene.sizes["y"], scene.sizes["x"], tile_size, overlap,
+                    Blend.parse(args.blend), model.align)  # fmt: skip
+    return tile_size, len(grid)
+
+
+def _backend_summary(choice, model) -> dict:
+    """What ``--precision auto`` ran and why, for predict's JSON."""
+    if choice is None:
+        return {"name": model.precision, "from_cache": False,
+                "reason": "a small scene, or a model that is not FP32: run as it is, nothing "
+                "measured (`seamline bench --backends` measures)"}  # fmt: skip
+    return {"name": choice.backend, "from_cache": choice.from_cache, "reason": choice.reason}
+
+
+def _file_predictor(scheduler: str | None) -> Callable[..., dict]:
+    """``predict_file``, or its dask.distributed twin on ``scheduler`` (``--scheduler``)."""
+    if scheduler is None:
+        from seamline.core.predict.file import predict_file
+
+        return predict_file
+    from seamline.core.predict.distributed import predict_file_distributed
+
+    return functools.partial(predict_file_distributed, scheduler=scheduler)
+
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``predict``."""
+    p = sub.add_parser("predict", help="tiled inference into a georeferenced GeoTIFF")
+    p.add_argument("input", help="raster to predict (raw or prepared)")
+    p.add_argument("output", help="class-id GeoTIFF to write (probabilities with --probabilities)")
+    p.add_argument("--aoi", help="predict only inside this area of interest (any CRS)")
+    p.add_argument("--aoi-layer", help="the AOI file's layer, when it has several")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
+    p.add_argument("--model-class", help="package.module:Class for a state dict")
+    add_trust_model_flag(p)
+    p.add_argument(
+        "--tile-size",
+        type=tile_size_arg,
+        help="tile side in pixels (default: 512, or the size a .pt2 was exported for)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        help="pixels shared by neighbouring tiles (default: what covers the model's receptive "
+        "field: 2x its radius for crop, 4x for the weighted blends)",
+    )
+    p.add_argument("--blend", default="cosine", help="crop, linear, cosine or gaussian")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per forward pass; default 1 on CPU (measured fastest: the "
+                   "activations stay in cache, and memory stays low), 8 on a GPU")
+    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="auto (default): the fastest backend agreeing with FP32 on 99.5%% of "
+                   "pixels, measured once per model, tile and machine and cached; int8 "
+                   "quantizes an fp32 model, calibrated on the input scene")
+    p.add_argument("--calibration", metavar="SCENE",
+                   help="calibrate auto and int8 on this scene instead of the input")
+    p.add_argument("--no-cache", action="store_true",
+                   help="measure and quantize again, ignoring (and not writing) the disk cache")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--backend", default="eager", choices=("eager", "compile"),
+                   help="compile: torch.compile once per process (seconds), then faster tiles")
+    p.add_argument("--probabilities", action="store_true", help="write class probabilities")
+    p.add_argument("--band-names", type=band_list, help="comma-separated names, one per band")
+    p.add_argument("--block-size", type=int, default=1024, help="pixels per block read from disk")
+    p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
+    p.add_argument("--vector", metavar="OUT", help="also write the class polygons (.gpkg, "
+                   ".geojson or .parquet) beside the class raster")
+    p.add_argument("--no-input-limits", action="store_true",
+                   help="lift the input budget on the file's internal blocks and data types "
+                   "(the raster itself streams: its size is not limited)")
+    p.add_argument("--scheduler", metavar="ADDRESS|local",
+                   help="predict on a dask.distributed cluster, one task per block: 'local' "
+                   "starts a LocalCluster, an address (tcp://host:8786) joins a running one")
+    p.set_defaults(func=_cmd_predict)

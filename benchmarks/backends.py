@@ -1,0 +1,141 @@
+"""Backends on this CPU, and what ``--precision auto`` gains end to end (issue #20).
+
+Part 1: every backend (FP32 eager channels-last / compiled, BF16 autocast / compiled where
+BF16 is native, INT8 on ONNX Runtime) timed per tile with its GFLOP/s, its share of the peak
+this CPU reaches in a large matmul at that precision, its agreement with FP32 and its build
+cost, for the demo U-Net and a third-party model (MONAI's BasicUNet, random weights), and
+what auto picks. Part 2: ``seamline predict`` on a SIZE^2 x 6 GeoTIFF (tile 512, overlap
+64), each in a fresh process, same run: FP32, auto with a cold cache, auto warm (twice:
+the second run uses the build cost the first one observed), ``--precision int8`` twice,
+and a saved INT8 ``.onnx``; wall time, predict's own seconds, the time in the forward pass
+(tiles x its p50) and the rest, peak RSS. Prints JSON, then a short table.
+
+Not a test: it takes minutes. Usage: ``python benchmarks/backends.py [--size 4096]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = (
+    "import json, sys; from seamline.app.cli import main; "
+    "from seamline.core.hardware import peak_rss_bytes; "
+    "code = main(sys.argv[1:]); print(json.dumps({'peak_rss_bytes': peak_rss_bytes()}), "
+    "file=sys.stderr); sys.exit(code)"
+)
+
+
+def backend_tables(tile_size: int) -> list[dict]:
+    """Part 1: the measured table of each model (measured afresh: no cache)."""
+    import torch
+    from monai.networks.nets import BasicUNet
+
+    from seamline.core.demo.synthetic import make_scene
+    from seamline.core.models.modelio import load_model
+    from seamline.core.optimise.auto import choose_backend
+    from seamline.core.optimise.quantize import calibration_tiles
+
+    demo = load_model("demo")
+    torch.manual_seed(0)
+    monai = load_model(BasicUNet(spatial_dims=2, in_channels=6, out_channels=5).eval(),
+                       bands=list(demo.bands))  # fmt: skip
+    scene = make_scene(2 * tile_size, 2 * tile_size, seed=100)[0]
+    out = []
+    for name, model in (("demo U-Net", demo), ("MONAI BasicUNet", monai)):
+        tiles = calibration_tiles(scene, model, tile_size=tile_size, count=4)
+        choice = choose_backend(model, tiles, tile_size=tile_size, cache=False)
+        out.append({"model": name, **choice.to_dict(), "table": choice.table()})
+    return out
+
+
+def run_predict(argv: list[str], env: dict) -> dict:
+    """``seamline predict`` in a fresh process: its JSON, wall seconds and peak RSS."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", CHILD, "predict", *argv], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(done.stderr)
+    report = json.loads(done.stdout)
+    rss = json.loads(done.stderr.strip().splitlines()[-1])["peak_rss_bytes"]
+    forward = report["tiles"] * report["tile_ms_p50"] / 1000
+    return {
+        "wall_s": wall, "predict_s": report["seconds"], "forward_s": forward,
+        "rest_s": report["seconds"] - forward, "rest_share": 1 - forward / report["seconds"],
+        "tiles": report["tiles"], "peak_rss_mb": rss / 2**20, "precision": report["precision"],
+        "backend": report.get("backend", {}).get("name", report["precision"]),
+    }  # fmt: skip
+
+
+def end_to_end(size: int, workdir: Path | None) -> dict:
+    """Part 2 (see the module docstring)."""
+    from seamline.core.data.io import write_raster
+    from seamline.core.demo.synthetic import make_scene
+    from seamline.core.models.modelio import load_model
+    from seamline.core.optimise.quantize import quantize, save_quantized
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        scene = write_raster(make_scene(size, size, seed=3)[0], tmp / "scene.tif")
+        env = os.environ | {"SEAMLINE_CACHE_DIR": str(tmp / "cache")}
+        onnx = save_quantized(quantize(load_model("demo"), make_scene(1024, 1024, seed=3)[0],
+                                       cache=False), tmp / "demo_int8.onnx")  # fmt: skip
+        tiling = ["--tile-size", "512", "--overlap", "64"]
+        runs = {}
+        for label, extra in (
+            ("fp32", ["--precision", "fp32"]),
+            ("auto, cold cache", []),
+            ("auto, warm", []),
+            ("auto, warm again", []),
+            ("int8, first call", ["--precision", "int8"]),
+            ("int8, second call", ["--precision", "int8"]),
+            ("saved int8 .onnx", ["--model", str(onnx)]),
+        ):
+            runs[label] = run_predict([str(scene), str(tmp / "out.tif"), *tiling, *extra], env)
+        return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--skip-tables", action="store_true")
+    args = parser.parse_args()
+
+    from seamline.core.hardware import cpu_label
+
+    tables = [] if args.skip_tables else backend_tables(args.tile_size)
+    runs = end_to_end(args.size, args.workdir)
+    fp32 = runs["fp32"]["wall_s"]
+    print(json.dumps({"cpu": cpu_label(), "tables": tables, "predict": runs,
+                      "size": args.size}, indent=2))  # fmt: skip
+    print(f"\nCPU: {cpu_label()}")
+    for table in tables:
+        print(f"\n{table['model']}: tile {table['tile_size']}, {table['gflop_per_tile']:.1f} "
+              f"GFLOP/tile; auto per tile: {table['reason']}")
+        print(f"{'backend':<14}{'ms/tile':>9}{'vs FP32':>9}{'GFLOP/s':>9}{'% peak':>8}"
+              f"{'agrees':>9}{'build s':>9}{'warm s':>8}")
+        for r in table["table"]:
+            peak = f"{r['percent_of_peak']:.0f}" if r["percent_of_peak"] is not None else "-"
+            print(f"{r['backend']:<14}{r['ms_per_tile']:>9.1f}{r['speedup']:>8.1f}x"
+                  f"{r['gflops']:>9.0f}{peak:>8}{r['agreement']:>9.2%}{r['build_s']:>9.1f}"
+                  f"{r['warm_build_s']:>8.1f}")
+    print(f"\nseamline predict {args.size}^2 x 6, tile 512, overlap 64 (fresh processes)")
+    print(f"{'run':<20}{'backend':<14}{'wall s':>8}{'vs FP32':>9}{'predict s':>10}"
+          f"{'forward s':>10}{'rest %':>8}{'RSS MB':>8}")
+    for label, r in runs.items():
+        print(f"{label:<20}{r['backend']:<14}{r['wall_s']:>8.1f}{fp32 / r['wall_s']:>8.2f}x"
+              f"{r['predict_s']:>10.1f}{r['forward_s']:>10.1f}{100 * r['rest_share']:>7.0f}%"
+              f"{r['peak_rss_mb']:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""``--precision auto``: the fastest backend that agrees with FP32, measured on this machine.
+
+The fastest way to run a model depends on the CPU (docs/architecture.md, "CPU backends"):
+BF16 + ``torch.compile`` on AMX, ONNX Runtime INT8 on AVX2 where BF16 is emulated. So
+Seamline measures rather than guesses: on first use of a model at a tile size on a machine,
+:func:`choose_backend` builds every candidate (FP32 eager channels-last, FP32 compiled, BF16
+autocast and BF16 compiled where the CPU has native BF16, INT8 on ONNX Runtime; on CUDA FP32
+and BF16, eager and compiled), times its forward on the calibration tiles, keeps those whose
+classes agree with FP32 on at least :data:`MIN_AGREEMENT` of the pixels, and picks the
+fastest. The choice and the whole table are cached on disk (:mod:`seamline.core.diskcache`)
+keyed by the model's weights, the tile, the batch, the device, the CPU capability and the
+torch and ONNX Runtime versions; later processes build only the chosen backend (the INT8
+graph comes from the disk cache, compiled code from inductor's cache, kept beside it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+import xarray as xr
+
+from seamline.core.diskcache import cache_dir, digest, model_fingerprint, read_entry, write_entry
+from seamline.core.errors import InvalidArgumentError
+from seamline.core.hardware import bf16_is_native, cpu_info, cpu_label
+from seamline.core.models.modelio import SegmentationModel, with_precision
+from seamline.core.optimise.backends import compiled, forget_compiled
+from seamline.core.optimise.quantize import calibration_tiles, quantize
+
+__all__ = [
+    "AUTO_MIN_TILES",
+    "BACKENDS",
+    "MIN_AGREEMENT",
+    "Backend",
+    "Choice",
+    "Measurement",
+    "auto_backend",
+    "build_backend",
+    "cached_choice",
+    "candidates",
+    "choose_backend",
+    "peak_gflops",
+    "tile_gflop",
+]
+
+MIN_AGREEMENT = 0.995
+"""Share of calibration pixels whose class must equal FP32's for a backend to be kept."""
+RUNS = 5
+"""Timed forward passes per candidate (after two warm-ups); the median is kept."""
+CHOICE_VERSION = 2
+AUTO_MIN_TILES = 16
+"""Scenes with fewer tiles than this run FP32 unless a choice was made before on the machine."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run a model: a precision, eager or compiled."""
+
+    name: str
+    precision: str
+    compile: bool = False
+
+
+BACKENDS = {
+    b.name: b
+    for b in (
+        Backend("fp32", "fp32"),
+        Backend("fp32+compile", "fp32", compile=True),
+        Backend("bf16", "bf16"),
+        Backend("bf16+compile", "bf16", compile=True),
+        Backend("int8", "int8"),
+    )
+}
+
+
+def candidates(device: torch.device | str = "cpu") -> list[Backend]:
+    """The backends worth measuring on ``device``: BF16 only where it is native (on an AVX2
+    CPU it is emulated, ~3x slower than FP32), INT8 (ONNX Runtime) only on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        return [b for b in BACKENDS.values() if b.precision == "fp32" or
+                (b.precision == "bf16" and bf16)]  # fmt: skip
+    native = bf16_is_native()
+    return [b for b in BACKENDS.values() if b.precision != "bf16" or native]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One backend measured: its speed, its agreement with FP32 and its build cost."""
+
+    backend: str
+    ms_per_tile: float
+    agreement: float
+    build_s: float
+    gflops: float
+    kept: bool
+    note: str = ""
+    warm_build_s: float = 0.0  # what a later process pays to build it, caches warm
+
+    def job_seconds(self, tiles: float) -> float:
+        """Build (warm) plus ``tiles`` forward passes."""
+        return self.warm_build_s + tiles * self.ms_per_tile / 1000
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The backend chosen, the table it was chosen from, why, and where."""
+
+    backend: str
+    reason: str
+    measurements: tuple[Measurement, ...]
+    tile_size: int
+    batch_size: int
+    device: str
+    cpu: str
+    gflop_per_tile: float
+    from_cache: bool = False
+    peaks: dict = field(default_factory=dict)
+    key: str = ""  # its disk cache entry
+
+    def table(self) -> list[dict]:
+        """One row per backend: its figures, speed-up over FP32 eager and share of the peak
+        GFLOP/s this CPU measured at its precision (``None`` where there is no peak)."""
+        fp32 = next(m for m in self.measurements if m.backend == "fp32").ms_per_tile
+        rows = []
+        for m in self.measurements:
+            peak = self.peaks.get(BACKENDS[m.backend].precision)
+            rows.append(asdict(m) | {
+                "speedup": fp32 / m.ms_per_tile,
+                "percent_of_peak": 100 * m.gflops / peak if peak else None,
+                "chosen": m.backend == self.backend,
+            })  # fmt: skip
+        return rows
+
+    def best_for(self, tiles: float, *, compiled: bool = True) -> Measurement:
+        """The kept backend that finishes ``tiles`` tiles first, its warm build included: a
+        compiled backend pays seconds once per process, so a small job runs eager.
+        ``compiled=False`` leaves compiled ones out (a model sent to dask workers)."""
+        kept = [m for m in self.measurements
+                if m.kept and (compiled or not BACKENDS[m.backend].compile)]  # fmt: skip
+        if math.isinf(tiles):  # an endless job (a server): the build does not count
+            return min(kept, key=lambda m: m.ms_per_tile)
+        return min(kept, key=lambda m: m.job_seconds(tiles))
+
+    def to_dict(self) -> dict:
+        """JSON-ready."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Choice:
+        """The inverse of :meth:`to_dict`."""
+        rows = tuple(Measurement(**row) for row in data["measurements"])
+        return cls(**data | {"measurements": rows})
+
+
+def tile_gflop(model: SegmentationModel, tile_size: int) -> float:
+    """GFLOP of one tile's forward pass (multiply-adds counted as 2), by torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, len(model.bands), tile_size, tile_size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.module(x)
+    return counter.get_total_flops() / 1e9
+
+
+def peak_gflops(precision: str, *, side: int = 2048) -> float | None:
+    """The CPU's measured matmul throughput at ``precision`` (GFLOP/s, best of 3 square
+    matmuls of ``side``); None where there is no such matmul (INT8 without ``_int_mm``)."""
+    if precision == "int8":
+        if not hasattr(torch, "_int_mm"):
+            return None
+        a = torch.randint(-8, 8, (side, side), dtype=torch.int8)
+        run = lambda: torch._int_mm(a, a)  # noqa: E731
+    else:
+        a = torch.randn(side, side, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+        run = lambda: a @ a  # noqa: E731
+    try:
+        run()
+    except RuntimeError:
+        return None
+    best = min(_seconds(run) for _ in range(3))
+    return 2 * side**3 / best / 1e9
+
+
+def _seconds(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def build_backend(
+    model: SegmentationModel,
+    backend: Backend,
+    *,
+    calibration: np.ndarray,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    cache: bool = True,
+) -> SegmentationModel:
+    """``model`` (FP32) made ready to run as ``backend``; INT8 calibrates on ``calibration``
+    (normalised tiles), from the disk cache when it was done before on this machine."""
+    if backend.precision == "int8":
+        built = quantize(model, calibration, cache=cache)
+    elif backend.precision == "bf16":
+        built = with_precision(model, "bf16")
+    else:
+        built = model
+    if backend.compile:
+        fast = compiled(built.module, batch=batch_size, device=device)
+        built = built.with_module(fast, precision=built.precision)
+    return built
+
+
+def _forward(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> torch.Tensor:
+    """Class ids of ``tiles`` (run ``batch`` at a time, as the tiling engine feeds them)."""
+    fmt = torch.channels_last if getattr(model.module, "channels_last", True) else (
+        torch.contiguous_format)  # fmt: skip
+    with torch.inference_mode():
+        out = [model.module(tiles[i : i + batch].contiguous(memory_format=fmt)).float().argmax(1)
+               for i in range(0, len(tiles), batch)]  # fmt: skip
+    return torch.cat(out)
+
+
+def _timed(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> float:
+    """Median milliseconds per tile of ``RUNS`` forward passes of one batch (2 warm-ups)."""
+    fmt = torch.channels_last if getattr(model.module, "channels_last", True) else (
+        torch.contiguous_format)  # fmt: skip
+    x = tiles[:batch].contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        for _ in range(2):
+            model.module(x)
+        times = [_seconds(lambda: model.module(x)) for _ in range(RUNS)]
+    return 1000 * statistics.median(times) / len(x)
+
+
+def _key(model: SegmentationModel, tile_size: int, batch_size: int, device: str,
+         names: list[str]) -> str:  # fmt: skip
+    import onnxruntime
+
+    info = cpu_info()
+    return digest([
+        model_fingerprint(model.module), str(tile_size), str(batch_size), device,
+        f"{info['capability']} amx={info['amx']} vnni={info['avx512_vnni']} "
+        f"threads={info['torch_threads']}", torch.__version__, onnxruntime.__version__,
+        ",".join(names), str(CHOICE_VERSION),
+    ])  # fmt: skip
+
+
+def _warm_build_seconds(model, backend, calibration, batch_size, device, tiles) -> float | None:
+    """For a compiled backend, what a later process pays: compiled again after dynamo forgot
+    it, from inductor's disk cache (17 s cold, 2-4 s warm for the demo U-Net on 2 cores).
+    None for eager backends (their build is their measured one)."""
+    if not backend.compile:
+        return None
+    forget_compiled()
+    start = time.perf_counter()
+    built = build_backend(model, backend, calibration=calibration, batch_size=batch_size,
+                          device=device)  # fmt: skip
+    _forward(built, tiles[:batch_size], batch_size)
+    return time.perf_counter() - start
+
+
+def use_inductor_cache() -> None:
+    """Keep inductor's compiled code beside Seamline's cache (unless the user chose a place),
+    so a compiled backend is built once per machine rather than once per /tmp."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+
+
+def _reason(choice: Choice, backend: Backend, tiles: int | None) -> str:
+    """Why ``backend`` was picked from ``choice``'s table, in one line."""
+    row = next(m for m in choice.measurements if m.backend == backend.name)
+    fp32 = next(m for m in choice.measurements if m.backend == "fp32")
+    job = "per tile" if tiles is None else (
+        f"for {tiles} tiles, {row.warm_build_s:.1f} s build included")  # fmt: skip
+    return (f"{backend.name}: {row.ms_per_tile:.1f} ms per {choice.tile_size} px tile, fastest "
+            f"{job} ({fp32.ms_per_tile / row.ms_per_tile:.1f}x FP32 eager per tile), classes "
+            f"equal to FP32's on {row.agreement:.2%} of the calibration pixels")
+
+
+def cached_choice(
+    model: SegmentationModel,
+    *,
+    tile_size: int,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    backends: list[Backend] | None = None,
+) -> Choice | None:
+    """The choice :func:`choose_backend` made before on this machine, or None."""
+    device = str(torch.device(device))
+    backends = backends or candidates(device)
+    key = _key(model, tile_size, batch_size, device, [b.name for b in backends])
+    stored = read_entry("backends", key, ".json")
+    if stored is None:
+        return None
+    try:
+        return Choice.from_dict(json.loads(stored) | {"from_cache": True})
+    except (ValueError, TypeError, KeyError):
+        return None  # an entry of another version: measured again
+
+
+def auto_backend(
+    model: SegmentationModel,
+    scene: xr.DataArray,
+    *,
+    tile_size: int,
+    tiles: int | None = None,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    cache: bool = True,
+    allow_compile: bool = True,
+) -> tuple[SegmentationModel, Choice | None]:
+    """``model`` as the backend that finishes a job of ``tiles`` tiles first (None: a
+    server's endless job, the fastest per tile), from the table :func:`choose_backend`
+    measured (calibrated on tiles of ``scene``), and that choice. A model that is not FP32
+    (a quantized ``.onnx``) runs as it is. A job smaller than :data:`AUTO_MIN_TILES` tiles
+    is not worth measuring for (the measurement costs more than the prediction): it gets the
+    table measured before on this machine if there is one, else FP32 (choice None).
+    ``allow_compile=False`` picks among eager backends only (a compiled module does not
+    travel to dask workers)."""
+    if model.precision != "fp32":
+        return model, None
+    choice = cached_choice(model, tile_size=tile_size, batch_size=batch_size,
+                           device=device) if cache else None  # fmt: skip
+    if choice is None and (tiles is not None and tiles < AUTO_MIN_TILES):
+        return model, None
+    calibration = None
+    if choice is None:
+        calibration = calibration_tiles(scene, model, tile_size=tile_size)
+        choice = choose_backend(model, calibration, tile_size=tile_size, batch_size=batch_size,
+                                device=device, cache=cache)  # fmt: skip
+    job = float("inf") if tiles is None else tiles
+    backend = BACKENDS[choice.best_for(job, compiled=allow_compile).backend]
+    if backend.precision == "int8" and calibration is None:  # only INT8 reads the scene again
+        calibration = calibration_tiles(scene, model, tile_size=tile_size)
+    use_inductor_cache()
+    start = time.perf_counter()
+    built = build_backend(model, backend, calibration=calibration, batch_size=batch_size,
+                          device=device, cache=cache)  # fmt: skip
+    if backend.compile and choice.from_cache:  # learn what a new process pays to compile
+        probe = torch.zeros(batch_size, len(model.bands), tile_size, tile_size, device=device)
+        _forward(built, probe, batch_size)
+        choice = _with_build_seconds(choice, backend, time.perf_counter() - start)
+        if cache:
+            _store(choice)
+    return built, replace(choice, backend=backend.name, reason=_reason(choice, backend, tiles))
+
+
+def _with_build_seconds(choice: Choice, backend: Backend, seconds: float) -> Choice:
+    """``choice`` with ``backend``'s warm build cost set to the one just observed (measured
+    in the measuring process, it missed a new process's start-up of inductor: 1.3 s there,
+    ~4 s here for the demo U-Net on 2 cores)."""
+    rows = tuple(replace(m, warm_build_s=seconds) if m.backend == backend.name else m
+                 for m in choice.measurements)  # fmt: skip
+    return replace(choice, measurements=rows)
+
+
+def _store(choice: Choice) -> None:
+    """Write ``choice`` to its disk cache entry."""
+    data = json.dumps(replace(choice, from_cache=False).to_dict()).encode()
+    write_entry("backends", choice.key, ".json", data)
+
+
+def choose_backend(
+    model: SegmentationModel,
+    calibration: np.ndarray,
+    *,
+    tile_size: int,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    cache: bool = True,
+    backends: list[Backend] | None = None,
+) -> Choice:
+    """The fastest of ``backends`` (default :func:`candidates`) whose classes agree with FP32
+    on at least :data:`MIN_AGREEMENT` of ``calibration``'s pixels (normalised tiles
+    ``(n, bands, tile_size, tile_size)``), measured here or read from the disk cache."""
+    if model.precision != "fp32":
+        raise InvalidArgumentError(
+            f"--precision auto starts from the FP32 model, and {model.name!r} is "
+            f"{model.precision}: pass the FP32 model, or run it at its own precision."
+        )
+    device = str(torch.device(device))
+    backends = backends or candidates(device)
+    key = _key(model, tile_size, batch_size, device, [b.name for b in backends])
+    stored = cached_choice(model, tile_size=tile_size, batch_size=batch_size, device=device,
+                           backends=backends) if cache else None  # fmt: skip
+    if stored is not None:
+        return stored
+    use_inductor_cache()
+    tiles = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32)).to(device)
+    reference = _forward(model, tiles, batch_size)
+    gflop = tile_gflop(model, tile_size)
+    rows = []
+    for backend in backends:
+        start = time.perf_counter()
+        try:
+            built = build_backend(model, backend, calibration=calibration,
+                                  batch_size=batch_size, device=device, cache=cache)  # fmt: skip
+            if built.precision != backend.precision:  # e.g. INT8 left FP32 (not exportable)
+                raise RuntimeError(f"it stayed {built.precision}")
+            classes = _forward(built, tiles, batch_size)  # also the compile, for compiled ones
+        except Exception as exc:  # noqa: BLE001 -- any backend may fail on a foreign model
+            rows.append(Measurement(backend.name, float("nan"), float("nan"), 0.0, float("nan"),
+                                    False, f"failed: {type(exc).__name__}"))  # fmt: skip
+            continue
+        build_s = time.perf_counter() - start
+        warm = _warm_build_seconds(model, backend, calibration, batch_size, device, tiles)
+        warm = build_s if warm is None else warm
+        ms = _timed(built, tiles, batch_size)
+        agreement = float((classes == reference).float().mean())
+        kept = agreement >= MIN_AGREEMENT
+        note = "" if kept else f"agrees on {agreement:.2%} < {MIN_AGREEMENT:.1%}"
+        rows.append(Measurement(backend.name, ms, agreement, build_s, gflop / ms * 1000, kept,
+                                note, warm_build_s=warm))  # fmt: skip
+    peaks = {p: peak_gflops(p) for p in ("fp32", "bf16", "int8")} if device == "cpu" else {}
+    choice = Choice("fp32", "", tuple(rows), tile_size, batch_size, device, cpu_label(), gflop,
+                    peaks=peaks, key=key)  # fmt: skip
+    best = BACKENDS[choice.best_for(float("inf")).backend]
+    choice = replace(choice, backend=best.name, reason=_reason(choice, best, None))
+    if cache:
+        _store(choice)
+    return choice

@@ -1,0 +1,188 @@
+"""--precision auto (issue #20): the fastest backend that agrees with FP32, measured once per
+model, tile and machine; INT8 graphs and the choice kept on disk."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import seamline.core.optimise.auto as auto
+import seamline.core.optimise.quantize as quantize_module
+from seamline.app.cli import main
+from seamline.core.data.io import write_raster
+from seamline.core.demo.synthetic import make_scene
+from seamline.core.hardware import bf16_is_native
+from seamline.core.models.modelio import load_model
+from seamline.core.optimise.auto import (
+    BACKENDS,
+    MIN_AGREEMENT,
+    auto_backend,
+    cached_choice,
+    candidates,
+    choose_backend,
+)
+from seamline.core.optimise.quantize import calibration_tiles, quantize
+
+EAGER = [BACKENDS["fp32"], BACKENDS["int8"]]  # quick: no compilation
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+@pytest.fixture(scope="module")
+def tiles(demo):
+    return calibration_tiles(make_scene(256, 256, seed=21)[0], demo, tile_size=64, count=4)
+
+
+def test_candidates_follow_the_cpu():
+    names = [b.name for b in candidates("cpu")]
+    assert names[:2] == ["fp32", "fp32+compile"] and "int8" in names
+    assert ("bf16" in names) == bf16_is_native()  # never BF16 where it is emulated
+
+
+def test_the_choice_is_the_fastest_that_agrees_and_is_cached(demo, tiles, monkeypatch):
+    choice = choose_backend(demo, tiles, tile_size=64, backends=EAGER)
+    rows = {m.backend: m for m in choice.measurements}
+    assert set(rows) == {"fp32", "int8"} and not choice.from_cache
+    assert all(m.kept == (m.agreement >= MIN_AGREEMENT) for m in rows.values())
+    fastest = min((m for m in rows.values() if m.kept), key=lambda m: m.ms_per_tile)
+    assert choice.backend == fastest.backend and choice.backend in choice.reason
+    assert choice.gflop_per_tile > 0 and all(m.gflops > 0 for m in rows.values())
+    table = choice.table()
+    assert [r["chosen"] for r in table].count(True) == 1
+    assert next(r for r in table if r["backend"] == "fp32")["speedup"] == 1.0
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a cached choice builds nothing")
+
+    monkeypatch.setattr(auto, "build_backend", no_build)
+    again = choose_backend(demo, tiles, tile_size=64, backends=EAGER)
+    assert again.from_cache and again.backend == choice.backend
+    assert [m.ms_per_tile for m in again.measurements] == [m.ms_per_tile for m in rows.values()]
+    assert cached_choice(demo, tile_size=64, backends=EAGER) == again
+    assert cached_choice(demo, tile_size=128, backends=EAGER) is None  # per tile size
+
+
+def test_a_backend_that_disagrees_with_fp32_is_never_chosen(demo, tiles, monkeypatch):
+    real = auto.build_backend
+
+    def build(model, backend, **kwargs):
+        built = real(model, backend, **kwargs)
+        if backend.name != "int8":
+            return built
+        wrong = built.module
+
+        class Shuffled(torch.nn.Module):  # fast and wrong: the classes rolled by one
+            channels_last = False
+
+            def forward(self, x):
+                return wrong(x).roll(1, dims=1)
+
+        return built.with_module(Shuffled(), precision="int8")
+
+    monkeypatch.setattr(auto, "build_backend", build)
+    choice = choose_backend(demo, tiles, tile_size=64, backends=EAGER, cache=False)
+    int8 = next(m for m in choice.measurements if m.backend == "int8")
+    assert not int8.kept and int8.agreement < MIN_AGREEMENT and "agrees on" in int8.note
+    assert choice.backend == "fp32"
+
+
+def test_a_small_job_does_not_pay_a_compiled_backends_build():
+    rows = (
+        auto.Measurement("fp32", 80.0, 1.0, 0.1, 1.0, True, warm_build_s=0.1),
+        auto.Measurement("bf16+compile", 16.0, 1.0, 17.0, 1.0, True, warm_build_s=4.0),
+        auto.Measurement("bf16", 33.0, 1.0, 0.3, 1.0, True, warm_build_s=0.3),
+        auto.Measurement("int8", 10.0, 0.9, 3.0, 1.0, False, warm_build_s=0.3),  # disagrees
+    )
+    choice = auto.Choice("bf16+compile", "", rows, 512, 1, "cpu", "cpu", 15.0)
+    assert choice.best_for(float("inf")).backend == "bf16+compile"
+    assert choice.best_for(100).backend == "bf16"  # 4 s of compile > 100 x 17 ms saved
+    assert choice.best_for(1000).backend == "bf16+compile"
+    assert choice.best_for(1).backend == "fp32"
+    assert choice.best_for(float("inf"), compiled=False).backend == "bf16"  # for dask workers
+
+
+def test_a_compiled_backend_agrees_with_fp32(tiles):
+    """One compiled candidate end to end (a small net: compiling the U-Net takes ~20 s)."""
+    from seamline.core.demo.unet import ConvNet
+
+    torch.manual_seed(0)
+    net = ConvNet(bands=6, classes=3, width=8, depth=3).eval()
+    model = load_model(net, bands=["blue", "green", "red", "nir", "swir1", "swir2"])
+    backends = [BACKENDS["fp32"], BACKENDS["fp32+compile"]]
+    choice = choose_backend(model, tiles, tile_size=64, backends=backends, cache=False)
+    compiled = next(m for m in choice.measurements if m.backend == "fp32+compile")
+    assert compiled.kept and compiled.agreement >= MIN_AGREEMENT, compiled
+    assert compiled.warm_build_s > 0 and compiled.note == ""
+
+
+def test_int8_is_calibrated_once_per_model_and_calibration(demo, tiles, monkeypatch):
+    mine = tiles[1:] + 0.5  # tiles no other test calibrated on
+    first = quantize(demo, mine)
+    assert first.metadata["quantization"]["from_cache"] is False
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("the INT8 graph comes from the disk cache")
+
+    monkeypatch.setattr(quantize_module, "_quantized_onnx", no_calibration)
+    second = quantize(demo, mine)
+    assert second.metadata["quantization"]["from_cache"] is True
+    assert second.module.onnx_bytes == first.module.onnx_bytes
+    with pytest.raises(AssertionError, match="disk cache"):  # other tiles: calibrated again
+        quantize(demo, mine[:2])
+    with pytest.raises(AssertionError, match="disk cache"):
+        quantize(demo, mine, cache=False)
+
+
+def test_auto_skips_measuring_for_a_small_job_and_reports_why(demo):
+    scene = make_scene(96, 96, seed=2)[0]
+    model, choice = auto_backend(demo, scene, tile_size=512, tiles=1)
+    assert choice is None and model is demo  # nothing measured for one tile
+    int8 = quantize(demo, calibration_tiles(scene, demo, tile_size=64))
+    assert auto_backend(int8, scene, tile_size=64, tiles=100) == (int8, None)  # runs as it is
+
+
+def test_cli_predict_auto_measures_once_then_reads_the_cache(tmp_path, capsys, monkeypatch):
+    source = write_raster(make_scene(384, 384, seed=5)[0], tmp_path / "scene.tif")
+    monkeypatch.setattr(auto, "candidates", lambda device="cpu": EAGER)
+    argv = ["predict", str(source), str(tmp_path / "auto.tif"), "--tile-size", "96"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)["backend"]
+    assert first["name"] in ("fp32", "int8") and not first["from_cache"]
+    assert main(argv) == 0
+    second = json.loads(capsys.readouterr().out)["backend"]
+    assert second["from_cache"] and second["name"] == first["name"]
+    assert main([*argv, "--no-cache"]) == 0
+    assert not json.loads(capsys.readouterr().out)["backend"]["from_cache"]
+    small = write_raster(make_scene(64, 64, seed=6)[0], tmp_path / "small.tif")
+    assert main(["predict", str(small), str(tmp_path / "s.tif"), "--tile-size", "128"]) == 0
+    assert "nothing measured" in json.loads(capsys.readouterr().out)["backend"]["reason"]
+    code = main(["predict", str(source), str(tmp_path / "x.tif"), "--backend", "compile"])
+    assert code == 2 and "--backend compile picks a backend by hand" in capsys.readouterr().err
+
+
+def test_bench_backends_prints_the_table_with_the_peaks(capsys, monkeypatch):
+    monkeypatch.setattr(auto, "candidates", lambda device="cpu": EAGER)
+    assert main(["bench", "--backends", "--tile-size", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {r["backend"] for r in out["table"]} == {"fp32", "int8"}
+    assert out["backends"]["peaks"]["fp32"] > 0
+    fp32 = next(r for r in out["table"] if r["backend"] == "fp32")
+    assert 0 < fp32["percent_of_peak"] < 100
+    assert main(["bench", "--backends", "--tile-size", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "% peak" in text and "auto:" in text and "from the cache" in text
+
+
+def test_a_learned_build_cost_replaces_the_in_process_estimate():
+    rows = (auto.Measurement("fp32", 80.0, 1.0, 0.1, 1.0, True, warm_build_s=0.1),
+            auto.Measurement("bf16+compile", 16.0, 1.0, 17.0, 1.0, True, warm_build_s=1.3))
+    choice = auto.Choice("bf16+compile", "", rows, 512, 1, "cpu", "cpu", 15.0)
+    learned = auto._with_build_seconds(choice, BACKENDS["bf16+compile"], 4.8)
+    assert [m.warm_build_s for m in learned.measurements] == [0.1, 4.8]
+    assert replace(learned, measurements=rows) == choice
