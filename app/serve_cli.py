@@ -131,9 +131,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "authenticating proxy or on a closed network)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="'demo', a .pt state dict, a .pt2 archive or a quantized .onnx")
-    p.add_argument("--precision", choices=PRECISIONS, default="int8",
-                   help="int8 (default) quantizes once at startup, calibrated on "
-                   "--calibration (the demo model: on synthetic scenes)")
+    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="auto (default): the fastest eager backend agreeing with FP32 on this "
+                   "machine (measured once, cached; compiled ones would recompile per tile "
+                   "size); int8 quantizes once at startup, calibrated on --calibration (the "
+                   "demo model: on synthetic scenes)")
     p.add_argument("--calibration", metavar="SCENE",
                    help="a scene of the data the model will serve, with its bands: INT8 "
                    "calibrates on tiles of it (required for int8 unless the model is the demo)")

@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -53,6 +54,9 @@ from seamline.core.models.modelio import SegmentationModel
 from seamline.core.predict.plan import DEFAULT_TILE_SIZE, choose_overlap, choose_tile_size
 from seamline.core.predict.scene import predict_scene
 from seamline.core.predict.tiling import Blend, predict_tiled
+
+if TYPE_CHECKING:
+    from seamline.core.optimise.auto import Choice
 
 __all__ = ["create_app", "MAX_TILE_SIZE", "OPEN_PATHS"]
 
@@ -127,6 +131,30 @@ async def _read_body(request: Request, budget: InputBudget) -> bytes:
     return b"".join(chunks)
 
 
+def _auto(
+    model: str | SegmentationModel,
+    tile_size: int | None,
+    trust_model: bool,
+    calibration: xr.DataArray | None,
+) -> tuple[SegmentationModel, Choice | None]:
+    """The model at the fastest eager backend that agrees with FP32 (``--precision auto``).
+    A server's job never ends, so the fastest per tile; compiled backends are left out: a
+    request at another tile size would recompile (seconds) while every client waits."""
+    from seamline.core.demo.train import demo_calibration
+    from seamline.core.models.modelio import load_model
+    from seamline.core.optimise.auto import auto_backend
+
+    loaded = load_model(model, trust_model=trust_model)
+    if loaded.precision != "fp32":  # a quantized .onnx runs as it is
+        return loaded, None
+    fp32 = MODELS.get(model, precision="fp32", device="cpu", trust_model=trust_model)
+    scene = calibration if calibration is not None else demo_calibration(fp32)
+    built, choice = auto_backend(fp32, scene, tile_size=choose_tile_size(fp32, tile_size),
+                                 allow_compile=False)  # fmt: skip
+    log.info("--precision auto: %s", choice.reason)
+    return built, choice
+
+
 def _check_tiling(options: dict) -> None:
     """Refuse tiling that would buy unbounded work: the tile side is bounded by the query's
     validation, the overlap here (a stride of a few pixels means thousands of tiles)."""
@@ -194,8 +222,9 @@ def create_app(
         ``"demo"``, a model file (see :func:`seamline.core.models.modelio.load_model`) or a
         loaded model.
     precision
-        ``fp32``, ``bf16`` or ``int8`` (default: quantized once per process, calibrated on
-        the synthetic scenes for the demo bands).
+        ``auto``, ``fp32``, ``bf16`` or ``int8`` (default: quantized once per process,
+        calibrated on the synthetic scenes for the demo bands). ``auto``: the fastest eager
+        backend that agrees with FP32, measured once per machine (see ``_auto``).
     budget
         Largest upload in bytes and scene in values (413 beyond), allowed data types (422).
     token
@@ -219,10 +248,13 @@ def create_app(
     quiet_undecodable_gdal_messages()
     no_huge_page_advice()  # steady latency: see its docstring
     digest = hashlib.sha256(token.encode()).digest() if token else None
-    ready = MODELS.get(
-        model, precision=precision, device="cpu", trust_model=trust_model,
-        calibration=None if calibration is None else lambda _model: calibration,
-    )  # fmt: skip
+    if precision == "auto":
+        ready, choice = _auto(model, tile_size, trust_model, calibration)
+    else:
+        ready, choice = MODELS.get(
+            model, precision=precision, device="cpu", trust_model=trust_model,
+            calibration=None if calibration is None else lambda _model: calibration,
+        ), None  # fmt: skip
     defaults["tile_size"] = tile_size = choose_tile_size(ready, tile_size)
     defaults["overlap"] = choose_overlap(ready, tile_size, blend, overlap)
     if tile_size > MAX_TILE_SIZE:  # a .pt2 exported for one tile side
@@ -285,6 +317,7 @@ def create_app(
             "max_bytes": budget.max_bytes, "max_pixels": budget.max_pixels,
             "max_bands": budget.max_bands, "dtypes": sorted(budget.dtypes),
             "max_tile_size": MAX_TILE_SIZE,
+            "backend": choice.backend if choice is not None else ready.precision,
             "auth": "bearer" if digest is not None else None,
         }  # fmt: skip
 

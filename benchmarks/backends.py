@@ -108,13 +108,14 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--skip-tables", action="store_true")
+    parser.add_argument("--skip-predict", action="store_true")
     args = parser.parse_args()
 
     from seamline.core.hardware import cpu_label
 
     tables = [] if args.skip_tables else backend_tables(args.tile_size)
-    runs = end_to_end(args.size, args.workdir)
-    fp32 = runs["fp32"]["wall_s"]
+    runs = {} if args.skip_predict else end_to_end(args.size, args.workdir)
+    fp32 = runs["fp32"]["wall_s"] if runs else None
     print(json.dumps({"cpu": cpu_label(), "tables": tables, "predict": runs,
                       "size": args.size}, indent=2))  # fmt: skip
     print(f"\nCPU: {cpu_label()}")
@@ -128,6 +129,8 @@ def main() -> None:
             print(f"{r['backend']:<14}{r['ms_per_tile']:>9.1f}{r['speedup']:>8.1f}x"
                   f"{r['gflops']:>9.0f}{peak:>8}{r['agreement']:>9.2%}{r['build_s']:>9.1f}"
                   f"{r['warm_build_s']:>8.1f}")
+    if not runs:
+        return
     print(f"\nseamline predict {args.size}^2 x 6, tile 512, overlap 64 (fresh processes)")
     print(f"{'run':<20}{'backend':<14}{'wall s':>8}{'vs FP32':>9}{'predict s':>10}"
           f"{'forward s':>10}{'rest %':>8}{'RSS MB':>8}")

@@ -186,3 +186,20 @@ def test_a_learned_build_cost_replaces_the_in_process_estimate():
     learned = auto._with_build_seconds(choice, BACKENDS["bf16+compile"], 4.8)
     assert [m.warm_build_s for m in learned.measurements] == [0.1, 4.8]
     assert replace(learned, measurements=rows) == choice
+
+
+def test_the_service_runs_the_fastest_eager_backend_and_says_which(monkeypatch):
+    from starlette.testclient import TestClient
+
+    from seamline.app.service import create_app
+    from seamline.core.data.io import geotiff_bytes
+
+    monkeypatch.setattr(auto, "candidates", lambda device="cpu": [*EAGER, BACKENDS["fp32+compile"]])
+    with TestClient(create_app("demo", precision="auto", tile_size=64)) as client:
+        health = client.get("/health").json()
+        reply = client.post("/predict", content=geotiff_bytes(make_scene(96, 96, seed=8)[0]),
+                            headers={"content-type": "image/tiff"})  # fmt: skip
+    assert health["backend"] in ("fp32", "int8") and health["precision"] == health["backend"]
+    assert reply.status_code == 200
+    choice = cached_choice(load_model("demo"), tile_size=64, backends=EAGER)
+    assert choice is not None and choice.backend == health["backend"]  # compile never measured

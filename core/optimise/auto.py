@@ -171,8 +171,9 @@ def tile_gflop(model: SegmentationModel, tile_size: int) -> float:
 
 
 def peak_gflops(precision: str, *, side: int = 2048) -> float | None:
-    """The CPU's measured matmul throughput at ``precision`` (GFLOP/s, best of 3 square
-    matmuls of ``side``); None where there is no such matmul (INT8 without ``_int_mm``)."""
+    """The CPU's measured matmul throughput at ``precision`` (GFLOP/s, best of 5 square
+    matmuls of ``side``); None where there is no such matmul (INT8 without ``_int_mm``).
+    A convolution can beat it (its data stays in cache); on a busy machine it reads low."""
     if precision == "int8":
         if not hasattr(torch, "_int_mm"):
             return None
@@ -185,7 +186,7 @@ def peak_gflops(precision: str, *, side: int = 2048) -> float | None:
         run()
     except RuntimeError:
         return None
-    best = min(_seconds(run) for _ in range(3))
+    best = min(_seconds(run) for _ in range(5))
     return 2 * side**3 / best / 1e9
 
 
@@ -322,19 +323,20 @@ def auto_backend(
     (a quantized ``.onnx``) runs as it is. A job smaller than :data:`AUTO_MIN_TILES` tiles
     is not worth measuring for (the measurement costs more than the prediction): it gets the
     table measured before on this machine if there is one, else FP32 (choice None).
-    ``allow_compile=False`` picks among eager backends only (a compiled module does not
-    travel to dask workers)."""
+    ``allow_compile=False`` measures and picks eager backends only (a compiled module does
+    not travel to dask workers, and a server would recompile per requested tile size)."""
     if model.precision != "fp32":
         return model, None
-    choice = cached_choice(model, tile_size=tile_size, batch_size=batch_size,
-                           device=device) if cache else None  # fmt: skip
+    backends = [b for b in candidates(device) if allow_compile or not b.compile]
+    choice = cached_choice(model, tile_size=tile_size, batch_size=batch_size, device=device,
+                           backends=backends) if cache else None  # fmt: skip
     if choice is None and (tiles is not None and tiles < AUTO_MIN_TILES):
         return model, None
     calibration = None
     if choice is None:
         calibration = calibration_tiles(scene, model, tile_size=tile_size)
         choice = choose_backend(model, calibration, tile_size=tile_size, batch_size=batch_size,
-                                device=device, cache=cache)  # fmt: skip
+                                device=device, cache=cache, backends=backends)  # fmt: skip
     job = float("inf") if tiles is None else tiles
     backend = BACKENDS[choice.best_for(job, compiled=allow_compile).backend]
     if backend.precision == "int8" and calibration is None:  # only INT8 reads the scene again
