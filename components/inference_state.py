@@ -35,6 +35,7 @@ SETTINGS = ("tile_size", "overlap", "blend", "batch_size", "precision", "device"
 """The params a run's result depends on (besides the scene and the model)."""
 RUN_COLUMNS = [
     "run",
+    "backend",
     "seconds",
     "tile_ms_p50",
     "tile_ms_p95",
@@ -44,6 +45,7 @@ RUN_COLUMNS = [
 ]
 READABLE = {
     "run": ("Run", None),
+    "backend": ("Backend", None),
     "seconds": ("Prediction (s)", 2),
     "tile_ms_p50": ("Tile p50 (ms)", 1),
     "tile_ms_p95": ("Tile p95 (ms)", 1),
@@ -78,7 +80,9 @@ class InferenceState(param.Parameterized):
     overlap = param.Integer(default=32, bounds=(0, 256), label="Overlap (px)")
     blend = param.Selector(objects=[b.value for b in Blend], default="cosine", label="Blend")
     batch_size = param.Integer(default=1, bounds=(1, 32), label="Batch size")
-    precision = param.Selector(objects=["fp32", "bf16", "int8"], default="fp32", label="Precision")
+    precision = param.Selector(objects=["fp32", "bf16", "int8", "auto"], default="fp32",
+                               label="Precision",
+                               doc="auto: the fastest backend that agrees with FP32 here.")
     device = param.Selector(objects=DEVICES, default="cpu", label="Device")
     show_grid = param.Boolean(default=False, label="Tile grid")
     show_polygons = param.Boolean(default=False, label="Class polygons")

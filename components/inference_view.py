@@ -316,6 +316,7 @@ class InferenceView(pn.viewable.Viewer):
             cell("Tile p50", lambda r: f"{r.tile_ms_p50:.1f} ms"),
             cell("Tile p95", lambda r: f"{r.tile_ms_p95:.1f} ms"),
             cell("Throughput", lambda r: f"{r.megapixels_per_s:.2f} Mpx/s"),
+            cell("Backend", lambda r: r.backend),
             cell("Model size", lambda r: f"{r.size_mb:.2f} MB"),
             cell("Agreement with fp32", agreement),
             visible=pn.bind(lambda r: r is not None, result),

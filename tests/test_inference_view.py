@@ -281,13 +281,14 @@ def test_the_class_map_is_marked_stale_when_a_control_changes(state):
 
 
 def test_the_runs_table_reads_as_a_person_would():
-    runs = pd.DataFrame([{"run": "int8 t256 o32 cosine b1", "seconds": 1.23456,
+    runs = pd.DataFrame([{"run": "int8 t256 o32 cosine b1", "backend": "int8", "seconds": 1.23456,
                           "tile_ms_p50": 12.345, "tile_ms_p95": 20.0, "megapixels_per_s": 3.3333,
                           "size_mb": 0.1234, "agreement_fp32": 0.99721}])  # fmt: skip
     shown = readable_runs(runs)
-    assert list(shown.columns) == ["Run", "Prediction (s)", "Tile p50 (ms)", "Tile p95 (ms)",
-                                   "Mpx/s", "Model (MB)", "Agreement with FP32 (%)"]
-    assert shown.iloc[0].tolist()[1:] == ["1.23", "12.3", "20.0", "3.33", "0.12", "99.72"]
+    assert list(shown.columns) == ["Run", "Backend", "Prediction (s)", "Tile p50 (ms)",
+                                   "Tile p95 (ms)", "Mpx/s", "Model (MB)",
+                                   "Agreement with FP32 (%)"]  # fmt: skip
+    assert shown.iloc[0].tolist()[2:] == ["1.23", "12.3", "20.0", "3.33", "0.12", "99.72"]
     runs.loc[0, "agreement_fp32"] = None  # an FP32 run has no agreement
     assert readable_runs(runs).iloc[0, -1] == "-"
 
@@ -337,3 +338,19 @@ def test_each_model_starts_at_the_overlap_that_covers_its_field(cache, tmp_path)
     assert state.overlap == 4 and "needs 12 px" in state.seams
     state.model = "demo"  # a new model starts at its own covering overlap again
     assert state.overlap == 64 and "tile size of at least 184" in state.seams
+
+
+def test_auto_runs_the_measured_backend_and_the_page_says_which(state, monkeypatch):
+    import seamline.core.optimise.auto as auto
+
+    eager = [auto.BACKENDS["fp32"], auto.BACKENDS["int8"]]
+    monkeypatch.setattr(auto, "candidates", lambda device="cpu": eager)
+    fp32 = state.run()
+    assert fp32.backend == "fp32"
+    state.precision = "auto"
+    picked = state.run()
+    choice = auto.cached_choice(state.cache.get("demo"), tile_size=128, backends=eager)
+    assert choice is not None and picked.backend == choice.backend  # measured, then cached
+    assert picked.agreement_fp32 is not None and picked.agreement_fp32 >= 0.98
+    assert list(state.runs["backend"]) == ["fp32", choice.backend]
+    assert readable_runs(state.runs)["Backend"].tolist() == ["fp32", choice.backend]

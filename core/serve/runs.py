@@ -66,12 +66,14 @@ class RunResult:
     megapixels_per_s: float
     size_mb: float
     agreement_fp32: float | None = None
+    backend: str = ""  # what ran: the precision, or the backend auto picked
 
     def row(self) -> dict:
         """One row of the runs table."""
         return {
             "run": self.settings.label(),
             **asdict(self.settings),
+            "backend": self.backend,
             "seconds": self.seconds,
             "tiles": self.tiles,
             "tile_ms_p50": self.tile_ms_p50,
@@ -80,6 +82,25 @@ class RunResult:
             "size_mb": self.size_mb,
             "agreement_fp32": self.agreement_fp32,
         }
+
+
+def _auto(cache: ModelCache, model: str, scene: xr.DataArray, settings: RunSettings):
+    """The model at the backend ``--precision auto`` picks for a page: the fastest eager one
+    that agrees with FP32 (measured once per model, tile and machine, calibrated on this
+    scene; compiled ones left out, as the service does: a new tile size would recompile)."""
+    from seamline.core.optimise.auto import auto_backend
+
+    fp32 = cache.get(model, precision="fp32", device=settings.device)
+    ready, _ = auto_backend(fp32, scene, tile_size=settings.tile_size,
+                            batch_size=settings.batch_size, device=settings.device,
+                            allow_compile=False)  # fmt: skip
+    return ready
+
+
+def _backend_name(model) -> str:
+    """``fp32``, ``bf16`` or ``int8``, ``+compile`` when compiled."""
+    compiled = hasattr(model.module, "eager")  # optimise.backends.FixedBatch
+    return model.precision + ("+compile" if compiled else "")
 
 
 def run_inference(
@@ -99,9 +120,12 @@ def run_inference(
     process (so it can be built at server start). On the Sentinel-2 demo scene it agrees with
     FP32 on 99.72 % of pixels, against 99.68 % when calibrated on that scene itself."""
     pick_device(settings.device)  # an unknown device is a clear error before any work
-    # INT8 of a model without its own calibration default calibrates on the scene it predicts
-    ready = cache.get(model, precision=settings.precision, device=settings.device,
-                      calibration=None if model == "demo" else lambda _model: scene)  # fmt: skip
+    if settings.precision == "auto":
+        ready = _auto(cache, model, scene, settings)
+    else:  # INT8 of a model without its own calibration calibrates on the scene it predicts
+        own = None if model == "demo" else lambda _model: scene
+        ready = cache.get(model, precision=settings.precision, device=settings.device,
+                          calibration=own)  # fmt: skip
     timer = TileTimer()
     start = time.perf_counter()
     classes = predict_scene(
@@ -120,5 +144,6 @@ def run_inference(
         megapixels_per_s=scene.sizes["y"] * scene.sizes["x"] / 1e6 / seconds,
         size_mb=model_size_bytes(ready) / 2**20,
         agreement_fp32=agreement,
+        backend=_backend_name(ready),
         **timer.summary(),
     )
