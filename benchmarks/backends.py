@@ -7,7 +7,8 @@ cost, for the demo U-Net and a third-party model (MONAI's BasicUNet, random weig
 what auto picks. Part 2: ``seamline predict`` on a SIZE^2 x 6 GeoTIFF (tile 512, overlap
 64), each in a fresh process, same run: FP32, auto with a cold cache, auto warm (twice:
 the second run uses the build cost the first one observed), ``--precision int8`` twice,
-and a saved INT8 ``.onnx``; wall time, predict's own seconds, the time in the forward pass
+and a saved INT8 ``.onnx``; then FP32 and auto on larger rasters (``--also``, default
+8192^2: is memory flat?); wall time, predict's own seconds, the time in the forward pass
 (tiles x its p50) and the rest, peak RSS. Prints JSON, then a short table.
 
 Not a test: it takes minutes. Usage: ``python benchmarks/backends.py [--size 4096]``.
@@ -74,8 +75,8 @@ def run_predict(argv: list[str], env: dict) -> dict:
     }  # fmt: skip
 
 
-def end_to_end(size: int, workdir: Path | None) -> dict:
-    """Part 2 (see the module docstring)."""
+def end_to_end(size: int, workdir: Path | None, cache: Path) -> dict:
+    """Part 2 (see the module docstring); the disk cache in ``cache``."""
     from seamline.core.data.io import write_raster
     from seamline.core.demo.synthetic import make_scene
     from seamline.core.models.modelio import load_model
@@ -84,7 +85,7 @@ def end_to_end(size: int, workdir: Path | None) -> dict:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         scene = write_raster(make_scene(size, size, seed=3)[0], tmp / "scene.tif")
-        env = os.environ | {"SEAMLINE_CACHE_DIR": str(tmp / "cache")}
+        env = os.environ | {"SEAMLINE_CACHE_DIR": str(cache)}
         onnx = save_quantized(quantize(load_model("demo"), make_scene(1024, 1024, seed=3)[0],
                                        cache=False), tmp / "demo_int8.onnx")  # fmt: skip
         tiling = ["--tile-size", "512", "--overlap", "64"]
@@ -102,6 +103,19 @@ def end_to_end(size: int, workdir: Path | None) -> dict:
         return runs
 
 
+def larger_scene(size: int, workdir: Path | None, cache: Path) -> dict:
+    """FP32 and auto (cache warm from part 2) on a SIZE^2 raster: is memory flat in size?"""
+    from out_of_core import write_big_raster
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        scene = Path(tmp) / "big.tif"
+        write_big_raster(scene, size)
+        env = os.environ | {"SEAMLINE_CACHE_DIR": str(cache)}
+        argv = [str(scene), str(Path(tmp) / "out.tif"), "--tile-size", "512", "--overlap", "64"]
+        return {f"fp32 {size}^2": run_predict([*argv, "--precision", "fp32"], env),
+                f"auto {size}^2": run_predict(argv, env)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
@@ -109,12 +123,17 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--skip-tables", action="store_true")
     parser.add_argument("--skip-predict", action="store_true")
+    parser.add_argument("--also", type=int, nargs="*", default=[8192],
+                        help="larger rasters for FP32 vs auto and peak RSS (default 8192)")
     args = parser.parse_args()
 
     from seamline.core.hardware import cpu_label
 
     tables = [] if args.skip_tables else backend_tables(args.tile_size)
-    runs = {} if args.skip_predict else end_to_end(args.size, args.workdir)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as cache:
+        runs = {} if args.skip_predict else end_to_end(args.size, args.workdir, Path(cache))
+        for size in args.also if runs else ():
+            runs |= larger_scene(size, args.workdir, Path(cache))
     fp32 = runs["fp32"]["wall_s"] if runs else None
     print(json.dumps({"cpu": cpu_label(), "tables": tables, "predict": runs,
                       "size": args.size}, indent=2))  # fmt: skip
@@ -131,7 +150,8 @@ def main() -> None:
                   f"{r['warm_build_s']:>8.1f}")
     if not runs:
         return
-    print(f"\nseamline predict {args.size}^2 x 6, tile 512, overlap 64 (fresh processes)")
+    print(f"\nseamline predict {args.size}^2 x 6 (and --also), tile 512, overlap 64 "
+          "(fresh processes)")
     print(f"{'run':<20}{'backend':<14}{'wall s':>8}{'vs FP32':>9}{'predict s':>10}"
           f"{'forward s':>10}{'rest %':>8}{'RSS MB':>8}")
     for label, r in runs.items():
