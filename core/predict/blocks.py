@@ -131,7 +131,8 @@ def as_prediction(
         result.attrs["long_name"] = tuple(model.classes)
     result.rio.write_crs(scene.rio.crs, inplace=True)
     result.rio.write_transform(scene.rio.transform(), inplace=True)
-    return result.rio.write_nodata(np.nan if probabilities else CLASS_NODATA, encoded=False)
+    return result.rio.write_nodata(np.nan if probabilities else CLASS_NODATA, encoded=False,
+                                   inplace=True)  # not a deep copy of the whole prediction
 
 
 def block_halo(model: SegmentationModel, overlap: int) -> int:
@@ -278,5 +279,8 @@ def block_array(values: np.ndarray, block: Block, meta: dict) -> xr.DataArray:
     array = xr.DataArray(values, dims=("band", "y", "x"), coords={"band": meta["bands"]},
                          attrs=meta["attrs"])  # fmt: skip
     offset = meta["transform"] * Affine.translation(block.hc0, block.hr0)
-    array = array.rio.write_crs(meta["crs"]).rio.write_transform(offset)
-    return array.rio.write_nodata(meta["nodata"], encoded=False)
+    # In place: rioxarray's write_* copy the array deeply otherwise (three copies of every
+    # block, 0.4 s of a 10 s prediction at 4096^2), and this one is new, a view of ``values``.
+    array.rio.write_crs(meta["crs"], inplace=True)
+    array.rio.write_transform(offset, inplace=True)
+    return array.rio.write_nodata(meta["nodata"], encoded=False, inplace=True)

@@ -97,7 +97,8 @@ def _with_nodata(scene: xr.DataArray) -> xr.DataArray:
         return scene
     kind = scene.dtype.kind
     fill = np.nan if kind == "f" else np.iinfo(scene.dtype).min if kind == "i" else 0
-    return scene.rio.write_nodata(fill, encoded=False)
+    scene = scene.copy(deep=False)  # its own attributes, the same pixels (rioxarray's
+    return scene.rio.write_nodata(fill, encoded=False, inplace=True)  # copy is deep)
 
 
 def align_aoi(aoi: gpd.GeoDataFrame, crs: CRS | str) -> gpd.GeoDataFrame:
