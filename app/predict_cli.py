@@ -69,6 +69,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             model, open_raster(calibration, band_names=args.band_names), tile_size=tile_size,
             tiles=tiles, batch_size=batch_size, device=device, cache=not args.no_cache,
             allow_compile=args.scheduler is None,  # compiled modules stay in this process
+            notify=lambda text: print(f"seamline predict: {text}", file=sys.stderr),
         )  # fmt: skip
     elif precision == "int8" and model.precision != "int8":
         from seamline.core.optimise.quantize import quantize

@@ -20,6 +20,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -316,6 +317,7 @@ def auto_backend(
     device: torch.device | str = "cpu",
     cache: bool = True,
     allow_compile: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> tuple[SegmentationModel, Choice | None]:
     """``model`` as the backend that finishes a job of ``tiles`` tiles first (None: a
     server's endless job, the fastest per tile), from the table :func:`choose_backend`
@@ -324,7 +326,8 @@ def auto_backend(
     is not worth measuring for (the measurement costs more than the prediction): it gets the
     table measured before on this machine if there is one, else FP32 (choice None).
     ``allow_compile=False`` measures and picks eager backends only (a compiled module does
-    not travel to dask workers, and a server would recompile per requested tile size)."""
+    not travel to dask workers, and a server would recompile per requested tile size).
+    ``notify`` is told, in a phrase, when a measurement starts (it takes up to a minute)."""
     if model.precision != "fp32":
         return model, None
     backends = [b for b in candidates(device) if allow_compile or not b.compile]
@@ -334,6 +337,10 @@ def auto_backend(
         return model, None
     calibration = None
     if choice is None:
+        if notify is not None:
+            notify(f"measuring {len(backends)} backends for model {model.name!r} at "
+                   f"{tile_size} px tiles, once on this machine (a minute at most; "
+                   "--precision fp32 skips it)")  # fmt: skip
         calibration = calibration_tiles(scene, model, tile_size=tile_size)
         choice = choose_backend(model, calibration, tile_size=tile_size, batch_size=batch_size,
                                 device=device, cache=cache, backends=backends)  # fmt: skip
