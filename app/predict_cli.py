@@ -38,16 +38,17 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         if args.probabilities:
             raise InvalidArgumentError("--vector needs class ids: drop --probabilities.")
         vector_format(args.vector)  # a bad path fails now, not after the prediction
+    scene = open_raster(args.input, band_names=args.band_names)  # lazily: the header only
     if (budget := input_budget(args)) is not None:
         # Blocks stream through memory: the budget bounds the file's own blocks (GDAL decodes
         # a tile or strip whole to serve any window of it) and its data types.
-        budget.check_scene(open_raster(args.input, band_names=args.band_names),
-                           source=f"raster {args.input!r}", streaming=True,
+        budget.check_scene(scene, source=f"raster {args.input!r}", streaming=True,
                            fix="rewrite it tiled (gdal_translate -co TILED=YES), or lift the "
                            "limit with --no-input-limits")  # fmt: skip
     model = load_model(args.model, model_class=args.model_class, trust_model=args.trust_model)
-    precision = args.precision if args.precision != "auto" or model.precision == "fp32" else (
-        model.precision)  # a quantized .onnx runs as it is  # fmt: skip
+    precision = args.precision
+    if precision == "auto" and model.precision != "fp32":  # a quantized .onnx runs as it is
+        precision = model.precision
     if precision == "auto" and args.backend == "compile":
         raise InvalidArgumentError(
             "--backend compile picks a backend by hand: give it with --precision fp32 or bf16, "
@@ -59,14 +60,15 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     batch_size = args.batch_size or (1 if device.type == "cpu" else 8)
     # Calibrated on tiles sampled across the scene being predicted (only they are read).
-    calibration = args.calibration or args.input
+    calibration = (open_raster(args.calibration, band_names=args.band_names)
+                   if args.calibration else scene)  # fmt: skip
     choice = None
     if precision == "auto":
         from seamline.core.optimise.auto import auto_backend
 
-        tile_size, tiles = _job_tiles(model, args)
+        tile_size, tiles = _job_tiles(model, scene, args)
         model, choice = auto_backend(
-            model, open_raster(calibration, band_names=args.band_names), tile_size=tile_size,
+            model, calibration, tile_size=tile_size,
             tiles=tiles, batch_size=batch_size, device=device, cache=not args.no_cache,
             allow_compile=args.scheduler is None,  # compiled modules stay in this process
             notify=lambda text: print(f"seamline predict: {text}", file=sys.stderr),
@@ -74,8 +76,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     elif precision == "int8" and model.precision != "int8":
         from seamline.core.optimise.quantize import quantize
 
-        model = quantize(model, open_raster(calibration, band_names=args.band_names),
-                         cache=not args.no_cache)  # fmt: skip
+        model = quantize(model, calibration, cache=not args.no_cache)
     elif precision != model.precision:
         model = with_precision(model, precision)
     if args.backend == "compile":
@@ -99,14 +100,12 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print_json(report)
 
 
-def _job_tiles(model, args: argparse.Namespace) -> tuple[int, int]:
-    """The tile side predict will use and how many tiles one grid over the input needs (what
+def _job_tiles(model, scene, args: argparse.Namespace) -> tuple[int, int]:
+    """The tile side predict will use and how many tiles one grid over ``scene`` needs (what
     --precision auto weighs a compiled backend's build against)."""
-    from seamline.core.data.io import open_raster
     from seamline.core.predict.plan import choose_tile_size, plan_overlap
     from seamline.core.predict.tiling import Blend, TileGrid
 
-    scene = open_raster(args.input, band_names=args.band_names)
     tile_size = choose_tile_size(model, args.tile_size)
     overlap, _ = plan_overlap(model, tile_size, args.blend, args.overlap)
     grid = TileGrid(scene.sizes["y"], scene.sizes["x"], tile_size, overlap,

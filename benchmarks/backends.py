@@ -25,12 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CHILD = (
-    "import json, sys; from seamline.app.cli import main; "
-    "from seamline.core.hardware import peak_rss_bytes; "
-    "code = main(sys.argv[1:]); print(json.dumps({'peak_rss_bytes': peak_rss_bytes()}), "
-    "file=sys.stderr); sys.exit(code)"
-)
+from out_of_core import CHILD  # a CLI child process that reports its peak RSS
 
 
 def backend_tables(tile_size: int) -> list[dict]:

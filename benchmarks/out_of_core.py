@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CHILD = (
+CHILD = (  # `python -c CHILD ARGS`: `seamline ARGS`, then its peak RSS as JSON on stderr
     "import json, sys; from seamline.app.cli import main; "
     "from seamline.core.hardware import peak_rss_bytes; "
     "code = main(sys.argv[1:]); print(json.dumps({'peak_rss_bytes': peak_rss_bytes()}), "

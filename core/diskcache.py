@@ -63,12 +63,15 @@ def read_entry(kind: str, key: str, suffix: str) -> bytes | None:
 
 
 def write_entry(kind: str, key: str, suffix: str, data: bytes) -> None:
-    """Store ``data`` under ``kind/key + suffix`` atomically; a failed write is ignored."""
+    """Store ``data`` under ``kind/key + suffix`` atomically (through the outputs'
+    :func:`~seamline.core.data.files.atomic_path`); a failed write is ignored."""
+    from seamline.core.data.files import atomic_path
+    from seamline.core.errors import SeamlineError
+
     path = cache_dir() / kind / f"{key}{suffix}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-        partial.write_bytes(data)
-        partial.replace(path)
-    except OSError:
+        with atomic_path(path) as partial:
+            partial.write_bytes(data)
+    except (OSError, SeamlineError):  # e.g. a read-only home: the work is done again
         pass

@@ -220,10 +220,16 @@ def build_backend(
     return built
 
 
+def _memory_format(model: SegmentationModel) -> torch.memory_format:
+    """The layout the tiling engine feeds ``model`` (ONNX Runtime takes NCHW only)."""
+    if getattr(model.module, "channels_last", True):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _forward(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> torch.Tensor:
     """Class ids of ``tiles`` (run ``batch`` at a time, as the tiling engine feeds them)."""
-    fmt = torch.channels_last if getattr(model.module, "channels_last", True) else (
-        torch.contiguous_format)  # fmt: skip
+    fmt = _memory_format(model)
     with torch.inference_mode():
         out = [model.module(tiles[i : i + batch].contiguous(memory_format=fmt)).float().argmax(1)
                for i in range(0, len(tiles), batch)]  # fmt: skip
@@ -232,9 +238,7 @@ def _forward(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> torch
 
 def _timed(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> float:
     """Median milliseconds per tile of ``RUNS`` forward passes of one batch (2 warm-ups)."""
-    fmt = torch.channels_last if getattr(model.module, "channels_last", True) else (
-        torch.contiguous_format)  # fmt: skip
-    x = tiles[:batch].contiguous(memory_format=fmt)
+    x = tiles[:batch].contiguous(memory_format=_memory_format(model))
     with torch.inference_mode():
         for _ in range(2):
             model.module(x)
@@ -297,7 +301,11 @@ def cached_choice(
     """The choice :func:`choose_backend` made before on this machine, or None."""
     device = str(torch.device(device))
     backends = backends or candidates(device)
-    key = _key(model, tile_size, batch_size, device, [b.name for b in backends])
+    return _read_choice(_key(model, tile_size, batch_size, device, [b.name for b in backends]))
+
+
+def _read_choice(key: str) -> Choice | None:
+    """The choice stored under ``key``, or None."""
     stored = read_entry("backends", key, ".json")
     if stored is None:
         return None
@@ -397,8 +405,7 @@ def choose_backend(
     device = str(torch.device(device))
     backends = backends or candidates(device)
     key = _key(model, tile_size, batch_size, device, [b.name for b in backends])
-    stored = cached_choice(model, tile_size=tile_size, batch_size=batch_size, device=device,
-                           backends=backends) if cache else None  # fmt: skip
+    stored = _read_choice(key) if cache else None  # the weights are hashed once
     if stored is not None:
         return stored
     use_inductor_cache()
