@@ -28,8 +28,8 @@ from seamline.core.models.registry import PRECISIONS
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     from seamline.core.data.io import open_aoi, open_raster
-    from seamline.core.hardware import bf16_is_native, cpu_info, peak_rss_bytes
-    from seamline.core.models.modelio import load_model, with_precision
+    from seamline.core.hardware import bf16_is_native, cpu_info, device_label, peak_rss_bytes
+    from seamline.core.models.modelio import check_precision_device, load_model, with_precision
     from seamline.core.predict.tiling import pick_device
 
     if args.vector:
@@ -54,10 +54,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             "--backend compile picks a backend by hand: give it with --precision fp32 or bf16, "
             "or leave both out (--precision auto measures the compiled backends too)."
         )
-    if precision == "bf16" and not bf16_is_native():
+    device = pick_device(args.device)
+    check_precision_device(precision, device)
+    if precision == "bf16" and device.type == "cpu" and not bf16_is_native():
         print("seamline predict: warning: BF16 is emulated on this CPU (no AMX or "
               "AVX512-BF16): expect it to be slower than fp32.", file=sys.stderr)
-    device = pick_device(args.device)
     batch_size = args.batch_size or (1 if device.type == "cpu" else 8)
     # Calibrated on tiles sampled across the scene being predicted (only they are read).
     calibration = (open_raster(args.calibration, band_names=args.band_names)
@@ -92,7 +93,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         blend=args.blend, batch_size=batch_size, device=device,
     )  # fmt: skip
     report.update(model=model.name, precision=model.precision, batch_size=batch_size,
-                  peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"])
+                  peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"],
+                  device=device_label(str(device)))  # fmt: skip
     if precision == "auto":
         report["backend"] = _backend_summary(choice, model)
     if args.vector:

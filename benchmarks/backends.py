@@ -23,13 +23,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from out_of_core import CHILD  # a CLI child process that reports its peak RSS
 
 
-def backend_tables(tile_size: int) -> list[dict]:
-    """Part 1: the measured table of each model (measured afresh: no cache)."""
+def backend_tables(tile_size: int, *, device: str = "cpu", batch_size: int = 1) -> Iterator[dict]:
+    """Part 1: the measured table of each model on ``device`` (measured afresh: no cache),
+    one model at a time."""
     import torch
     from monai.networks.nets import BasicUNet
 
@@ -43,12 +45,11 @@ def backend_tables(tile_size: int) -> list[dict]:
     monai = load_model(BasicUNet(spatial_dims=2, in_channels=6, out_channels=5).eval(),
                        bands=list(demo.bands))  # fmt: skip
     scene = make_scene(2 * tile_size, 2 * tile_size, seed=100)[0]
-    out = []
     for name, model in (("demo U-Net", demo), ("MONAI BasicUNet", monai)):
         tiles = calibration_tiles(scene, model, tile_size=tile_size, count=4)
-        choice = choose_backend(model, tiles, tile_size=tile_size, cache=False)
-        out.append({"model": name, **choice.to_dict(), "table": choice.table()})
-    return out
+        choice = choose_backend(model, tiles, tile_size=tile_size, batch_size=batch_size,
+                                device=device, cache=False)  # fmt: skip
+        yield {"model": name, **choice.to_dict(), "table": choice.table()}
 
 
 def run_predict(argv: list[str], env: dict) -> dict:
@@ -124,15 +125,23 @@ def main() -> None:
 
     from seamline.core.hardware import cpu_label
 
-    tables = [] if args.skip_tables else backend_tables(args.tile_size)
+    tables = [] if args.skip_tables else list(backend_tables(args.tile_size))
     with tempfile.TemporaryDirectory(dir=args.workdir) as cache:
         runs = {} if args.skip_predict else end_to_end(args.size, args.workdir, Path(cache))
         for size in args.also if runs else ():
             runs |= larger_scene(size, args.workdir, Path(cache))
-    fp32 = runs["fp32"]["wall_s"] if runs else None
     print(json.dumps({"cpu": cpu_label(), "tables": tables, "predict": runs,
                       "size": args.size}, indent=2))  # fmt: skip
     print(f"\nCPU: {cpu_label()}")
+    print_tables(tables)
+    if runs:
+        print(f"\nseamline predict {args.size}^2 x 6 (and --also), tile 512, overlap 64 "
+              "(fresh processes)")
+        print_runs(runs)
+
+
+def print_tables(tables: list[dict]) -> None:
+    """Part 1 as a short table per model."""
     for table in tables:
         print(f"\n{table['model']}: tile {table['tile_size']}, {table['gflop_per_tile']:.1f} "
               f"GFLOP/tile; auto per tile: {table['reason']}")
@@ -140,13 +149,14 @@ def main() -> None:
               f"{'agrees':>9}{'build s':>9}{'warm s':>8}")
         for r in table["table"]:
             peak = f"{r['percent_of_peak']:.0f}" if r["percent_of_peak"] is not None else "-"
-            print(f"{r['backend']:<14}{r['ms_per_tile']:>9.1f}{r['speedup']:>8.1f}x"
+            print(f"{r['backend']:<14}{r['ms_per_tile']:>9.2f}{r['speedup']:>8.1f}x"
                   f"{r['gflops']:>9.0f}{peak:>8}{r['agreement']:>9.2%}{r['build_s']:>9.1f}"
                   f"{r['warm_build_s']:>8.1f}")
-    if not runs:
-        return
-    print(f"\nseamline predict {args.size}^2 x 6 (and --also), tile 512, overlap 64 "
-          "(fresh processes)")
+
+
+def print_runs(runs: dict) -> None:
+    """Part 2 as a short table, each run against the one labelled ``fp32``."""
+    fp32 = runs["fp32"]["wall_s"]
     print(f"{'run':<20}{'backend':<14}{'wall s':>8}{'vs FP32':>9}{'predict s':>10}"
           f"{'forward s':>10}{'rest %':>8}{'RSS MB':>8}")
     for label, r in runs.items():

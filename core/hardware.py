@@ -56,6 +56,17 @@ def cpu_label() -> str:
     return f"{info['cpu']} | {info['capability']}{extras} | {info['torch_threads']} threads"
 
 
+def device_label(device: str = "cpu") -> str:
+    """:func:`cpu_label` for a CPU; for a CUDA device its name and compute capability, e.g.
+    ``NVIDIA H100 80GB HBM3 (sm 9.0)``, beside the CPU's."""
+    if not device.startswith("cuda"):
+        return cpu_label()
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} (sm {props.major}.{props.minor}); CPU {cpu_label()}"
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory (VmHWM on Linux: ru_maxrss survives exec there)."""
     try:

@@ -207,3 +207,18 @@ def test_the_service_runs_the_fastest_eager_backend_and_says_which(monkeypatch):
     assert reply.status_code == 200
     choice = cached_choice(load_model("demo"), tile_size=64, backends=EAGER)
     assert choice is not None and choice.backend == health["backend"]  # compile never measured
+
+
+def test_fp16_is_for_cuda_and_refused_on_a_cpu_in_one_sentence(tmp_path, capsys):
+    from seamline.core.serve.cache import ModelCache
+    from tests.test_cli import assert_one_sentence_error
+
+    assert all(b.precision != "fp16" for b in candidates("cpu"))  # a CPU emulates FP16
+    scene = write_raster(make_scene(64, 64, seed=1)[0], tmp_path / "s.tif")
+    out = tmp_path / "out.tif"
+    code = main(["predict", str(scene), str(out), "--device", "cpu", "--precision", "fp16"])
+    assert_one_sentence_error(code, capsys.readouterr().err, "FP16 runs on a CUDA GPU",
+                              "--device cuda")  # fmt: skip
+    assert not out.exists()
+    with pytest.raises(Exception, match="FP16 runs on a CUDA GPU"):
+        ModelCache().get("demo", precision="fp16", device="cpu")

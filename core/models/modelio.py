@@ -59,6 +59,7 @@ __all__ = [
     "save_model",
     "check_bands",
     "with_precision",
+    "check_precision_device",
     "eval_mode",
 ]
 
@@ -69,7 +70,8 @@ CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
 _UNSAFE_PT2 = (
     pt2.AOTINDUCTOR_DIR,  # a compiled shared library
     pt2.CONSTANTS_DIR + pt2.CUSTOM_OBJ_FILENAME_PREFIX,  # TorchBind objects
-    pt2.CONSTANTS_DIR + pt2.OPAQUE_OBJ_FILENAME_PREFIX,  # read with a plain pickle.loads
+    # read with a plain pickle.loads; torch < 2.12 has no such entries (nor the constant)
+    pt2.CONSTANTS_DIR + getattr(pt2, "OPAQUE_OBJ_FILENAME_PREFIX", "opaque_obj_"),
 )
 _LOADING = threading.Lock()
 """Held while a load sets or needs torch's process-wide TORCH_FORCE_WEIGHTS_ONLY_LOAD."""
@@ -362,7 +364,8 @@ def check_bands(model: SegmentationModel, scene: xr.DataArray) -> list[int]:
 
 
 class _Autocast(nn.Module):
-    """Runs the wrapped module under ``torch.autocast`` (BF16 matmuls and convolutions)."""
+    """Runs the wrapped module under ``torch.autocast`` (BF16 or FP16 matmuls and
+    convolutions)."""
 
     def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
@@ -375,8 +378,18 @@ class _Autocast(nn.Module):
             return self.module(x).float()
 
 
+def check_precision_device(precision: str, device: torch.device | str) -> None:
+    """One sentence, before any work, when ``precision`` cannot run well on ``device``:
+    FP16 autocast is for CUDA GPUs (a CPU emulates it, slower than FP32)."""
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise InvalidArgumentError(
+            f"FP16 runs on a CUDA GPU and this run is on {torch.device(device).type}: use "
+            "--device cuda, or --precision bf16 / int8 / auto on a CPU."
+        )
+
+
 def with_precision(model: SegmentationModel, precision: str) -> SegmentationModel:
-    """The model at ``fp32`` or ``bf16`` (autocast)."""
+    """The model at ``fp32``, ``bf16`` or ``fp16`` (autocast; FP16 is for CUDA GPUs)."""
     if precision not in TORCH_PRECISIONS:
         raise InvalidArgumentError(
             f"precision must be one of {', '.join(TORCH_PRECISIONS)}, got {precision!r}"
@@ -385,4 +398,5 @@ def with_precision(model: SegmentationModel, precision: str) -> SegmentationMode
         return model
     if precision == "fp32":
         raise InvalidArgumentError(f"model {model.name!r} is {model.precision}; load it again")
-    return model.with_module(_Autocast(model.module, torch.bfloat16), precision=precision)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return model.with_module(_Autocast(model.module, dtype), precision=precision)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 __all__ = ["PRECISIONS", "TORCH_PRECISIONS", "BUILTIN_MODELS", "builtin_model_path"]
 
-PRECISIONS = ("fp32", "bf16", "int8")
-"""Every precision a model runs at; INT8 runs on ONNX Runtime (:mod:`seamline.core.optimise`)."""
-TORCH_PRECISIONS = PRECISIONS[:2]
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+"""Every precision a model runs at; INT8 runs on ONNX Runtime (:mod:`seamline.core.optimise`),
+FP16 on a CUDA GPU only (a CPU emulates it)."""
+TORCH_PRECISIONS = PRECISIONS[:3]
 """The precisions a torch module runs at directly
 (:func:`seamline.core.models.modelio.with_precision`)."""
 

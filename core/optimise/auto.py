@@ -4,8 +4,8 @@ The fastest way to run a model depends on the CPU (docs/architecture.md, "CPU ba
 BF16 + ``torch.compile`` on AMX, ONNX Runtime INT8 on AVX2 where BF16 is emulated. So
 Seamline measures rather than guesses: on first use of a model at a tile size on a machine,
 :func:`choose_backend` builds every candidate (FP32 eager channels-last, FP32 compiled, BF16
-autocast and BF16 compiled where the CPU has native BF16, INT8 on ONNX Runtime; on CUDA FP32
-and BF16, eager and compiled), times its forward on the calibration tiles, keeps those whose
+autocast and BF16 compiled where the CPU has native BF16, INT8 on ONNX Runtime; on CUDA FP32,
+BF16 and FP16, eager and compiled), times its forward on the calibration tiles, keeps those whose
 classes agree with FP32 on at least :data:`MIN_AGREEMENT` of the pixels, and picks the
 fastest. The choice and the whole table are cached on disk (:mod:`seamline.core.diskcache`)
 keyed by the model's weights, the tile, the batch, the device, the CPU capability and the
@@ -29,10 +29,11 @@ import xarray as xr
 
 from seamline.core.diskcache import cache_dir, digest, model_fingerprint, read_entry, write_entry
 from seamline.core.errors import InvalidArgumentError
-from seamline.core.hardware import bf16_is_native, cpu_info, cpu_label
+from seamline.core.hardware import bf16_is_native, cpu_info, device_label
 from seamline.core.models.modelio import SegmentationModel, with_precision
 from seamline.core.optimise.backends import compiled, forget_compiled
 from seamline.core.optimise.quantize import calibration_tiles, quantize
+from seamline.core.predict.tiling import place_module
 
 __all__ = [
     "AUTO_MIN_TILES",
@@ -75,6 +76,8 @@ BACKENDS = {
         Backend("fp32+compile", "fp32", compile=True),
         Backend("bf16", "bf16"),
         Backend("bf16+compile", "bf16", compile=True),
+        Backend("fp16", "fp16"),
+        Backend("fp16+compile", "fp16", compile=True),
         Backend("int8", "int8"),
     )
 }
@@ -82,14 +85,16 @@ BACKENDS = {
 
 def candidates(device: torch.device | str = "cpu") -> list[Backend]:
     """The backends worth measuring on ``device``: BF16 only where it is native (on an AVX2
-    CPU it is emulated, ~3x slower than FP32), INT8 (ONNX Runtime) only on the CPU."""
+    CPU it is emulated, ~3x slower than FP32), FP16 only on CUDA (CPUs emulate it), INT8
+    (ONNX Runtime) only on the CPU."""
     device = torch.device(device)
     if device.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
-        return [b for b in BACKENDS.values() if b.precision == "fp32" or
+        return [b for b in BACKENDS.values() if b.precision in ("fp32", "fp16") or
                 (b.precision == "bf16" and bf16)]  # fmt: skip
     native = bf16_is_native()
-    return [b for b in BACKENDS.values() if b.precision != "bf16" or native]
+    return [b for b in BACKENDS.values()
+            if b.precision in ("fp32", "int8") or (b.precision == "bf16" and native)]
 
 
 @dataclass(frozen=True)
@@ -161,39 +166,57 @@ class Choice:
         return cls(**data | {"measurements": rows})
 
 
-def tile_gflop(model: SegmentationModel, tile_size: int) -> float:
+def tile_gflop(model: SegmentationModel, tile_size: int,
+               device: torch.device | str = "cpu") -> float:  # fmt: skip
     """GFLOP of one tile's forward pass (multiply-adds counted as 2), by torch's counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(1, len(model.bands), tile_size, tile_size)
+    x = torch.zeros(1, len(model.bands), tile_size, tile_size, device=device)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model.module(x)
     return counter.get_total_flops() / 1e9
 
 
-def peak_gflops(precision: str, *, side: int = 2048) -> float | None:
-    """The CPU's measured matmul throughput at ``precision`` (GFLOP/s, best of 5 square
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def peak_gflops(precision: str, *, side: int = 2048,
+                device: torch.device | str = "cpu") -> float | None:  # fmt: skip
+    """The device's measured matmul throughput at ``precision`` (GFLOP/s, best of 5 square
     matmuls of ``side``); None where there is no such matmul (INT8 without ``_int_mm``).
-    A convolution can beat it (its data stays in cache); on a busy machine it reads low."""
+    A convolution can beat it (its data stays in cache); on a busy machine it reads low.
+    On CUDA, FP32 is measured as convolutions run it (cuDNN's TF32 setting)."""
+    device = torch.device(device)
     if precision == "int8":
         if not hasattr(torch, "_int_mm"):
             return None
-        a = torch.randint(-8, 8, (side, side), dtype=torch.int8)
+        a = torch.randint(-8, 8, (side, side), dtype=torch.int8, device=device)
         run = lambda: torch._int_mm(a, a)  # noqa: E731
     else:
-        a = torch.randn(side, side, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+        a = torch.randn(side, side, dtype=_DTYPES[precision], device=device)
         run = lambda: a @ a  # noqa: E731
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
     try:
         run()
+        best = min(_seconds(run, device) for _ in range(5))
     except RuntimeError:
         return None
-    best = min(_seconds(run) for _ in range(5))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     return 2 * side**3 / best / 1e9
 
 
-def _seconds(run) -> float:
+def _seconds(run, device: torch.device | str = "cpu") -> float:
+    """Wall seconds of ``run()``; on CUDA, with the device's queued work finished first
+    and last (kernels run asynchronously)."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     run()
+    if cuda:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
@@ -210,8 +233,8 @@ def build_backend(
     (normalised tiles), from the disk cache when it was done before on this machine."""
     if backend.precision == "int8":
         built = quantize(model, calibration, cache=cache)
-    elif backend.precision == "bf16":
-        built = with_precision(model, "bf16")
+    elif backend.precision in ("bf16", "fp16"):
+        built = with_precision(model, backend.precision)
     else:
         built = model
     if backend.compile:
@@ -242,8 +265,16 @@ def _timed(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> float:
     with torch.inference_mode():
         for _ in range(2):
             model.module(x)
-        times = [_seconds(lambda: model.module(x)) for _ in range(RUNS)]
+        times = [_seconds(lambda: model.module(x), x.device) for _ in range(RUNS)]
     return 1000 * statistics.median(times) / len(x)
+
+
+def _device_name(device: torch.device | str) -> str:
+    """``device`` as tensors name it (``cuda`` -> ``cuda:0``): one cache entry per device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
 
 
 def _key(model: SegmentationModel, tile_size: int, batch_size: int, device: str,
@@ -251,6 +282,9 @@ def _key(model: SegmentationModel, tile_size: int, batch_size: int, device: str,
     import onnxruntime
 
     info = cpu_info()
+    if device.startswith("cuda"):  # the same index can be another GPU on another machine
+        props = torch.cuda.get_device_properties(device)
+        device = f"{device} {props.name} sm{props.major}{props.minor}"
     return digest([
         model_fingerprint(model.module), str(tile_size), str(batch_size), device,
         f"{info['capability']} amx={info['amx']} vnni={info['avx512_vnni']} "
@@ -299,7 +333,7 @@ def cached_choice(
     backends: list[Backend] | None = None,
 ) -> Choice | None:
     """The choice :func:`choose_backend` made before on this machine, or None."""
-    device = str(torch.device(device))
+    device = _device_name(device)
     backends = backends or candidates(device)
     return _read_choice(_key(model, tile_size, batch_size, device, [b.name for b in backends]))
 
@@ -402,7 +436,7 @@ def choose_backend(
             f"--precision auto starts from the FP32 model, and {model.name!r} is "
             f"{model.precision}: pass the FP32 model, or run it at its own precision."
         )
-    device = str(torch.device(device))
+    device = _device_name(device)
     backends = backends or candidates(device)
     key = _key(model, tile_size, batch_size, device, [b.name for b in backends])
     stored = _read_choice(key) if cache else None  # the weights are hashed once
@@ -410,8 +444,10 @@ def choose_backend(
         return stored
     use_inductor_cache()
     tiles = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32)).to(device)
+    if isinstance(model.module, torch.nn.Module):  # on the device, in the tiles' layout
+        place_module(model.module, tiles.device, _memory_format(model))
     reference = _forward(model, tiles, batch_size)
-    gflop = tile_gflop(model, tile_size)
+    gflop = tile_gflop(model, tile_size, device)
     rows = []
     for backend in backends:
         start = time.perf_counter()
@@ -434,9 +470,10 @@ def choose_backend(
         note = "" if kept else f"agrees on {agreement:.2%} < {MIN_AGREEMENT:.1%}"
         rows.append(Measurement(backend.name, ms, agreement, build_s, gflop / ms * 1000, kept,
                                 note, warm_build_s=warm))  # fmt: skip
-    peaks = {p: peak_gflops(p) for p in ("fp32", "bf16", "int8")} if device == "cpu" else {}
-    choice = Choice("fp32", "", tuple(rows), tile_size, batch_size, device, cpu_label(), gflop,
-                    peaks=peaks, key=key)  # fmt: skip
+    precisions = ("fp32", "bf16", "int8") if device == "cpu" else ("fp32", "bf16", "fp16")
+    peaks = {p: peak_gflops(p, device=device) for p in precisions}
+    choice = Choice("fp32", "", tuple(rows), tile_size, batch_size, device,
+                    device_label(device), gflop, peaks=peaks, key=key)  # fmt: skip
     best = BACKENDS[choice.best_for(float("inf")).backend]
     choice = replace(choice, backend=best.name, reason=_reason(choice, best, None))
     if cache:

@@ -13,7 +13,12 @@ from collections.abc import Callable
 
 from seamline.core.errors import InvalidArgumentError
 from seamline.core.hardware import bf16_is_native
-from seamline.core.models.modelio import SegmentationModel, load_model, with_precision
+from seamline.core.models.modelio import (
+    SegmentationModel,
+    check_precision_device,
+    load_model,
+    with_precision,
+)
 from seamline.core.models.registry import PRECISIONS
 from seamline.core.optimise.quantize import quantize
 
@@ -79,6 +84,7 @@ class ModelCache:
             raise InvalidArgumentError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
             )
+        check_precision_device(precision, device)
         name = spec.name if isinstance(spec, SegmentationModel) else str(spec)
         key = (name, precision, str(device))
         with self._lock:  # held while building: two sessions never quantize twice
