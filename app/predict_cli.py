@@ -38,6 +38,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         if args.probabilities:
             raise InvalidArgumentError("--vector needs class ids: drop --probabilities.")
         vector_format(args.vector)  # a bad path fails now, not after the prediction
+    if args.block_size is not None and args.scheduler is None:
+        raise InvalidArgumentError(
+            "--block-size sets the dask chunk side of a --scheduler run; without --scheduler, "
+            "predict streams one tile row at a time: leave it out."
+        )
     scene = open_raster(args.input, band_names=args.band_names)  # lazily: the header only
     if (budget := input_budget(args)) is not None:
         # Blocks stream through memory: the budget bounds the file's own blocks (GDAL decodes
@@ -85,10 +90,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
         fast = compiled(model.module, batch=batch_size, device=device)
         model = model.with_module(fast, precision=model.precision)
-    report = _file_predictor(args.scheduler)(
+    report = _file_predictor(args.scheduler, args.block_size)(
         args.input, args.output, model=model,
         aoi=open_aoi(args.aoi, layer=args.aoi_layer) if args.aoi else None,
-        probabilities=args.probabilities, cog=args.cog, block_size=args.block_size,
+        probabilities=args.probabilities, cog=args.cog,
         band_names=args.band_names, tile_size=args.tile_size, overlap=args.overlap,
         blend=args.blend, batch_size=batch_size, device=device,
     )  # fmt: skip
@@ -124,15 +129,17 @@ def _backend_summary(choice, model) -> dict:
     return {"name": choice.backend, "from_cache": choice.from_cache, "reason": choice.reason}
 
 
-def _file_predictor(scheduler: str | None) -> Callable[..., dict]:
-    """``predict_file``, or its dask.distributed twin on ``scheduler`` (``--scheduler``)."""
+def _file_predictor(scheduler: str | None, block_size: int | None) -> Callable[..., dict]:
+    """``predict_file``, or its dask.distributed twin on ``scheduler`` (``--scheduler``) in
+    chunks of ``block_size`` pixels."""
     if scheduler is None:
         from seamline.core.predict.file import predict_file
 
         return predict_file
-    from seamline.core.predict.distributed import predict_file_distributed
+    from seamline.core.predict.distributed import DEFAULT_CHUNK, predict_file_distributed
 
-    return functools.partial(predict_file_distributed, scheduler=scheduler)
+    return functools.partial(predict_file_distributed, scheduler=scheduler,
+                             block_size=block_size or DEFAULT_CHUNK)  # fmt: skip
 
 
 
@@ -175,7 +182,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="compile: torch.compile once per process (seconds), then faster tiles")
     p.add_argument("--probabilities", action="store_true", help="write class probabilities")
     p.add_argument("--band-names", type=band_list, help="comma-separated names, one per band")
-    p.add_argument("--block-size", type=int, default=1024, help="pixels per block read from disk")
+    p.add_argument("--block-size", type=int,
+                   help="with --scheduler: the side of each dask chunk (default 2048)")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     p.add_argument("--vector", metavar="OUT", help="also write the class polygons (.gpkg, "
                    ".geojson or .parquet) beside the class raster")

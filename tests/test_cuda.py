@@ -101,8 +101,7 @@ def test_predict_command_on_cuda_writes_the_cpu_classes(scene, tmp_path, capsys)
     outs = {}
     for device in ("cpu", "cuda"):
         out = tmp_path / f"{device}.tif"
-        main(["predict", str(src), str(out), "--device", device, "--precision", "fp32",
-              "--block-size", "512"])  # fmt: skip
+        main(["predict", str(src), str(out), "--device", device, "--precision", "fp32"])
         report = json.loads(capsys.readouterr().out)
         assert report["tiles"] > 0
         assert (torch.cuda.get_device_name() in report["device"]) == (device == "cuda")

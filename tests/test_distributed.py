@@ -89,8 +89,7 @@ def test_chunked_prediction_equals_the_in_process_engine(client, demo, scene_fil
 
 def test_distributed_file_equals_predict_file_and_is_a_cog(client, demo, scene_file, tmp_path):
     _, path = scene_file
-    reference = predict_file(path, tmp_path / "ref.tif", model=demo, block_size=96,
-                             blend="crop", **TILING)  # fmt: skip
+    reference = predict_file(path, tmp_path / "ref.tif", model=demo, blend="crop", **TILING)
     report = predict_file_distributed(path, tmp_path / "dist.tif", model=demo, scheduler=client,
                                       block_size=96, cog=True, blend="crop", **TILING)  # fmt: skip
     assert report["blocks"] == 4 and report["workers"] == 2
@@ -108,8 +107,7 @@ def test_aoi_crops_and_masks_as_predict_file_does(client, demo, scene_file, tmp_
     x1, y1 = scene.rio.transform() * (200, 180)
     aoi = gpd.GeoDataFrame(geometry=[Polygon([(x0, y0), (x1, y0), (x0, y1)])],
                            crs=scene.rio.crs).to_crs("EPSG:4326")  # fmt: skip
-    predict_file(path, tmp_path / "ref.tif", model=demo, aoi=aoi, block_size=64, blend="crop",
-                 **TILING)  # fmt: skip
+    predict_file(path, tmp_path / "ref.tif", model=demo, aoi=aoi, blend="crop", **TILING)
     predict_file_distributed(path, tmp_path / "dist.tif", model=demo, aoi=aoi, block_size=64,
                              scheduler=client, blend="crop", **TILING)  # fmt: skip
     with rasterio.open(tmp_path / "ref.tif") as ref, rasterio.open(tmp_path / "dist.tif") as out:

@@ -18,7 +18,6 @@ from seamline.core.errors import BandMismatchError, InputFileError
 from seamline.core.metrics import mean_iou
 from seamline.core.models.modelio import load_model, save_model, with_precision
 from seamline.core.predict.blocks import CLASS_NODATA, class_ids
-from seamline.core.predict.file import predict_file
 from seamline.core.predict.scene import predict_scene
 
 
@@ -99,23 +98,6 @@ def test_bf16_agrees_with_fp32(demo):
     fp32 = predict_scene(demo, scene, tile_size=64, overlap=16)
     bf16 = predict_scene(with_precision(demo, "bf16"), scene, tile_size=64, overlap=16)
     assert np.mean(fp32.values == bf16.values) > 0.95
-
-
-@pytest.mark.parametrize("blend", ["crop", "cosine"])
-def test_predict_file_blocks_match_in_memory(tmp_path, demo, blend):
-    scene, _ = make_scene(300, 340, seed=4)
-    src = write_raster(scene, tmp_path / "scene.tif")
-    kwargs = {"tile_size": 64, "overlap": 48, "blend": blend, "batch_size": 4}
-    report = predict_file(src, tmp_path / "pred.tif", model=demo, block_size=128, **kwargs)
-    # 2 x 3 blocks: 300 = 128 + 172 (a 44-px rest is under the 48-px halo and merges), 340 =
-    # 128 + 128 + 84.
-    assert report["blocks"] == 6 and report["tiles"] > 6
-    expected = predict_scene(demo, scene, probabilities=True, **kwargs)
-    with rasterio.open(tmp_path / "pred.tif") as out:
-        assert out.transform == scene.rio.transform() and out.crs == scene.rio.crs
-        written = out.read(1)
-    agree = np.mean(written == expected.argmax("class").values)
-    assert agree == 1.0 if blend == "crop" else agree > 0.999
 
 
 def test_predict_cli_with_aoi_prints_json_and_writes_cog(tmp_path, capsys):

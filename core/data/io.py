@@ -11,8 +11,8 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
 import rasterio
 import rioxarray
@@ -32,6 +32,9 @@ from seamline.core.errors import (
     InvalidArgumentError,
     MissingCRSError,
 )
+
+if TYPE_CHECKING:  # geopandas loads only where an AOI is read (0.3 s of a start)
+    import geopandas as gpd
 
 __all__ = [
     "open_raster",
@@ -242,6 +245,8 @@ def open_aoi(path: str | os.PathLike, *, layer: str | int | None = None) -> gpd.
     :class:`~core.errors.GeometryError` (or :class:`~core.errors.MissingCRSError`) that says
     which feature is wrong and how to fix it.
     """
+    import geopandas as gpd
+
     path = _existing_file(path, "AOI")
     try:
         if layer is None:  # the first of several layers would be a silent guess

@@ -33,7 +33,6 @@ from unittest import mock
 import torch
 import xarray as xr
 from torch import nn
-from torch.export.pt2_archive import constants as pt2
 
 from seamline.core.data.files import atomic_path, first_line
 from seamline.core.errors import (
@@ -67,12 +66,6 @@ TRUSTED_CLASS_MODULES = ("seamline.core.demo.unet",)
 """Modules whose classes a sidecar may name without ``trust_model``: Seamline's own."""
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
 """Where a training checkpoint (a dict) keeps the model's state dict."""
-_UNSAFE_PT2 = (
-    pt2.AOTINDUCTOR_DIR,  # a compiled shared library
-    pt2.CONSTANTS_DIR + pt2.CUSTOM_OBJ_FILENAME_PREFIX,  # TorchBind objects
-    # read with a plain pickle.loads; torch < 2.12 has no such entries (nor the constant)
-    pt2.CONSTANTS_DIR + getattr(pt2, "OPAQUE_OBJ_FILENAME_PREFIX", "opaque_obj_"),
-)
 _LOADING = threading.Lock()
 """Held while a load sets or needs torch's process-wide TORCH_FORCE_WEIGHTS_ONLY_LOAD."""
 
@@ -147,12 +140,25 @@ def _import_class(path: str, *, trust_model: bool) -> type[nn.Module]:
     return cls
 
 
+def _unsafe_pt2() -> tuple[str, ...]:
+    """Members of a ``.pt2`` archive that run code on load. Imported here, not at the top:
+    ``torch.export`` pulls in dynamo and sympy (1.2 s of every command's start)."""
+    from torch.export.pt2_archive import constants as pt2
+
+    return (
+        pt2.AOTINDUCTOR_DIR,  # a compiled shared library
+        pt2.CONSTANTS_DIR + pt2.CUSTOM_OBJ_FILENAME_PREFIX,  # TorchBind objects
+        # read with a plain pickle.loads; torch < 2.12 has no such entries (nor the constant)
+        pt2.CONSTANTS_DIR + getattr(pt2, "OPAQUE_OBJ_FILENAME_PREFIX", "opaque_obj_"),
+    )
+
+
 def _load_pt2(path: Path, *, trust_model: bool) -> nn.Module:
     """A ``torch.export`` archive; untrusted, it may hold nothing that runs code on load."""
     if trust_model:
         return torch.export.load(str(path)).module()
     with zipfile.ZipFile(path) as archive:  # members sit under one root folder
-        unsafe = [n for n in archive.namelist() if n.partition("/")[2].startswith(_UNSAFE_PT2)]
+        unsafe = [n for n in archive.namelist() if n.partition("/")[2].startswith(_unsafe_pt2())]
     if unsafe:
         raise _untrusted(path, f"holds compiled code or Python objects ({unsafe[0]})")
     # torch.export.load unpickles tensors and sample inputs with weights_only=False (and

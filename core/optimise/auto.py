@@ -33,7 +33,7 @@ from seamline.core.hardware import bf16_is_native, cpu_info, device_label
 from seamline.core.models.modelio import SegmentationModel, with_precision
 from seamline.core.optimise.backends import compiled, forget_compiled
 from seamline.core.optimise.quantize import calibration_tiles, quantize
-from seamline.core.predict.tiling import place_module
+from seamline.core.predict.stream import place_module
 
 __all__ = [
     "AUTO_MIN_TILES",

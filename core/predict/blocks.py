@@ -89,8 +89,12 @@ def model_input(model: SegmentationModel, scene: xr.DataArray) -> np.ndarray:
 
 def to_output(logits: np.ndarray, valid: np.ndarray, probabilities: bool) -> np.ndarray:
     """Class ids (uint8, 255 = nodata) or softmax probabilities (float32, NaN = nodata)."""
-    if probabilities:
-        probs = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
+    if probabilities:  # softmax over classes in numpy: its exp gives every pixel the same
+        # result wherever it sits in the array (SIMD with masked tails); torch's computed a
+        # strip's last pixels differently from the same pixels inside a whole scene (1 ulp)
+        probs = logits - logits.max(axis=0)
+        np.exp(probs, out=probs)
+        probs /= probs.sum(axis=0)
         probs[:, ~valid] = np.nan
         return probs
     classes = class_ids(logits)

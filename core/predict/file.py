@@ -1,44 +1,66 @@
-"""Predict a raster file larger than memory, block by block, into a tiled GeoTIFF or COG.
+"""Predict a raster file larger than memory into a tiled GeoTIFF or COG.
 
-:func:`predict_file` walks the :class:`~seamline.core.predict.blocks.BlockGrid` in this
-process, reading each block with its halo from disk; the dask path
-(:func:`seamline.core.predict.distributed.predict_file_distributed`) computes the same blocks
-on a cluster. Both write through :func:`output_raster` and :func:`write_blocks`, so peak
-memory does not grow with the raster and a failed run leaves no file behind.
+:func:`predict_file` streams one tile grid over the raster in this process, a tile row at a
+time (:mod:`seamline.core.predict.stream`): :class:`StripReader` reads the rows tiles need,
+:class:`RowWriter` writes the finished ones. The dask path
+(:func:`seamline.core.predict.distributed.predict_file_distributed`) computes blocks with
+halos on a cluster and writes them through :func:`write_blocks`. Both write through
+:func:`output_raster`, so peak memory does not grow with the raster and a failed run leaves
+no file behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
 import rasterio
 import rasterio.shutil
+import torch
 import xarray as xr
+from rasterio.features import geometry_mask
 from rasterio.windows import Window
 
 from seamline.core.data.files import atomic_path, check_output_path, decoding
-from seamline.core.data.io import open_raster, overview_resampling
-from seamline.core.errors import InvalidArgumentError, NoDataError
+from seamline.core.data.io import open_raster, overview_resampling, valid_mask
+from seamline.core.errors import NoDataError
+from seamline.core.hardware import release_freed_memory
 from seamline.core.models.modelio import SegmentationModel, check_bands, load_model
 from seamline.core.predict.blocks import (
     CLASS_NODATA,
+    Block,
     BlockGrid,
     TileTimer,
     block_array,
-    predict_block,
+    model_input,
     scene_meta,
+    to_output,
 )
 from seamline.core.predict.plan import choose_overlap, choose_tile_size
+from seamline.core.predict.stream import pick_device, stream_tiles
+from seamline.core.predict.tilegrid import Blend, TileGrid
 from seamline.core.prepare.scene import align_aoi, crop_to_aoi, require_crs
 
-__all__ = ["predict_file", "output_raster", "write_blocks", "open_for_prediction", "summary"]
+if TYPE_CHECKING:  # geopandas loads only where an AOI is read (0.3 s of a start)
+    import geopandas as gpd
+
+__all__ = [
+    "RowWriter",
+    "StripReader",
+    "open_for_prediction",
+    "output_raster",
+    "predict_file",
+    "summary",
+    "write_blocks",
+]
 
 GDAL_CACHE = 64 * 2**20  # bytes (rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64)
 
@@ -148,60 +170,167 @@ def predict_file(
     aoi: gpd.GeoDataFrame | None = None,
     probabilities: bool = False,
     cog: bool = False,
-    block_size: int = 1024,
     band_names: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    prefetch: bool = True,
     **tiling,
 ) -> dict:
-    """Predict a raster file block by block into a GeoTIFF (or COG); memory stays bounded.
+    """Predict a raster file larger than memory into a GeoTIFF (or COG), one tile row at a
+    time: the output equals :func:`~.scene.predict_scene` on the whole raster, bit for bit.
 
-    Each ``block_size`` block is read with a halo of ``max(overlap, receptive radius)``
-    pixels, so blocks agree with a whole-raster run. ``tiling`` goes to
+    One tile grid covers the raster (:mod:`seamline.core.predict.stream`); its tile rows are
+    read as strips (the next one on a thread while the model runs, unless ``prefetch`` is
+    off), normalised and padded as the in-memory path pads the whole scene, and finished rows
+    are written a whole row of output blocks at a time. ``tiling`` goes to
     :func:`seamline.core.predict.tiling.predict_tiled`; without ``overlap``, the one that
-    covers the model's receptive field (:func:`~.plan.choose_overlap`). Returns a
-    summary: tiles, blocks, shape, seconds.
+    covers the model's receptive field (:func:`~.plan.choose_overlap`). ``progress`` is
+    called as ``progress(done_tiles, total_tiles)``. Returns a summary: tiles, tile rows,
+    shape, seconds.
     """
     model = load_model(model)
-    tiling["tile_size"] = choose_tile_size(model, tiling.get("tile_size"))
-    tiling["overlap"] = choose_overlap(
-        model, tiling["tile_size"], tiling.get("blend", "cosine"), tiling.get("overlap")
-    )
+    tile_size = choose_tile_size(model, tiling.pop("tile_size", None))
+    blend = Blend.parse(tiling.pop("blend", "cosine"))
+    overlap = choose_overlap(model, tile_size, blend, tiling.pop("overlap", None))
     check_output_path(output_path, inputs=[input_path])
-    if block_size % model.align:
-        raise InvalidArgumentError(
-            f"block_size must be a multiple of {model.align}, got {block_size}"
-        )
     scene, aoi = open_for_prediction(input_path, model, aoi=aoi, band_names=band_names)
-    height, width = scene.sizes["y"], scene.sizes["x"]
-    grid = BlockGrid.for_model(height, width, model, block_size,
-                               tile_size=tiling["tile_size"],
-                               overlap=tiling["overlap"])  # fmt: skip
-    geometries = None if aoi is None else list(aoi.geometry)
-    meta = scene_meta(scene)
+    grid = TileGrid(scene.sizes["y"], scene.sizes["x"], tile_size, overlap, blend, model.align)
     timer = TileTimer()
     start = time.perf_counter()
     with decoding(f"Raster file {str(input_path)!r}"), \
             output_raster(output_path, scene, model, probabilities=probabilities, cog=cog) as dst, \
-            rasterio.open(input_path) as src:  # fmt: skip
-        transform = scene.rio.transform()
-        col_off, row_off = (round(v) for v in ~src.transform @ (transform.c, transform.f))
-        # Read every block into one reused buffer: per-block allocations of varying size
-        # fragmented the native heap (RSS grew with the raster's width).
-        side = max(*grid.rows, *grid.cols) + 2 * grid.halo
-        buffer = np.empty(scene.sizes["band"] * side * side, dtype=src.dtypes[0])
-
-        def blocks() -> Iterator[tuple[int, int, np.ndarray]]:
-            for block in grid:
-                h, w = block.read_shape
-                data = buffer[: scene.sizes["band"] * h * w].reshape(-1, h, w)
-                src.read(window=Window(col_off + block.hc0, row_off + block.hr0, w, h), out=data)
-                out = predict_block(model, block_array(data, block, meta), aoi=geometries,
-                                    probabilities=probabilities, timing=timer.record,
-                                    **tiling)  # fmt: skip
-                yield block.r0, block.c0, block.trim(out)
-
-        write_blocks(dst, blocks(), total=len(grid), source=str(input_path),
-                     aoi=aoi is not None, progress=progress)  # fmt: skip
+            StripReader(input_path, scene, model, grid, aoi=aoi, device=tiling.get("device"),
+                        prefetch=prefetch) as reader:  # fmt: skip
+        writer = RowWriter(dst, reader.valid, probabilities=probabilities)
+        run = stream_tiles(model.module, reader, grid, writer, skip_empty=True,
+                           progress=progress, timing=timer.record, **tiling)  # fmt: skip
+        writer.close(source=str(input_path), aoi=aoi is not None)
         count = dst.count
-    return {**summary(output_path, grid, count, time.perf_counter() - start),
-            "tiles": len(timer.tile_seconds), **timer.summary()}  # fmt: skip
+    seconds = time.perf_counter() - start
+    return {
+        "output": str(Path(output_path)), "tiles": run, "grid_tiles": len(grid),
+        "tile_rows": len(grid.rows), "shape": [count, grid.height, grid.width],
+        "seconds": seconds, "megapixels_per_s": grid.height * grid.width / 1e6 / seconds,
+        **timer.summary(),
+    }  # fmt: skip
+
+
+class StripReader:
+    """The source of the file path (:data:`~.stream.Source`): strips of tile rows read from
+    the raster, normalised with the model's statistics and padded by reflection exactly as
+    the in-memory path pads the whole scene; the next strip is read on a thread while the
+    model runs (GDAL decodes without the GIL). Use it as a context manager."""
+
+    def __init__(
+        self, input_path: str | os.PathLike, scene: xr.DataArray, model: SegmentationModel,
+        grid: TileGrid, *, aoi: gpd.GeoDataFrame | None = None,
+        device: str | torch.device | None = None, prefetch: bool = True,
+    ) -> None:  # fmt: skip
+        self.model, self.grid, self.meta = model, grid, scene_meta(scene)
+        self.device = pick_device(device or "auto")
+        self.geometries = None if aoi is None else list(aoi.geometry)
+        self.src = rasterio.open(input_path)
+        transform = scene.rio.transform()  # the scene may be cropped to an AOI
+        self.col_off, self.row_off = (round(v) for v in
+                                      ~self.src.transform @ (transform.c, transform.f))
+        (ph, pw), h, w = grid.padded_shape, grid.height, grid.width
+        # Padded row/column -> source row/column: numpy's reflection, as the in-memory path
+        self.rowmap, self.colmap = (np.pad(np.arange(n), (0, p - n), mode="reflect")
+                                    for n, p in ((h, ph), (w, pw)))  # fmt: skip
+        spans = [np.ptp(self.rowmap[a : a + grid.tile]) + 1 for a in grid.rows]
+        # One reused read buffer: per-read allocations fragmented the native heap.
+        self.buffer = np.empty(len(self.meta["bands"]) * max(spans) * w, self.src.dtypes[0])
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="seamline-read")
+        self.prefetch = prefetch
+        self.ahead: tuple[int, Future] | None = None
+        self.masks: dict[int, tuple[int, np.ndarray]] = {}  # first row -> (end row, valid)
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> StripReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.src.close()
+
+    def __call__(self, a: int, b: int) -> torch.Tensor:
+        """Padded rows ``[a, b)`` (see :data:`~.stream.Source`)."""
+        if self.ahead is not None and self.ahead[0] == a:
+            strip = self.ahead[1].result()
+        else:  # on the reader's thread too: one thread uses the dataset at a time
+            strip = self.pool.submit(self._read, a, b).result()
+        self.ahead = None
+        later = self.grid.rows[self.grid.rows > a]
+        if self.prefetch and len(later):
+            nxt = int(later[0])
+            self.ahead = (nxt, self.pool.submit(self._read, nxt, nxt + self.grid.tile))
+        return strip
+
+    def valid(self, a: int, b: int) -> np.ndarray:
+        """Valid pixels (inside the AOI) of raster rows ``[a, b)``, of a strip read before."""
+        with self.lock:
+            for first in [f for f, (end, _) in self.masks.items() if end <= a]:
+                del self.masks[first]  # rows are asked for in order: never again
+            first, (_, mask) = next((f, m) for f, m in self.masks.items()
+                                    if f <= a and b <= m[0])  # fmt: skip
+        return mask[a - first : b - first]
+
+    def _read(self, a: int, b: int) -> torch.Tensor:
+        rows = self.rowmap[a:b]
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        w = self.grid.width
+        data = self.buffer[: len(self.meta["bands"]) * (hi - lo) * w].reshape(-1, hi - lo, w)
+        self.src.read(window=Window(self.col_off, self.row_off + lo, w, hi - lo), out=data)
+        block = block_array(data, Block(lo, 0, hi, w, lo, 0, hi, w), self.meta)
+        values = model_input(self.model, block)  # a new array: the buffer is free again
+        valid = valid_mask(block)
+        if self.geometries is not None:
+            valid &= ~geometry_mask(self.geometries, out_shape=valid.shape,
+                                    transform=block.rio.transform())  # fmt: skip
+        with self.lock:
+            self.masks[lo] = (hi, valid)
+        if not np.array_equal(rows, np.arange(lo, hi)):  # reflected rows past the far border
+            values = values[:, rows - lo]
+        if len(self.colmap) != w:
+            values = values[:, :, self.colmap]
+        release_freed_memory()
+        return torch.from_numpy(np.ascontiguousarray(values)).to(self.device)
+
+
+class RowWriter:
+    """The sink of the file path (:data:`~.stream.Sink`): scores -> class ids (or
+    probabilities), nodata outside the valid pixels, written one whole row of the output's
+    blocks at a time (a compressed block written in two parts is compressed twice, and its
+    first copy stays in the file as dead space)."""
+
+    def __init__(self, dst: rasterio.io.DatasetWriter, valid: Callable[[int, int], np.ndarray],
+                 *, probabilities: bool) -> None:  # fmt: skip
+        self.dst, self.valid, self.probabilities = dst, valid, probabilities
+        self.block = dst.block_shapes[0][0]
+        self.start = 0  # first row not written yet
+        self.pending: list[np.ndarray] = []
+        self.any_valid = False
+
+    def __call__(self, a: int, b: int, scores: torch.Tensor) -> None:
+        """Rows ``[a, b)`` (see :data:`~.stream.Sink`)."""
+        valid = self.valid(a, b)
+        self.any_valid |= bool(valid.any())
+        out = to_output(scores.cpu().numpy(), valid, self.probabilities)
+        self.pending.append(out.reshape(-1, b - a, out.shape[-1]))
+        end = b if b == self.dst.height else b // self.block * self.block
+        if end > self.start:
+            rows = np.concatenate(self.pending, axis=1)
+            self.dst.write(rows[:, : end - self.start],
+                           window=Window(0, self.start, rows.shape[2], end - self.start))
+            self.pending = [rows[:, end - self.start :]] if b > end else []
+            self.start = end
+
+    def close(self, *, source: str, aoi: bool) -> None:
+        """Check the whole raster was written; one sentence naming ``source`` when it held no
+        valid pixel (inside the ``aoi``)."""
+        if not self.any_valid:
+            raise NoDataError(
+                f"Raster {source!r} has no valid pixels{' inside the AOI' if aoi else ''}: "
+                "nothing to predict."
+            )
+        if self.start != self.dst.height:
+            raise RuntimeError(f"rows {self.start}-{self.dst.height} were not written")

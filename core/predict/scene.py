@@ -60,6 +60,6 @@ def predict_scene(
     logits = predict_tiled(
         model.module, x, tile_size=tile_size, overlap=overlap, blend=blend,
         batch_size=batch_size, device=device, progress=progress, timing=timing,
-        align=model.align,
+        align=model.align, skip_empty=True,  # as predict_file: the same tiles, bit for bit
     )  # fmt: skip
     return as_prediction(to_output(logits, valid, probabilities), scene, model)

@@ -12,8 +12,8 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
 import xarray as xr
 from affine import Affine
@@ -35,6 +35,9 @@ from seamline.core.errors import (
     NoDataError,
 )
 from seamline.core.prepare.bandstats import BandStats, fit_band_stats, normalise
+
+if TYPE_CHECKING:  # geopandas loads only where an AOI is read (0.3 s of a start)
+    import geopandas as gpd
 
 __all__ = [
     "parse_crs",

@@ -1,0 +1,302 @@
+"""One tile grid, streamed: the engine under every prediction path.
+
+:func:`stream_tiles` runs the tiles of one :class:`~.tiling.TileGrid` over a raster in grid
+order (row-major, in batches), taking the input as strips of one tile row each from a
+``source``, and hands each output row to a ``sink`` as soon as no tile still to run overlaps
+it. The in-memory :func:`~.tiling.predict_tiled` gives it slices of the padded image; the file
+path (:func:`~.file.predict_file`) gives it strips read from disk. So a raster streamed from a
+file equals the same raster predicted whole, bit for bit, and every tile of the grid runs
+exactly once (blocks read with halos ran 144 tiles of 512 px at 4096^2 where one grid needs
+81).
+
+Memory held at once, whatever the raster's height (``W`` its padded width, ``t`` the tile,
+``B`` the batch, ``n`` the tiles per tile row, ``C`` the model's outputs):
+
+    (ceil(B / n) + 1) x bands x t x W  (input strips: the tile rows a batch spans, + 1 ahead)
+    + C x t x W                        (the rows tiles still add to)
+    + calls x B x bands x t x t        (the batches in flight)
+
+float32 values each; see docs/architecture.md, "The tile-row stream".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from seamline.core.errors import InvalidArgumentError
+from seamline.core.models.modelio import eval_mode
+from seamline.core.predict.tilegrid import Blend, TileGrid, support
+
+__all__ = ["Sink", "Source", "pick_device", "place_module", "stream_tiles"]
+
+Source = Callable[[int, int], torch.Tensor]
+"""``source(a, b)``: padded rows ``[a, b)`` of the input, ``(bands, b - a, padded width)``
+float32 on the model's device, NaN where there is no data; asked for in increasing ``a``."""
+Sink = Callable[[int, int, torch.Tensor], None]
+"""``sink(a, b, scores)``: the final ``(C, b - a, width)`` float32 scores of raster rows
+``[a, b)``, given in increasing order, every row once."""
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else is passed to torch."""
+    if str(device) != "auto":
+        try:
+            return torch.device(device)
+        except RuntimeError:
+            raise InvalidArgumentError(
+                f"Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps."
+            ) from None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+_PLACING = threading.Lock()
+
+
+def place_module(module: torch.nn.Module, device: torch.device | str,
+                 fmt: torch.memory_format | None = None) -> torch.nn.Module:
+    """``module`` in eval mode on ``device`` with its 4-D weights in ``fmt`` (``None``: as
+    they are), converted in place at most once.
+
+    ``Module.to`` re-assigns every parameter's ``.data``, which is not atomic: two threads
+    converting one fresh module together (two dask worker threads sharing an unpickled model)
+    left a weight with one layout's strides over the other's storage, and every later tile
+    wrong. So the conversion holds a lock, and a module already placed is not touched (a
+    thread may be in its forward).
+    """
+    device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors say
+    with _PLACING:
+        tensors = (*module.parameters(), *module.buffers())
+        if not all(t.device == device for t in tensors):
+            module.to(device)
+        if fmt is not None and not all(t.dim() != 4 or t.is_contiguous(memory_format=fmt)
+                                       for t in tensors):  # fmt: skip
+            module.to(memory_format=fmt)
+        if module.training:
+            eval_mode(module)
+    return module
+
+
+def stream_tiles(
+    model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    source: Source,
+    grid: TileGrid,
+    sink: Sink,
+    *,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    skip_empty: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    timing: Callable[[float, int], None] | None = None,
+    channels_last: bool | None = None,
+) -> int:
+    """Run ``model`` over every tile of ``grid``, reading strips from ``source`` and giving
+    finished rows to ``sink``; returns the tiles run. Arguments as
+    :func:`~.tiling.predict_tiled`'s. ``skip_empty`` skips the tiles whose input is all NaN:
+    every pixel they cover is nodata, so only nodata pixels' scores change (they stay 0)."""
+    if batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
+    dev = pick_device(device)
+    if channels_last is None:  # a model may say it takes NCHW only (e.g. ONNX Runtime)
+        channels_last = getattr(model, "channels_last", True)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if isinstance(model, torch.nn.Module):
+        model = place_module(model, dev, fmt)
+    strips, rows = _Strips(source, grid), _Rows(grid, sink, dev)
+    total, t = len(grid), grid.tile
+    todo = (i for i in range(total) if not (skip_empty and strips.tile(i).isnan().all()))
+    run = done = 0
+    with torch.inference_mode(), _forward_pool(model, -(-total // batch_size)) as (submit, calls):
+        # One buffer per batch in flight, filled in the model's memory format: one copy per
+        # tile, no allocation per batch. NaN (nodata) is zeroed per tile as it is copied.
+        buffers = [torch.empty((min(batch_size, total), strips.bands, t, t), device=dev,
+                               memory_format=fmt) for _ in range(calls)]  # fmt: skip
+        pending: deque[tuple[np.ndarray, Future]] = deque()
+
+        def accumulate() -> None:
+            nonlocal done
+            idx, future = pending.popleft()
+            pred, seconds = future.result()
+            if timing is not None:  # calls in flight together: each adds its share to the run
+                timing(seconds / calls, len(idx))
+            rows.add(idx, pred)
+            done = int(idx[-1]) + 1
+            if progress is not None:
+                progress(done, total)
+
+        for n, batch in enumerate(_batched(todo, batch_size)):
+            if len(pending) == calls:  # its buffer is the one filled next
+                accumulate()
+            tiles = buffers[n % calls][: len(batch)]
+            for k, i in enumerate(batch):
+                torch.nan_to_num(strips.tile(i), nan=0.0, out=tiles[k])
+            strips.release_before(batch[-1])
+            pending.append((np.array(batch), submit(tiles)))
+            run += len(batch)
+        while pending:
+            accumulate()
+        rows.finish()
+    if progress is not None and done < total:  # the last tiles were skipped
+        progress(total, total)
+    return run
+
+
+def _batched(items: Iterable[int], size: int) -> Iterator[list[int]]:
+    """Lists of ``size`` items (the last shorter); itertools.batched is Python 3.12+."""
+    batch: list[int] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Strips:
+    """Input strips of one tile row each, asked of the source when a tile first needs them
+    and dropped once no tile left to copy does."""
+
+    def __init__(self, source: Source, grid: TileGrid) -> None:
+        self.source, self.grid = source, grid
+        self.starts, self.cols = grid.rows, grid.cols
+        self.held: dict[int, torch.Tensor] = {}
+
+    def _strip(self, row: int) -> torch.Tensor:
+        if row not in self.held:
+            a = int(self.starts[row])
+            self.held[row] = self.source(a, a + self.grid.tile)
+        return self.held[row]
+
+    @property
+    def bands(self) -> int:
+        """Input bands (read off the first strip)."""
+        return self._strip(0).shape[0]
+
+    def tile(self, i: int) -> torch.Tensor:
+        """The input of tile ``i`` (row-major), a view into its strip."""
+        row, col = divmod(i, len(self.cols))
+        c = int(self.cols[col])
+        return self._strip(row)[:, :, c : c + self.grid.tile]
+
+    def release_before(self, i: int) -> None:
+        """Drop the strips of the tile rows above tile ``i``'s."""
+        row = i // len(self.cols)
+        for old in [r for r in self.held if r < row]:
+            del self.held[old]
+
+
+class _Rows:
+    """The output rows tiles still add to: ``C x tile x padded width`` starting at the current
+    tile row, given to the sink and shifted down as each tile row is done."""
+
+    def __init__(self, grid: TileGrid, sink: Sink, device: torch.device) -> None:
+        self.grid, self.sink = grid, sink
+        self.starts, ncols = grid.rows, len(grid.cols)
+        self.iy, self.ix = np.divmod(np.arange(len(grid)), ncols)
+        self.col = np.tile(grid.cols, len(self.starts))
+        profiles = grid.profiles()
+        self.wy, self.wx = (torch.from_numpy(p).to(device) for p in profiles)
+        self.support_y, self.support_x = (support(p) for p in profiles)
+        # Separable weights on a grid: the accumulated weight is the outer product of the 1-D
+        # sums, > 0 over the raster. They are 1 wherever at most two tiles overlap (the
+        # profiles are a partition of unity there): then that division is skipped.
+        self.divisors = [
+            None if grid.blend is Blend.CROP or np.allclose(cov[:n], 1.0, rtol=0.0, atol=1e-6)
+            else torch.from_numpy(cov[:n]).to(device)
+            for cov, n in zip(grid.coverage(), (grid.height, grid.width), strict=True)
+        ]  # fmt: skip
+        self.device = device
+        self.acc: torch.Tensor | None = None
+        self.row = 0  # the tile row whose start is the accumulator's first row
+
+    def add(self, idx: np.ndarray, pred: torch.Tensor) -> None:
+        """Blend the outputs ``pred`` of tiles ``idx`` in, in tile order."""
+        if self.acc is None:  # rows above the first tile run (all skipped) stay 0
+            self.acc = torch.zeros((pred.shape[1], self.grid.tile, self.grid.padded_shape[1]),
+                                   device=self.device)  # fmt: skip
+        for k, i in enumerate(idx):  # loops over the tiles of one batch, not pixels
+            self._finish(self.iy[i])
+            c = self.col[i]
+            (r0, r1), (c0, c1) = self.support_y[self.iy[i]], self.support_x[self.ix[i]]
+            target = self.acc[:, r0:r1, c + c0 : c + c1]  # weight 0 outside the support
+            if self.grid.blend is Blend.CROP:  # 0/1 weights: copy the owned block, exact
+                target.copy_(pred[k, :, r0:r1, c0:c1])
+            else:  # separable weight: outer product, fused multiply-add
+                weight = torch.outer(self.wy[self.iy[i], r0:r1], self.wx[self.ix[i], c0:c1])
+                target.addcmul_(pred[k, :, r0:r1, c0:c1], weight)
+
+    def finish(self) -> None:
+        """Give the sink every row left (after the last tile)."""
+        if self.acc is not None:
+            self._finish(len(self.starts))
+
+    def _finish(self, until: int) -> None:
+        """Give the sink the rows of tile rows before ``until``: no later tile adds to them."""
+        height, t = self.grid.height, self.grid.tile
+        while self.row < until:
+            a = int(self.starts[self.row])
+            last = self.row + 1 == len(self.starts)
+            b = height if last else min(int(self.starts[self.row + 1]), height)
+            if b > a:
+                scores = self.acc[:, : b - a, : self.grid.width]
+                div_y, div_x = self.divisors
+                if div_y is not None:
+                    scores /= div_y[a:b].view(-1, 1)
+                if div_x is not None:
+                    scores /= div_x.view(1, -1)
+                self.sink(a, b, scores)
+            if not last:  # a new accumulator: the sink may keep a view of the old one
+                shift = int(self.starts[self.row + 1]) - a
+                moved = torch.zeros_like(self.acc)
+                moved[:, : t - shift] = self.acc[:, shift:]
+                self.acc = moved
+            self.row += 1
+
+
+@contextmanager
+def _forward_pool(
+    model: Callable[[torch.Tensor], torch.Tensor], batches: int
+) -> Iterator[tuple[Callable[[torch.Tensor], Future], int]]:
+    """``(submit, calls)``: ``submit(tiles)`` gives a future of the model's float32 NCHW
+    output and the call's seconds, and ``calls`` is how many to keep in flight (at most
+    ``batches``). A model with ``parallel_forward()`` (e.g.
+    :meth:`seamline.core.models.onnx.OnnxModule.parallel_forward`) runs on that many threads
+    when there are ``batches`` > 1 to share; any other runs in the caller's thread (a torch
+    module's own intra-op threads already use the cores: two of them would only contend), as
+    does a lone batch (a served tile: one call on all cores is the lowest latency).
+    """
+    parallel = batches > 1 and hasattr(model, "parallel_forward")
+    forward, calls = model.parallel_forward() if parallel else (model, 1)
+    calls = min(calls, batches)  # never more in flight than there are batches
+
+    def run(tiles: torch.Tensor) -> tuple[torch.Tensor, float]:
+        start = time.perf_counter()
+        with torch.inference_mode():  # thread-local: set again in each worker
+            out = forward(tiles).float().contiguous()  # NCHW: rows of W are contiguous
+        if out.is_cuda:  # kernels run asynchronously: the seconds are the GPU's, not a launch's
+            torch.cuda.synchronize(out.device)
+        return out, time.perf_counter() - start
+
+    if calls == 1:
+
+        def run_here(tiles: torch.Tensor) -> Future:
+            future: Future = Future()
+            future.set_result(run(tiles))
+            return future
+
+        yield run_here, 1
+        return
+    with ThreadPoolExecutor(calls, thread_name_prefix="seamline-tile") as pool:
+        yield (lambda tiles: pool.submit(run, tiles)), calls
