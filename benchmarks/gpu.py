@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--json-out", type=Path, help="also write the JSON here")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script")
+    parser.add_argument("--skip-tables", action="store_true",
+                        help="parts 1 and 4 only: the GPU and seamline predict")
     args = parser.parse_args()
 
     import torch
@@ -127,15 +129,17 @@ def main() -> None:
                                                for k, v in info["peaks_gflops"].items()))
     result = {"gpu": info, "cpu": cpu_label(), "int8": int8_on_cuda(), "size": args.size}
     print(f"INT8 on CUDA: {result['int8']}")
-    layout = result["layouts"] = layouts(args.tile_size, args.device)
-    print(f"\n{'precision':<10}{'layout':<15}{'batch':>6}{'ms/tile':>9}")
-    for r in layout:
-        print(f"{r['precision']:<10}{r['layout']:<15}{r['batch']:>6}{r['ms_per_tile']:>9.2f}")
-    result["tables"] = []
-    for table in backend_tables(args.tile_size, device=args.device, batch_size=8):
-        result["tables"].append(table)
-        print_tables([table])
-        sys.stdout.flush()
+    result["layouts"], result["tables"] = [], []
+    if not args.skip_tables:
+        result["layouts"] = layouts(args.tile_size, args.device)
+        print(f"\n{'precision':<10}{'layout':<15}{'batch':>6}{'ms/tile':>9}")
+        for r in result["layouts"]:
+            print(f"{r['precision']:<10}{r['layout']:<15}{r['batch']:>6}"
+                  f"{r['ms_per_tile']:>9.2f}")  # fmt: skip
+        for table in backend_tables(args.tile_size, device=args.device, batch_size=8):
+            result["tables"].append(table)
+            print_tables([table])
+            sys.stdout.flush()
     with tempfile.TemporaryDirectory() as cache:
         runs = result["predict"] = end_to_end(args.size, Path(cache), args.device)
     print(f"\nseamline predict {args.size}^2 x 6 on {args.device}, tile 512, overlap 64 "

@@ -1,10 +1,18 @@
-"""Out-of-core prediction: `seamline predict` on a raster far larger than its memory use.
+"""Out-of-core prediction: one tile grid streamed, against the in-memory path and the peers.
 
-Writes a ``SIZE x SIZE x 6`` uint16 GeoTIFF (default 20000: 4.8 GB of pixels) block by
-block from synthetic scenes, then runs ``seamline predict`` on it in a fresh process and
-prints that process's peak RSS next to the raster's in-memory size (as uint16 input and as
-the float32 logits a whole-raster run would hold). Aim: peak RSS under 1.5 GB.
-Not a test: it takes minutes. Usage: ``python benchmarks/out_of_core.py [--size 20000]``.
+Writes ``S x S x 6`` uint16 tiled GeoTIFFs from synthetic scenes, then, each in a fresh
+process and in the same run (demo U-Net, FP32, tile 512, overlap 64, batch 1, 2 threads):
+
+1. at ``--size`` (default 4096): ``seamline predict`` (the tile-row stream) against the
+   in-memory ``predict_scene`` on the loaded raster, the seed recipe and MONAI's
+   ``sliding_window_inference`` (Gaussian), each reading the raster, normalising, predicting
+   and writing a class GeoTIFF; the tiles each ran, against one grid's count and against the
+   1024 px blocks with halos the file path ran before the stream; class agreement with ours;
+2. at ``--also`` sizes (default 8192 and 20000): ``seamline predict`` alone, its wall time
+   and peak RSS (flat in the raster's height: set by a tile row).
+
+Prints JSON, then a short table with the CPU capability. Not a test: it takes minutes.
+Usage: ``python benchmarks/out_of_core.py [--size 4096] [--also 8192 20000]``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ CHILD = (  # `python -c CHILD ARGS`: `seamline ARGS`, then its peak RSS as JSON 
     "code = main(sys.argv[1:]); print(json.dumps({'peak_rss_bytes': peak_rss_bytes()}), "
     "file=sys.stderr); sys.exit(code)"
 )
+PEER = Path(__file__).with_name("out_of_core_peer.py")  # one in-memory run, by name
+TILING = ["--tile-size", "512", "--overlap", "64", "--blend", "cosine", "--precision", "fp32"]
 
 
 def write_big_raster(path: Path, size: int, block: int = 2048) -> None:
@@ -45,43 +55,91 @@ def write_big_raster(path: Path, size: int, block: int = 2048) -> None:
                 dst.write(scenes[(i + j) % 4][:, :h, :w], window=Window(c, r, w, h))
 
 
+def streamed(src: Path, out: Path) -> dict:
+    """``seamline predict`` in a fresh process: its report, wall seconds and peak RSS."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, "predict", str(src), str(out), *TILING],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    report = json.loads(proc.stdout)
+    return {"wall_s": time.perf_counter() - start, "predict_s": report["seconds"],
+            "tiles": report["tiles"], "grid_tiles": report["grid_tiles"],
+            "tile_ms_p50": report["tile_ms_p50"],
+            "peak_rss_mb": json.loads(proc.stderr.strip().splitlines()[-1])["peak_rss_bytes"]
+            / 2**20}  # fmt: skip
+
+
+def in_memory(name: str, src: Path, out: Path) -> dict:
+    """One in-memory run of ``benchmarks/out_of_core_peer.py`` in a fresh process."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(PEER), name, str(src), str(out)],
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1]}
+    return json.loads(proc.stdout) | {"wall_s": time.perf_counter() - start}
+
+
+def block_tiles(size: int, block: int = 1024) -> int:
+    """Tiles the file path ran before the stream: blocks of ``block`` with halos, each
+    tiled on its own."""
+    from seamline.core.models.modelio import load_model
+    from seamline.core.predict.blocks import BlockGrid
+    from seamline.core.predict.tiling import Blend, TileGrid
+
+    model = load_model("demo")
+    grid = BlockGrid.for_model(size, size, model, block, tile_size=512, overlap=64)
+    return sum(len(TileGrid(*b.read_shape, 512, 64, Blend.COSINE, model.align)) for b in grid)
+
+
+def agreement(a: Path, b: Path) -> float:
+    """Share of pixels whose class ids are equal in two class GeoTIFFs."""
+    import rasterio
+
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        return float((x.read(1) == y.read(1)).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=20000)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--also", type=int, nargs="*", default=[8192, 20000])
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--tile-size", type=int, default=512)
-    parser.add_argument("--overlap", type=int, default=64)
     args = parser.parse_args()
 
     from seamline.core.hardware import cpu_info, cpu_label
 
+    runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        src, out = Path(tmp) / "big.tif", Path(tmp) / "classes.tif"
-        start = time.perf_counter()
+        tmp = Path(tmp)
+        src = tmp / f"s{args.size}.tif"
         write_big_raster(src, args.size)
-        write_seconds = time.perf_counter() - start
-        proc = subprocess.run(
-            [sys.executable, "-c", CHILD, "predict", str(src), str(out), "--tile-size",
-             str(args.tile_size), "--overlap", str(args.overlap), "--blend", "cosine"],
-            capture_output=True, text=True, check=True,
-        )
-        predict = json.loads(proc.stdout)
-        peak = json.loads(proc.stderr.strip().splitlines()[-1])["peak_rss_bytes"]
-        output_bytes = out.stat().st_size
-    pixels = args.size**2
-    report = {
-        "benchmark": "out_of_core", "machine": cpu_info(), "size": args.size,
-        "input_uint16_gb": pixels * 6 * 2 / 1e9, "logits_float32_gb": pixels * 5 * 4 / 1e9,
-        "input_write_seconds": write_seconds, "predict": predict,
-        "peak_rss_gb": peak / 1e9, "output_file_mb": output_bytes / 1e6,
-        "meets_aim_1_5_gb": peak < 1.5e9,
-    }
+        ours = tmp / "streamed.tif"
+        runs[f"streamed {args.size}^2"] = streamed(src, ours) | {"size": args.size}
+        for name in ("seamline in-memory", "seed recipe", "MONAI sliding window"):
+            out = tmp / f"{name.split()[0]}.tif"
+            runs[name] = in_memory(name, src, out) | {"size": args.size}
+            if "error" not in runs[name]:
+                runs[name]["agreement"] = agreement(out, ours)
+        src.unlink()
+        for size in args.also:
+            big = tmp / f"s{size}.tif"
+            write_big_raster(big, size)
+            runs[f"streamed {size}^2"] = streamed(big, tmp / "big.tif") | {"size": size}
+            big.unlink()
+    report = {"benchmark": "out_of_core", "machine": cpu_info(), "size": args.size,
+              "tiles_blocks_of_1024_before": block_tiles(args.size), "runs": runs}  # fmt: skip
     print(json.dumps(report, indent=2))
-    print(f"\nout-of-core predict, {args.size}^2 x 6 uint16 on {cpu_label()}")
-    print(f"input in memory would be {report['input_uint16_gb']:.1f} GB (uint16), logits "
-          f"{report['logits_float32_gb']:.1f} GB; peak RSS {report['peak_rss_gb']:.2f} GB; "
-          f"{predict['seconds']:.0f} s, {predict['megapixels_per_s']:.2f} Mpx/s, tile p50 "
-          f"{predict['tile_ms_p50']:.0f} ms, p95 {predict['tile_ms_p95']:.0f} ms")
+    ours = runs[f"streamed {args.size}^2"]
+    print(f"\nout-of-core predict, demo U-Net FP32, tile 512 / 64, on {cpu_label()}")
+    print(f"tiles at {args.size}^2: streamed {ours['tiles']}, one grid {ours['grid_tiles']}, "
+          f"blocks of 1024 with halos (before) {report['tiles_blocks_of_1024_before']}")
+    print(f"{'run':<24}{'wall s':>8}{'vs ours':>9}{'RSS MB':>8}{'agrees':>9}")
+    for name, r in runs.items():
+        if "error" in r:
+            print(f"{name:<24} failed: {r['error']}")
+            continue
+        agrees = f"{r['agreement']:.2%}" if "agreement" in r else "-"
+        ratio = f"{r['wall_s'] / ours['wall_s']:.2f}x" if r["size"] == args.size else "-"
+        print(f"{name:<24}{r['wall_s']:>8.1f}{ratio:>9}{r['peak_rss_mb']:>8.0f}{agrees:>9}")
 
 
 if __name__ == "__main__":

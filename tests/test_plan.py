@@ -59,3 +59,19 @@ def test_the_cli_warns_in_one_line_and_goes_on(tmp_path, capsys):
     warning = [line for line in err.splitlines() if line.startswith("seamline predict: warning:")]
     assert len(warning) == 1 and "An overlap of 8 px does not cover" in warning[0]
     assert "SeamWarning" not in err and ".py:" not in err  # one sentence, no source line
+
+
+def test_the_seam_probe_is_measured_once_per_machine(monkeypatch, tmp_path):
+    """The probe cost ~1 s of every `seamline predict` that warned; now it is on disk."""
+    import seamline.core.predict.plan as plan
+
+    monkeypatch.setenv("SEAMLINE_CACHE_DIR", str(tmp_path))
+    first = plan.measured_seam_error(load_model("demo"), 128, 32, "cosine")
+    assert 1e-4 < first < 1 and len(list((tmp_path / "seams").iterdir())) == 1
+    monkeypatch.setattr(plan, "_probe_seam_error", lambda *a: pytest.fail("probed again"))
+    again = load_model("demo")  # a new module, as a new process has: only the disk knows
+    assert plan.measured_seam_error(again, 128, 32, "cosine") == first
+    torch.manual_seed(1)
+    other = load_model(type(again.module)(bands=6, classes=5), bands=list(again.bands))
+    with pytest.raises(pytest.fail.Exception, match="probed again"):  # other weights
+        plan.measured_seam_error(other, 128, 32, "cosine")

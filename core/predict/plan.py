@@ -12,6 +12,7 @@ receptive radius (stated by the model's sidecar, or measured: seamline.core.mode
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 import weakref
@@ -19,6 +20,7 @@ import weakref
 import numpy as np
 import torch
 
+from seamline.core.diskcache import digest, model_fingerprint, read_entry, write_entry
 from seamline.core.errors import InvalidArgumentError, SeamlineWarning
 from seamline.core.models.modelio import SegmentationModel
 from seamline.core.predict.tiling import Blend, predict_tiled, untiled
@@ -125,8 +127,25 @@ def measured_seam_error(
     known = _SEAM_ERRORS.setdefault(model.module, {})
     key = (tile_size, overlap, str(Blend.parse(blend)))
     if key not in known:
-        known[key] = _probe_seam_error(model, tile_size, overlap, blend)
+        known[key] = _stored_seam_error(model, *key)
     return known[key]
+
+
+def _stored_seam_error(model: SegmentationModel, tile_size: int, overlap: int,
+                       blend: str) -> float | None:  # fmt: skip
+    """:func:`_probe_seam_error`, kept in the disk cache per weights and tiling (the probe
+    costs ~1 s of every `seamline predict` that warns). A module without weights of its own
+    (ONNX Runtime's) has no fingerprint to key on: probed each process."""
+    module = getattr(model.module, "eager", model.module)
+    if not any(True for _ in module.parameters()):
+        return _probe_seam_error(model, tile_size, overlap, blend)
+    key = digest([model_fingerprint(module), str(tile_size), str(overlap), blend, "probe 1"])
+    stored = read_entry("seams", key, ".json")
+    if stored is not None:
+        return json.loads(stored)["error"]
+    error = _probe_seam_error(model, tile_size, overlap, blend)
+    write_entry("seams", key, ".json", json.dumps({"error": error}).encode())
+    return error
 
 
 def _probe_seam_error(

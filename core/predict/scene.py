@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import xarray as xr
 
 from seamline.core.data.io import valid_mask
 from seamline.core.errors import NoDataError
 from seamline.core.models.modelio import SegmentationModel, load_model
-from seamline.core.predict.blocks import as_prediction, model_input, to_output
+from seamline.core.predict.blocks import as_prediction, to_output
+from seamline.core.predict.inputs import ModelInput
 from seamline.core.predict.plan import choose_overlap, choose_tile_size
 from seamline.core.predict.tiling import predict_tiled
 
@@ -53,13 +55,13 @@ def predict_scene(
     model = load_model(model)
     tile_size = choose_tile_size(model, tile_size)
     overlap = choose_overlap(model, tile_size, blend, overlap)
-    x = model_input(model, scene)
+    prepare = ModelInput.for_scene(model, scene)
     valid = valid_mask(scene)
     if not valid.any():
         raise NoDataError("The scene has no valid pixels: nothing to predict.")
-    logits = predict_tiled(
-        model.module, x, tile_size=tile_size, overlap=overlap, blend=blend,
-        batch_size=batch_size, device=device, progress=progress, timing=timing,
-        align=model.align, skip_empty=True,  # as predict_file: the same tiles, bit for bit
+    logits = predict_tiled(  # normalised tile by tile, as predict_file: bit for bit the same
+        model.module, np.asarray(scene.values), tile_size=tile_size, overlap=overlap,
+        blend=blend, batch_size=batch_size, device=device, progress=progress, timing=timing,
+        align=model.align, skip_empty=True, prepare=prepare,
     )  # fmt: skip
     return as_prediction(to_output(logits, valid, probabilities), scene, model)

@@ -97,14 +97,17 @@ def stream_tiles(
     batch_size: int = 8,
     device: str | torch.device = "auto",
     skip_empty: bool = False,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[int, int], None] | None = None,
     timing: Callable[[float, int], None] | None = None,
     channels_last: bool | None = None,
 ) -> int:
     """Run ``model`` over every tile of ``grid``, reading strips from ``source`` and giving
     finished rows to ``sink``; returns the tiles run. Arguments as
-    :func:`~.tiling.predict_tiled`'s. ``skip_empty`` skips the tiles whose input is all NaN:
-    every pixel they cover is nodata, so only nodata pixels' scores change (they stay 0)."""
+    :func:`~.tiling.predict_tiled`'s. ``prepare`` turns each tile's raw values into the
+    model's input as it is copied (:class:`~.inputs.ModelInput`); without it the strips are
+    the input. ``skip_empty`` skips the tiles whose input is all NaN: every pixel they cover
+    is nodata, so only nodata pixels' scores change (they stay 0)."""
     if batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     dev = pick_device(device)
@@ -115,12 +118,27 @@ def stream_tiles(
         model = place_module(model, dev, fmt)
     strips, rows = _Strips(source, grid), _Rows(grid, sink, dev)
     total, t = len(grid), grid.tile
-    todo = (i for i in range(total) if not (skip_empty and strips.tile(i).isnan().all()))
+    inputs: dict[int, torch.Tensor] = {}  # tiles prepared, waiting for their batch
+
+    def tile_input(i: int) -> torch.Tensor:
+        if i not in inputs:
+            raw = strips.tile(i)
+            inputs[i] = raw if prepare is None else prepare(raw)
+        return inputs[i]
+
+    def wanted() -> Iterator[int]:
+        for i in range(total):
+            if skip_empty and _empty(tile_input(i)):
+                del inputs[i]
+                continue
+            yield i
+
     run = done = 0
     with torch.inference_mode(), _forward_pool(model, -(-total // batch_size)) as (submit, calls):
         # One buffer per batch in flight, filled in the model's memory format: one copy per
         # tile, no allocation per batch. NaN (nodata) is zeroed per tile as it is copied.
-        buffers = [torch.empty((min(batch_size, total), strips.bands, t, t), device=dev,
+        bands = tile_input(0).shape[0]
+        buffers = [torch.empty((min(batch_size, total), bands, t, t), device=dev,
                                memory_format=fmt) for _ in range(calls)]  # fmt: skip
         pending: deque[tuple[np.ndarray, Future]] = deque()
 
@@ -135,12 +153,13 @@ def stream_tiles(
             if progress is not None:
                 progress(done, total)
 
-        for n, batch in enumerate(_batched(todo, batch_size)):
+        for n, batch in enumerate(_batched(wanted(), batch_size)):
             if len(pending) == calls:  # its buffer is the one filled next
                 accumulate()
             tiles = buffers[n % calls][: len(batch)]
             for k, i in enumerate(batch):
-                torch.nan_to_num(strips.tile(i), nan=0.0, out=tiles[k])
+                torch.nan_to_num(tile_input(i), nan=0.0, out=tiles[k])
+                del inputs[i]
             strips.release_before(batch[-1])
             pending.append((np.array(batch), submit(tiles)))
             run += len(batch)
@@ -150,6 +169,12 @@ def stream_tiles(
     if progress is not None and done < total:  # the last tiles were skipped
         progress(total, total)
     return run
+
+
+def _empty(tile: torch.Tensor) -> bool:
+    """Whether a tile's input is all NaN; its first band first (that one pass settles a tile
+    with data, the usual one)."""
+    return bool(tile[0].isnan().all()) and bool(tile.isnan().all())
 
 
 def _batched(items: Iterable[int], size: int) -> Iterator[list[int]]:
@@ -178,11 +203,6 @@ class _Strips:
             a = int(self.starts[row])
             self.held[row] = self.source(a, a + self.grid.tile)
         return self.held[row]
-
-    @property
-    def bands(self) -> int:
-        """Input bands (read off the first strip)."""
-        return self._strip(0).shape[0]
 
     def tile(self, i: int) -> torch.Tensor:
         """The input of tile ``i`` (row-major), a view into its strip."""

@@ -56,6 +56,7 @@ def predict_tiled(
     align: int | None = None,
     channels_last: bool | None = None,
     skip_empty: bool = False,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Run ``model`` over ``image`` in overlapping tiles and blend the outputs seam-free.
 
@@ -91,6 +92,9 @@ def predict_tiled(
     skip_empty
         Skip tiles whose input is all NaN: the pixels they cover are all nodata, so only
         their scores change (they stay 0, unless another tile covers them).
+    prepare
+        Turns a tile of ``image``'s raw values into the model's input as it is copied (e.g.
+        :class:`~seamline.core.predict.inputs.ModelInput`); ``image`` then stays in its dtype.
 
     Returns
     -------
@@ -105,7 +109,8 @@ def predict_tiled(
     _, height, width = image.shape
     grid = TileGrid(height, width, tile_size, overlap, blend, align)
     dev = pick_device(device)
-    x = _reflect_pad(torch.as_tensor(image, device=dev, dtype=torch.float32), grid.padded_shape)
+    x = torch.as_tensor(image, device=dev, dtype=None if prepare else torch.float32)
+    x = _reflect_pad(x, grid.padded_shape)
     out: list[np.ndarray] = []
 
     def sink(a: int, b: int, scores: torch.Tensor) -> None:
@@ -114,7 +119,7 @@ def predict_tiled(
         out[0][:, a:b] = scores.cpu().numpy()
 
     stream_tiles(model, lambda a, b: x[:, a:b], grid, sink, batch_size=batch_size, device=dev,
-                 skip_empty=skip_empty, progress=progress, timing=timing,
+                 skip_empty=skip_empty, prepare=prepare, progress=progress, timing=timing,
                  channels_last=channels_last)  # fmt: skip
     if not out:
         raise NoDataError("The image has no valid (non-NaN) pixels: nothing to predict.")
