@@ -21,6 +21,10 @@ from seamline.core.models.modelio import SegmentationModel, check_bands
 
 __all__ = ["ModelInput"]
 
+_NO_CUDA_INDEX = (torch.uint16, torch.uint32)
+"""Unsigned dtypes CUDA has no indexing kernel for (torch 2.11: "index_cuda" not implemented
+for 'UInt16')."""
+
 
 @dataclass(frozen=True)
 class ModelInput:
@@ -71,6 +75,8 @@ class ModelInput:
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         """``(scene bands, ...)`` raw values -> ``(model bands, ...)`` float32 input, NaN
         where there is no data (:meth:`valid`)."""
+        if values.is_cuda and values.dtype in _NO_CUDA_INDEX:  # CUDA indexes them not
+            values = values.to(torch.int64)  # holds every value of theirs exactly
         valid = self.valid(values)
         out = values[list(self.order)].to(torch.float32)
         if self.offset is not None:  # float32 arithmetic, as numpy's normalise does
