@@ -21,7 +21,6 @@ import xarray as xr
 from affine import Affine
 from rasterio.features import geometry_mask
 
-from seamline.core.data.io import valid_mask
 from seamline.core.errors import InvalidArgumentError
 from seamline.core.hardware import release_freed_memory
 from seamline.core.models.modelio import SegmentationModel
@@ -35,12 +34,10 @@ __all__ = [
     "TileTimer",
     "aligned_chunks",
     "as_prediction",
-    "block_array",
     "block_halo",
     "class_ids",
     "model_input",
     "predict_block",
-    "scene_meta",
     "to_output",
 ]
 
@@ -232,24 +229,32 @@ class BlockGrid:
 
 def predict_block(
     model: SegmentationModel,
-    block: xr.DataArray,
+    values: np.ndarray,
+    block: Block,
     *,
+    transform: Affine,
+    prepare: ModelInput,
     aoi: list | None = None,
     probabilities: bool = False,
     **tiling,
 ) -> np.ndarray:
-    """``(count, y, x)`` class ids (or probabilities) of one georeferenced block, nodata
-    outside its valid pixels and outside the ``aoi`` geometries (in the block's CRS).
+    """``(count, y, x)`` class ids (or probabilities) of one block's raw ``values`` (read
+    over ``block``, halo included, from a scene whose grid is ``transform``), nodata outside
+    its valid pixels and outside the ``aoi`` geometries (in the scene's CRS).
 
-    A block with no valid pixel skips the model. ``tiling`` goes to
+    ``prepare`` (the scene's :class:`~.inputs.ModelInput`) normalises each tile as it is
+    copied, as the tile-row stream does. No DataArray is made around the block: xarray's
+    cached ``.rio`` accessor is a reference cycle that kept blocks alive until the garbage
+    collector ran. A block with no valid pixel skips the model. ``tiling`` goes to
     :func:`seamline.core.predict.tiling.predict_tiled`.
     """
-    valid = valid_mask(block)
+    valid = prepare.valid(torch.from_numpy(values)).numpy()
     if aoi is not None:
-        valid &= ~geometry_mask(aoi, out_shape=valid.shape, transform=block.rio.transform())
+        offset = transform * Affine.translation(block.hc0, block.hr0)
+        valid &= ~geometry_mask(aoi, out_shape=valid.shape, transform=offset)
     count = len(model.classes) if probabilities else 1
     if valid.any():
-        logits = predict_tiled(model.module, model_input(model, block), align=model.align,
+        logits = predict_tiled(model.module, values, align=model.align, prepare=prepare,
                                **tiling)  # fmt: skip
         out = to_output(logits, valid, probabilities).reshape(count, *valid.shape)
     else:  # nothing to predict here: nodata, and the model is skipped
@@ -257,24 +262,3 @@ def predict_block(
                       dtype=np.float32 if probabilities else np.uint8)  # fmt: skip
     release_freed_memory()
     return out
-
-
-def scene_meta(scene: xr.DataArray) -> dict:
-    """What :func:`block_array` needs of the whole scene: small, so it travels to dask workers."""
-    return {
-        "bands": list(scene["band"].values.tolist()), "attrs": dict(scene.attrs),
-        "crs": scene.rio.crs, "transform": scene.rio.transform(), "nodata": scene.rio.nodata,
-    }  # fmt: skip
-
-
-def block_array(values: np.ndarray, block: Block, meta: dict) -> xr.DataArray:
-    """``values`` read over ``block`` (halo included) as a georeferenced scene block, given
-    the scene's :func:`scene_meta`."""
-    array = xr.DataArray(values, dims=("band", "y", "x"), coords={"band": meta["bands"]},
-                         attrs=meta["attrs"])  # fmt: skip
-    offset = meta["transform"] * Affine.translation(block.hc0, block.hr0)
-    # In place: rioxarray's write_* copy the array deeply otherwise (three copies of every
-    # block, 0.4 s of a 10 s prediction at 4096^2), and this one is new, a view of ``values``.
-    array.rio.write_crs(meta["crs"], inplace=True)
-    array.rio.write_transform(offset, inplace=True)
-    return array.rio.write_nodata(meta["nodata"], encoded=False, inplace=True)

@@ -27,25 +27,21 @@ import dask.array as da
 import geopandas as gpd
 import numpy as np
 import xarray as xr
+from affine import Affine
 from distributed.diagnostics.plugin import WorkerPlugin
 from rasterio.env import set_gdal_config
 
 from seamline.core.data.files import check_output_path
 from seamline.core.errors import InvalidArgumentError
 from seamline.core.models.modelio import SegmentationModel, check_bands, load_model
-from seamline.core.predict.blocks import (
-    BlockGrid,
-    as_prediction,
-    block_array,
-    predict_block,
-    scene_meta,
-)
+from seamline.core.predict.blocks import BlockGrid, as_prediction, predict_block
 from seamline.core.predict.file import (
     open_for_prediction,
     output_raster,
     summary,
     write_blocks,
 )
+from seamline.core.predict.inputs import ModelInput
 from seamline.core.predict.plan import choose_overlap, choose_tile_size
 from seamline.core.predict.tiling import Blend, TileGrid
 from seamline.core.prepare.scene import align_aoi
@@ -81,7 +77,8 @@ def _predict_chunk(
     *,
     model: SegmentationModel,
     grid: BlockGrid,
-    meta: dict,
+    transform: Affine,
+    prepare: ModelInput,
     probabilities: bool,
     tiling: dict,
     aoi: list | None,
@@ -94,7 +91,7 @@ def _predict_chunk(
     """
     _, i, j = block_info[0]["chunk-location"]
     block = grid.block(i, j)
-    out = predict_block(model, block_array(values, block, meta), aoi=aoi,
+    out = predict_block(model, values, block, transform=transform, prepare=prepare, aoi=aoi,
                         probabilities=probabilities, **tiling)  # fmt: skip
     return block.trim(out)
 
@@ -144,7 +141,8 @@ def predict_chunked(
         aoi = list(align_aoi(aoi, scene.rio.crs).geometry)
     # Named, not tokenized: a token would hash the model's weights on every call.
     out = da.map_overlap(
-        partial(_predict_chunk, model=model, grid=grid, meta=scene_meta(scene),
+        partial(_predict_chunk, model=model, grid=grid, transform=scene.rio.transform(),
+                prepare=ModelInput.for_scene(model, scene),
                 probabilities=probabilities, tiling=tiling, aoi=aoi),
         data, depth={0: 0, 1: grid.halo, 2: grid.halo}, boundary="none", trim=False,
         chunks=((count,), grid.rows, grid.cols), dtype=np.float32 if probabilities else np.uint8,

@@ -282,7 +282,7 @@ class StripReader:
         # at 20000 px wide).
         values = self.src.read(window=Window(self.col_off, self.row_off + lo, w, hi - lo))
         valid = self.prepare.valid(torch.from_numpy(values)).numpy()
-        if self.geometries is not None:  # the strip's transform, as block_array computes it
+        if self.geometries is not None:  # the strip's transform, as predict_block's
             transform = self.transform * Affine.translation(0, lo)
             valid &= ~geometry_mask(self.geometries, out_shape=valid.shape, transform=transform)
         with self.lock:
