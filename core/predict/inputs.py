@@ -57,9 +57,8 @@ class ModelInput:
             return cls(order, None, None, nodata)
         if model.stats is None:
             return cls(order, None, None, nodata)
-        scale = np.asarray(model.stats.std, dtype=np.float64)
-        scale = np.where(scale > 0, scale, 1.0)  # a constant band maps to 0, not to inf
-        return cls(order, tuple(model.stats.mean), tuple(scale), nodata)
+        offset, scale = model.stats.offset_scale("zscore")
+        return cls(order, tuple(offset.tolist()), tuple(scale.tolist()), nodata)
 
     def valid(self, values: torch.Tensor) -> torch.Tensor:
         """Where ``(scene bands, ...)`` raw values hold data: some band finite and not

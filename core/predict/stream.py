@@ -9,14 +9,10 @@ file equals the same raster predicted whole, bit for bit, and every tile of the 
 exactly once (blocks read with halos ran 144 tiles of 512 px at 4096^2 where one grid needs
 81).
 
-Memory held at once, whatever the raster's height (``W`` its padded width, ``t`` the tile,
-``B`` the batch, ``n`` the tiles per tile row, ``C`` the model's outputs):
-
-    (ceil(B / n) + 1) x bands x t x W  (input strips: the tile rows a batch spans, + 1 ahead)
-    + C x t x W                        (the rows tiles still add to)
-    + calls x B x bands x t x t        (the batches in flight)
-
-float32 values each; see docs/architecture.md, "The tile-row stream".
+Memory held at once is set by a tile row, whatever the raster's height: the input strips a
+batch spans (in the source's dtype: raw values when ``prepare`` normalises each tile), the
+rows tiles still add to (``C x tile x padded width`` float32) and the batches in flight; the
+formula is in docs/architecture.md, "The tile-row stream".
 """
 
 from __future__ import annotations
@@ -38,8 +34,9 @@ from seamline.core.predict.tilegrid import Blend, TileGrid, support
 __all__ = ["Sink", "Source", "pick_device", "place_module", "stream_tiles"]
 
 Source = Callable[[int, int], torch.Tensor]
-"""``source(a, b)``: padded rows ``[a, b)`` of the input, ``(bands, b - a, padded width)``
-float32 on the model's device, NaN where there is no data; asked for in increasing ``a``."""
+"""``source(a, b)``: padded rows ``[a, b)`` of the input, ``(bands, b - a, padded width)`` on
+the model's device: the model's float32 input (NaN where there is no data), or raw values
+that :func:`stream_tiles`'s ``prepare`` turns into it; asked for in increasing ``a``."""
 Sink = Callable[[int, int, torch.Tensor], None]
 """``sink(a, b, scores)``: the final ``(C, b - a, width)`` float32 scores of raster rows
 ``[a, b)``, given in increasing order, every row once."""

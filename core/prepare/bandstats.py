@@ -61,6 +61,19 @@ class BandStats:
         canonical = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(canonical).hexdigest()[:16]
 
+    def offset_scale(self, method: str = "zscore") -> tuple[np.ndarray, np.ndarray]:
+        """Per-band ``offset`` and ``scale`` of ``(x - offset) / scale``: mean and std for
+        ``zscore``, p02 and p98 - p02 for ``percentile``; a scale of 0 (a constant band)
+        becomes 1, so the band maps to 0, not to inf."""
+        if method not in NORMALISATIONS:
+            raise InvalidArgumentError(f"method must be one of {NORMALISATIONS}, got {method!r}")
+        if method == "zscore":
+            offset, scale = np.asarray(self.mean), np.asarray(self.std)
+        else:
+            offset = np.asarray(self.p02)
+            scale = np.asarray(self.p98) - np.asarray(self.p02)
+        return offset, np.where(scale > 0, scale, 1.0)
+
     def to_dict(self) -> dict:
         """A JSON-ready dictionary."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -218,16 +231,8 @@ def normalise(
     (``(x - p02) / (p98 - p02)``, the robust 2-98 % range mapped to 0..1, not clipped).
     Bands are selected and ordered by name to match ``stats.bands``.
     """
-    if method not in NORMALISATIONS:
-        raise InvalidArgumentError(f"method must be one of {NORMALISATIONS}, got {method!r}")
+    offset, scale = stats.offset_scale(method)
     order = band_order(scene, stats.bands, by="the band statistics")
-    if method == "zscore":
-        offset = np.asarray(stats.mean)
-        scale = np.asarray(stats.std)
-    else:
-        offset = np.asarray(stats.p02)
-        scale = np.asarray(stats.p98) - np.asarray(stats.p02)
-    scale = np.where(scale > 0, scale, 1.0)  # a constant band maps to 0, not to inf
     valid = valid_mask(scene)
     values = np.asarray(scene.values)
     out = np.empty((len(order), *values.shape[1:]), dtype=np.float32)
