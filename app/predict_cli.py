@@ -88,7 +88,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     if args.backend == "compile":
         from seamline.core.optimise.backends import compiled
 
-        fast = compiled(model.module, batch=batch_size, device=device)
+        fast = compiled(model.module, batch=batch_size, device=device, cache=not args.no_cache)
         model = model.with_module(fast, precision=model.precision)
     report = _file_predictor(args.scheduler, args.block_size)(
         args.input, args.output, model=model,

@@ -378,6 +378,9 @@ class _Autocast(nn.Module):
         self.module, self.dtype = module, dtype
         self.align = getattr(module, "align", 1)
 
+    def extra_repr(self) -> str:
+        return f"dtype={self.dtype}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The wrapped forward under autocast; the output comes back as float32."""
         with torch.autocast(x.device.type, dtype=self.dtype):

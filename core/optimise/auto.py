@@ -10,14 +10,13 @@ classes agree with FP32 on at least :data:`MIN_AGREEMENT` of the pixels, and pic
 fastest. The choice and the whole table are cached on disk (:mod:`seamline.core.diskcache`)
 keyed by the model's weights, the tile, the batch, the device, the CPU capability and the
 torch and ONNX Runtime versions; later processes build only the chosen backend (the INT8
-graph comes from the disk cache, compiled code from inductor's cache, kept beside it).
+graph and the compiled code, an AOTInductor package, come from the disk cache).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -27,11 +26,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from seamline.core.diskcache import cache_dir, digest, model_fingerprint, read_entry, write_entry
+from seamline.core.diskcache import digest, model_fingerprint, read_entry, write_entry
 from seamline.core.errors import InvalidArgumentError
 from seamline.core.hardware import bf16_is_native, cpu_info, device_label
 from seamline.core.models.modelio import SegmentationModel, with_precision
-from seamline.core.optimise.backends import compiled, forget_compiled
+from seamline.core.optimise.backends import compiled, forget_compiled, use_inductor_cache
 from seamline.core.optimise.quantize import calibration_tiles, quantize
 from seamline.core.predict.stream import place_module
 
@@ -55,7 +54,7 @@ MIN_AGREEMENT = 0.995
 """Share of calibration pixels whose class must equal FP32's for a backend to be kept."""
 RUNS = 5
 """Timed forward passes per candidate (after two warm-ups); the median is kept."""
-CHOICE_VERSION = 2
+CHOICE_VERSION = 3  # 3: compiled backends are AOTInductor packages, loaded warm
 AUTO_MIN_TILES = 16
 """Scenes with fewer tiles than this run FP32 unless a choice was made before on the machine."""
 
@@ -238,7 +237,7 @@ def build_backend(
     else:
         built = model
     if backend.compile:
-        fast = compiled(built.module, batch=batch_size, device=device)
+        fast = compiled(built.module, batch=batch_size, device=device, cache=cache)
         built = built.with_module(fast, precision=built.precision)
     return built
 
@@ -293,24 +292,20 @@ def _key(model: SegmentationModel, tile_size: int, batch_size: int, device: str,
     ])  # fmt: skip
 
 
-def _warm_build_seconds(model, backend, calibration, batch_size, device, tiles) -> float | None:
-    """For a compiled backend, what a later process pays: compiled again after dynamo forgot
-    it, from inductor's disk cache (17 s cold, 2-4 s warm for the demo U-Net on 2 cores).
-    None for eager backends (their build is their measured one)."""
+def _warm_build_seconds(model, backend, calibration, batch_size, device, tiles,
+                        cache) -> float | None:  # fmt: skip
+    """For a compiled backend, what a later process pays: its package loaded from the disk
+    cache (0.01-0.1 s; 17 s to compile the demo U-Net the first time on 2 cores), or with
+    ``cache=False`` or a module only ``torch.compile`` takes, compiled again. None for eager
+    backends (their build is their measured one)."""
     if not backend.compile:
         return None
     forget_compiled()
     start = time.perf_counter()
     built = build_backend(model, backend, calibration=calibration, batch_size=batch_size,
-                          device=device)  # fmt: skip
+                          device=device, cache=cache)  # fmt: skip
     _forward(built, tiles[:batch_size], batch_size)
     return time.perf_counter() - start
-
-
-def use_inductor_cache() -> None:
-    """Keep inductor's compiled code beside Seamline's cache (unless the user chose a place),
-    so a compiled backend is built once per machine rather than once per /tmp."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
 
 
 def _reason(choice: Choice, backend: Backend, tiles: int | None) -> str:
@@ -404,9 +399,9 @@ def auto_backend(
 
 
 def _with_build_seconds(choice: Choice, backend: Backend, seconds: float) -> Choice:
-    """``choice`` with ``backend``'s warm build cost set to the one just observed (measured
-    in the measuring process, it missed a new process's start-up of inductor: 1.3 s there,
-    ~4 s here for the demo U-Net on 2 cores)."""
+    """``choice`` with ``backend``'s warm build cost set to the one just observed: measured in
+    the measuring process, it can miss what a new one pays (a module that falls back to
+    ``torch.compile`` starts inductor again: ~4 s for the demo U-Net on 2 cores)."""
     rows = tuple(replace(m, warm_build_s=seconds) if m.backend == backend.name else m
                  for m in choice.measurements)  # fmt: skip
     return replace(choice, measurements=rows)
@@ -462,7 +457,7 @@ def choose_backend(
                                     False, f"failed: {type(exc).__name__}"))  # fmt: skip
             continue
         build_s = time.perf_counter() - start
-        warm = _warm_build_seconds(model, backend, calibration, batch_size, device, tiles)
+        warm = _warm_build_seconds(model, backend, calibration, batch_size, device, tiles, cache)
         warm = build_s if warm is None else warm
         ms = _timed(built, tiles, batch_size)
         agreement = float((classes == reference).float().mean())
