@@ -60,26 +60,77 @@ class ModelInput:
         offset, scale = model.stats.offset_scale("zscore")
         return cls(order, tuple(offset.tolist()), tuple(scale.tolist()), nodata)
 
+    @property
+    def bands(self) -> int:
+        """How many bands the model's input has."""
+        return len(self.order)
+
     def valid(self, values: torch.Tensor) -> torch.Tensor:
         """Where ``(scene bands, ...)`` raw values hold data: some band finite and not
         nodata (GDAL's dataset mask, as :func:`~seamline.core.data.io.valid_mask`)."""
-        valid = torch.zeros(values.shape[1:], dtype=torch.bool, device=values.device)
-        for band in values:  # per band: temporaries stay (y, x)-sized
-            ok = torch.isfinite(band) if band.is_floating_point() else torch.ones_like(valid)
-            if self.nodata is not None:
-                ok &= band != self.nodata
-            valid |= ok
+        if not values.is_floating_point() and self.nodata is None:
+            return torch.ones(values.shape[1:], dtype=torch.bool, device=values.device)
+        valid = self._band_valid(values[0])
+        for band in values[1:]:  # per band: temporaries stay (y, x)-sized
+            valid.logical_or_(self._band_valid(band))
         return valid
+
+    def _band_valid(self, band: torch.Tensor) -> torch.Tensor:
+        """Where one band holds data: finite and not nodata."""
+        if not band.is_floating_point():
+            return band != self.nodata
+        ok = band.isfinite()
+        return ok if self.nodata is None else ok.logical_and_(band != self.nodata)
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         """``(scene bands, ...)`` raw values -> ``(model bands, ...)`` float32 input, NaN
         where there is no data (:meth:`valid`)."""
-        if values.is_cuda and values.dtype in _NO_CUDA_INDEX:  # CUDA indexes them not
-            values = values.to(torch.int64)  # holds every value of theirs exactly
-        valid = self.valid(values)
-        out = values[list(self.order)].to(torch.float32)
-        if self.offset is not None:  # float32 arithmetic, as numpy's normalise does
-            shape = (-1, *([1] * (out.ndim - 1)))
-            out -= torch.tensor(self.offset, dtype=torch.float32, device=out.device).view(shape)
-            out /= torch.tensor(self.scale, dtype=torch.float32, device=out.device).view(shape)
-        return out.masked_fill_(~valid, float("nan"))
+        values = _indexable(values)
+        out = torch.empty((self.bands, *values.shape[1:]), dtype=torch.float32,
+                          device=values.device)  # fmt: skip
+        self._normalise(values, out)
+        return out.masked_fill_(~self.valid(values), float("nan"))
+
+    def into(self, values: torch.Tensor, out: torch.Tensor) -> bool:
+        """Write the input of a tile's raw values ``(scene bands, t, t)`` into ``out`` (a
+        slot of the batch, in its layout) as :meth:`__call__` would give it with NaN made 0
+        (the stream feeds nodata as 0), in three passes where the NaN round trip took
+        twelve; whether any pixel holds data."""
+        values = _indexable(values)
+        self._normalise(values, out)
+        if values.is_floating_point():  # a band without data in a pixel some band holds
+            out.nan_to_num_(nan=0.0)
+        elif self.nodata is None:  # integers without nodata: every pixel holds data
+            return True
+        if bool(self._band_valid(values[0]).all()):  # the usual tile: a sixth of the work
+            return True
+        invalid = ~self.valid(values)
+        if bool(invalid.all()):
+            out.zero_()
+            return False
+        if bool(invalid.any()):
+            out.masked_fill_(invalid, 0.0)
+        return True
+
+    def _normalise(self, values: torch.Tensor, out: torch.Tensor) -> None:
+        """``out[k] = (values[order[k]] - offset[k]) / scale[k]`` in float32, as numpy's
+        normalise computes it (the value made float32 first), in two passes."""
+        if values.dtype == torch.float64:  # else torch.sub would subtract in float64
+            values = values.to(torch.float32)
+        if self.order != tuple(range(len(values))):
+            values = values[list(self.order)]
+        if self.offset is None:
+            out.copy_(values)
+            return
+        shape = (-1, *([1] * (out.ndim - 1)))
+        offset, scale = (torch.tensor(v, dtype=torch.float32, device=out.device).view(shape)
+                         for v in (self.offset, self.scale))  # fmt: skip
+        torch.sub(values, offset, out=out)  # converts and subtracts in one pass
+        out.div_(scale)
+
+
+def _indexable(values: torch.Tensor) -> torch.Tensor:
+    """``values``, widened to int64 on CUDA where it has no kernels for their dtype."""
+    if values.is_cuda and values.dtype in _NO_CUDA_INDEX:
+        return values.to(torch.int64)  # holds every value of theirs exactly
+    return values

@@ -29,6 +29,7 @@ import torch
 
 from seamline.core.errors import InvalidArgumentError
 from seamline.core.models.modelio import eval_mode
+from seamline.core.predict.inputs import ModelInput
 from seamline.core.predict.tilegrid import Blend, TileGrid, support
 
 __all__ = ["Sink", "Source", "pick_device", "place_module", "stream_tiles"]
@@ -39,7 +40,8 @@ the model's device: the model's float32 input (NaN where there is no data), or r
 that :func:`stream_tiles`'s ``prepare`` turns into it; asked for in increasing ``a``."""
 Sink = Callable[[int, int, torch.Tensor], None]
 """``sink(a, b, scores)``: the final ``(C, b - a, width)`` float32 scores of raster rows
-``[a, b)``, given in increasing order, every row once."""
+``[a, b)``, given in increasing order, every row once; a view valid during the call only
+(its memory is reused: a sink copies what it keeps)."""
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -94,7 +96,7 @@ def stream_tiles(
     batch_size: int = 8,
     device: str | torch.device = "auto",
     skip_empty: bool = False,
-    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    prepare: ModelInput | None = None,
     progress: Callable[[int, int], None] | None = None,
     timing: Callable[[float, int], None] | None = None,
     channels_last: bool | None = None,
@@ -102,9 +104,10 @@ def stream_tiles(
     """Run ``model`` over every tile of ``grid``, reading strips from ``source`` and giving
     finished rows to ``sink``; returns the tiles run. Arguments as
     :func:`~.tiling.predict_tiled`'s. ``prepare`` turns each tile's raw values into the
-    model's input as it is copied (:class:`~.inputs.ModelInput`); without it the strips are
-    the input. ``skip_empty`` skips the tiles whose input is all NaN: every pixel they cover
-    is nodata, so only nodata pixels' scores change (they stay 0)."""
+    model's input as it is copied into its batch (:meth:`.ModelInput.into`); without it the
+    strips are the input. ``skip_empty`` skips the tiles without data (all nodata, or an input
+    all NaN): every pixel they cover is nodata, so only nodata pixels' scores change (they
+    stay 0)."""
     if batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     dev = pick_device(device)
@@ -115,26 +118,22 @@ def stream_tiles(
         model = place_module(model, dev, fmt)
     strips, rows = _Strips(source, grid), _Rows(grid, sink, dev)
     total, t = len(grid), grid.tile
-    inputs: dict[int, torch.Tensor] = {}  # tiles prepared, waiting for their batch
 
-    def tile_input(i: int) -> torch.Tensor:
-        if i not in inputs:
-            raw = strips.tile(i)
-            inputs[i] = raw if prepare is None else prepare(raw)
-        return inputs[i]
-
-    def wanted() -> Iterator[int]:
-        for i in range(total):
-            if skip_empty and _empty(tile_input(i)):
-                del inputs[i]
-                continue
-            yield i
+    def fill(i: int, slot: torch.Tensor) -> bool:
+        """Copy tile ``i``'s input into ``slot`` (nodata as 0); whether it is to run."""
+        raw = strips.tile(i)
+        if prepare is not None:
+            return prepare.into(raw, slot) or not skip_empty
+        if skip_empty and _empty(raw):
+            return False
+        torch.nan_to_num(raw, nan=0.0, out=slot)
+        return True
 
     run = done = 0
     with torch.inference_mode(), _forward_pool(model, -(-total // batch_size)) as (submit, calls):
         # One buffer per batch in flight, filled in the model's memory format: one copy per
-        # tile, no allocation per batch. NaN (nodata) is zeroed per tile as it is copied.
-        bands = tile_input(0).shape[0]
+        # tile, no allocation per batch.
+        bands = prepare.bands if prepare is not None else strips.tile(0).shape[0]
         buffers = [torch.empty((min(batch_size, total), bands, t, t), device=dev,
                                memory_format=fmt) for _ in range(calls)]  # fmt: skip
         pending: deque[tuple[np.ndarray, Future]] = deque()
@@ -150,16 +149,18 @@ def stream_tiles(
             if progress is not None:
                 progress(done, total)
 
-        for n, batch in enumerate(_batched(wanted(), batch_size)):
-            if len(pending) == calls:  # its buffer is the one filled next
-                accumulate()
-            tiles = buffers[n % calls][: len(batch)]
-            for k, i in enumerate(batch):
-                torch.nan_to_num(tile_input(i), nan=0.0, out=tiles[k])
-                del inputs[i]
-            strips.release_before(batch[-1])
-            pending.append((np.array(batch), submit(tiles)))
-            run += len(batch)
+        batch: list[int] = []
+        tiles, batches = buffers[0], 0
+        for i in range(total):
+            if fill(i, tiles[len(batch)]):
+                batch.append(i)
+            if len(batch) == len(tiles) or (batch and i + 1 == total):
+                strips.release_before(i)
+                pending.append((np.array(batch), submit(tiles[: len(batch)])))
+                run, batches, batch = run + len(batch), batches + 1, []
+                if len(pending) == calls:  # the next buffer is still in flight
+                    accumulate()
+                tiles = buffers[batches % calls]
         while pending:
             accumulate()
         rows.finish()
@@ -236,6 +237,7 @@ class _Rows:
         ]  # fmt: skip
         self.device = device
         self.acc: torch.Tensor | None = None
+        self.spare: torch.Tensor | None = None
         self.row = 0  # the tile row whose start is the accumulator's first row
 
     def add(self, idx: np.ndarray, pred: torch.Tensor) -> None:
@@ -274,11 +276,12 @@ class _Rows:
                 if div_x is not None:
                     scores /= div_x.view(1, -1)
                 self.sink(a, b, scores)
-            if not last:  # a new accumulator: the sink may keep a view of the old one
+            if not last:  # shifted into the spare accumulator (no new memory to fault in)
                 shift = int(self.starts[self.row + 1]) - a
-                moved = torch.zeros_like(self.acc)
+                moved = self.spare if self.spare is not None else torch.empty_like(self.acc)
                 moved[:, : t - shift] = self.acc[:, shift:]
-                self.acc = moved
+                moved[:, t - shift :] = 0
+                self.acc, self.spare = moved, self.acc
             self.row += 1
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from seamline.core.errors import InvalidArgumentError, NoDataError
+from seamline.core.predict.inputs import ModelInput
 from seamline.core.predict.stream import pick_device, place_module, stream_tiles
 from seamline.core.predict.tilegrid import Blend, TileGrid, axis_starts, blend_profiles
 
@@ -56,7 +57,7 @@ def predict_tiled(
     align: int | None = None,
     channels_last: bool | None = None,
     skip_empty: bool = False,
-    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    prepare: ModelInput | None = None,
 ) -> np.ndarray:
     """Run ``model`` over ``image`` in overlapping tiles and blend the outputs seam-free.
 
@@ -93,8 +94,8 @@ def predict_tiled(
         Skip tiles whose input is all NaN: the pixels they cover are all nodata, so only
         their scores change (they stay 0, unless another tile covers them).
     prepare
-        Turns a tile of ``image``'s raw values into the model's input as it is copied (e.g.
-        :class:`~seamline.core.predict.inputs.ModelInput`); ``image`` then stays in its dtype.
+        A :class:`~seamline.core.predict.inputs.ModelInput` that turns a tile of ``image``'s
+        raw values into the model's input as it is copied; ``image`` then stays in its dtype.
 
     Returns
     -------
