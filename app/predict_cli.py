@@ -40,7 +40,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         vector_format(args.vector)  # a bad path fails now, not after the prediction
     if args.block_size is not None and args.scheduler is None:
         raise InvalidArgumentError(
-            "--block-size sets the dask chunk side of a --scheduler run; without --scheduler, "
+            "--block-size sets the height of a --scheduler run's bands; without --scheduler, "
             "predict streams one tile row at a time: leave it out."
         )
     scene = open_raster(args.input, band_names=args.band_names)  # lazily: the header only
@@ -131,7 +131,7 @@ def _backend_summary(choice, model) -> dict:
 
 def _file_predictor(scheduler: str | None, block_size: int | None) -> Callable[..., dict]:
     """``predict_file``, or its dask.distributed twin on ``scheduler`` (``--scheduler``) in
-    chunks of ``block_size`` pixels."""
+    bands of tile rows about ``block_size`` pixels tall."""
     if scheduler is None:
         from seamline.core.predict.file import predict_file
 
@@ -183,7 +183,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probabilities", action="store_true", help="write class probabilities")
     p.add_argument("--band-names", type=band_list, help="comma-separated names, one per band")
     p.add_argument("--block-size", type=int,
-                   help="with --scheduler: the side of each dask chunk (default 2048)")
+                   help="with --scheduler: the height in pixels of each task's band of tile "
+                   "rows (default 2048)")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     p.add_argument("--vector", metavar="OUT", help="also write the class polygons (.gpkg, "
                    ".geojson or .parquet) beside the class raster")
@@ -191,6 +192,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="lift the input budget on the file's internal blocks and data types "
                    "(the raster itself streams: its size is not limited)")
     p.add_argument("--scheduler", metavar="ADDRESS|local",
-                   help="predict on a dask.distributed cluster, one task per block: 'local' "
+                   help="predict on a dask.distributed cluster, one task per band of tile rows: "
+                   "'local' "
                    "starts a LocalCluster, an address (tcp://host:8786) joins a running one")
     p.set_defaults(func=_cmd_predict)

@@ -3,10 +3,10 @@
 Writes a ``SIZE x SIZE x 6`` uint16 GeoTIFF (default 16384: 3.2 GB of pixels) with
 ``benchmarks/out_of_core.py``'s writer, then predicts it twice, each in a fresh process:
 
-- in-process: ``seamline.predict_file`` (blocks streamed from disk, all cores' threads);
+- in-process: ``seamline.predict_file`` (one tile grid streamed from disk, all cores' threads);
 - distributed: ``seamline.predict_file_distributed`` on a ``LocalCluster`` of ``--workers``
-  single-threaded worker processes (one task per ``--chunk`` pixels chunk, halo from
-  ``map_overlap``), the client writing the COG-ready GeoTIFF as chunks arrive.
+  single-threaded worker processes (one task per band of tile rows ``--chunk`` pixels tall,
+  on the same grid), the client writing the GeoTIFF in band order as bands arrive.
 
 It prints the time of each, the peak RSS of the in-process run, of the client and of every
 worker, and compares the two class rasters pixel by pixel (crop mode: they must be equal).
@@ -35,9 +35,9 @@ from out_of_core import write_big_raster  # noqa: E402
 IN_PROCESS = """
 import json, sys
 from seamline.core.hardware import peak_rss_bytes
-from seamline.core.predict.scene import predict_file
+from seamline.core.predict.file import predict_file
 src, out, tiling = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-report = predict_file(src, out, model="demo", block_size=1024, batch_size=1, **tiling)
+report = predict_file(src, out, model="demo", batch_size=1, **tiling)
 print(json.dumps({**report, "peak_rss_bytes": peak_rss_bytes()}))
 """
 
@@ -116,13 +116,16 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     print(f"\n{args.size}^2 x 6 uint16 ({report['input_uint16_gb']:.1f} GB), crop, tile "
           f"{args.tile_size}, overlap {args.overlap}, on {cpu_label()}")
-    print(f"{'path':<34}{'seconds':>9}{'Mpx/s':>8}  peak RSS per process (GB)")
+    print(f"{'path':<34}{'seconds':>9}{'Mpx/s':>8}{'tiles':>7}  peak RSS per process (GB)")
     print(f"{'in-process predict_file':<34}{local['seconds']:>9.0f}"
-          f"{local['megapixels_per_s']:>8.2f}  {local['peak_rss_bytes'] / gb:.2f}")
+          f"{local['megapixels_per_s']:>8.2f}{local['tiles']:>7}  "
+          f"{local['peak_rss_bytes'] / gb:.2f}")
     workers = ", ".join(f"{b / gb:.2f}" for b in dist["worker_peak_rss_bytes"])
     memory = f"client {dist['peak_rss_bytes'] / gb:.2f}; workers {workers}"
     cluster = f"LocalCluster, {args.workers} workers x 1 thread"
-    print(f"{cluster:<34}{dist['seconds']:>9.0f}{dist['megapixels_per_s']:>8.2f}  {memory}")
+    print(f"{cluster:<34}{dist['seconds']:>9.0f}{dist['megapixels_per_s']:>8.2f}"
+          f"{dist['tiles']:>7}  {memory}  ({dist['bands']} bands; one grid: "
+          f"{dist['grid_tiles']} tiles)")
     print(f"equal (crop): {equality['equal']} ({equality['differing_pixels']} of "
           f"{equality['pixels']} pixels differ)")
 

@@ -123,7 +123,8 @@ def test_sigterm_and_kill_9_leave_no_hidden_part_files(tmp_path):
     scene = write_raster(make_scene(1536, 1536, seed=2)[0], tmp_path / "big.tif")
     out = tmp_path / "classes.tif"
     exe = str(Path(sys.executable).with_name("seamline"))
-    proc = subprocess.Popen([exe, "predict", str(scene), str(out), "--tile-size", "256"],
+    proc = subprocess.Popen([exe, "predict", str(scene), str(out), "--tile-size", "256",
+                             "--precision", "fp32"],  # FP32: seconds, still running at the signal
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 120
     while not list(tmp_path.glob(".classes.tif.*.part")) and time.time() < deadline:

@@ -92,13 +92,36 @@ def test_distributed_file_equals_predict_file_and_is_a_cog(client, demo, scene_f
     reference = predict_file(path, tmp_path / "ref.tif", model=demo, blend="crop", **TILING)
     report = predict_file_distributed(path, tmp_path / "dist.tif", model=demo, scheduler=client,
                                       block_size=96, cog=True, blend="crop", **TILING)  # fmt: skip
-    assert report["blocks"] == 4 and report["workers"] == 2
+    assert report["bands"] == 2 and report["workers"] == 2
     assert report["shape"] == reference["shape"]
+    assert report["tiles"] == reference["tiles"] == report["grid_tiles"]  # each tile once
     with rasterio.open(tmp_path / "ref.tif") as ref, rasterio.open(tmp_path / "dist.tif") as out:
         assert out.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert (out.crs, out.transform, out.nodata) == (ref.crs, ref.transform, CLASS_NODATA)
         np.testing.assert_array_equal(out.read(1), ref.read(1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.tif", "ref.tif"]
+
+
+@pytest.mark.parametrize("blend", ["cosine", "linear"])
+@pytest.mark.parametrize("block_size", [40, 100])
+def test_bands_of_one_grid_run_each_tile_once_and_equal_the_stream(client, demo, tmp_path,
+                                                                   blend, block_size):  # fmt: skip
+    """Bands whose tile rows share rows (added on the client), one band whose tiles are all
+    nodata (skipped, its rows nodata), probabilities: the stream's, to float rounding."""
+    scene, _ = make_scene(300, 150, seed=8)
+    scene[:, 96:240, :] = 0  # two whole tile rows of nodata at tile 96 / overlap 48
+    path = write_raster(scene, tmp_path / "gap.tif")
+    options = {"blend": blend, "probabilities": True, **TILING}
+    reference = predict_file(path, tmp_path / "ref.tif", model=demo, **options)
+    report = predict_file_distributed(path, tmp_path / "dist.tif", model=demo, scheduler=client,
+                                      block_size=block_size, **options)  # fmt: skip
+    assert report["tiles"] == reference["tiles"] < report["grid_tiles"]  # empty tiles skipped
+    assert report["bands"] == 2 if block_size == 100 else report["bands"] >= 4  # 1 row each
+    with rasterio.open(tmp_path / "ref.tif") as ref, rasterio.open(tmp_path / "dist.tif") as out:
+        expected, got = ref.read(), out.read()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))  # the same nodata
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)  # sums grouped per band
+    assert np.isnan(got[:, 96:240]).all() and not np.isnan(got[:, :96]).any()
 
 
 def test_aoi_crops_and_masks_as_predict_file_does(client, demo, scene_file, tmp_path):
@@ -124,7 +147,7 @@ def test_predict_cli_with_scheduler_address(client, scene_file, tmp_path, capsys
                  "--tile-size", "96", "--overlap", "48", "--blend", "crop",
                  "--block-size", "128", "--precision", "fp32"])  # fmt: skip
     report = json.loads(capsys.readouterr().out)
-    assert code == 0 and report["workers"] == 2 and report["blocks"] == 4
+    assert code == 0 and report["workers"] == 2 and report["bands"] == 2
     with rasterio.open(out) as ds:
         np.testing.assert_array_equal(ds.read(1),
                                       predict_scene("demo", scene, blend="crop", **TILING).values)

@@ -1,4 +1,8 @@
-"""Scale-out: tiled prediction per dask chunk on a ``dask.distributed`` cluster.
+"""Scale-out: tiled prediction on a ``dask.distributed`` cluster.
+
+:func:`predict_file_distributed` runs a file's one tile grid as bands of tile rows, one task
+each (:mod:`seamline.core.predict.bands`): every tile runs once on the cluster, and the client
+writes the tiled GeoTIFF or COG in band order as results arrive.
 
 A dask-backed scene (``open_raster(path, chunks=...)``) is predicted chunk by chunk with
 :func:`dask.array.map_overlap`: every chunk is read with a halo of ``max(overlap, receptive
@@ -8,10 +12,8 @@ as an in-memory scene, and only its centre is kept. So a ``dask.distributed`` cl
 result equals the in-process engine's: exactly in ``crop`` mode, within 1e-3 relative L2 for
 the blends. Chunk sizes are multiples of the stride (tile starts stay aligned) and the last
 chunk is merged into its neighbour when its block would be smaller than a tile (it would be
-padded differently from the whole raster).
-
-:func:`predict_file_distributed` writes the result as a tiled GeoTIFF or COG, receiving the
-chunks as workers finish them: the client holds a few chunks, each worker a few blocks.
+padded differently from the whole raster). This lazy array path still recomputes the tiles
+of each chunk's halo (a dask array's chunks cannot share sums).
 """
 
 from __future__ import annotations
@@ -34,13 +36,9 @@ from rasterio.env import set_gdal_config
 from seamline.core.data.files import check_output_path
 from seamline.core.errors import InvalidArgumentError
 from seamline.core.models.modelio import SegmentationModel, check_bands, load_model
+from seamline.core.predict.bands import BandAssembler, BandResult, plan_bands, predict_band
 from seamline.core.predict.blocks import BlockGrid, as_prediction, predict_block
-from seamline.core.predict.file import (
-    open_for_prediction,
-    output_raster,
-    summary,
-    write_blocks,
-)
+from seamline.core.predict.file import RowWriter, open_for_prediction, output_raster
 from seamline.core.predict.inputs import ModelInput
 from seamline.core.predict.plan import choose_overlap, choose_tile_size
 from seamline.core.predict.tiling import Blend, TileGrid
@@ -212,46 +210,55 @@ def predict_file_distributed(
 ) -> dict:
     """:func:`seamline.core.predict.file.predict_file` on a ``dask.distributed`` cluster.
 
-    The raster is opened as dask chunks of ``block_size`` pixels (each one task, see
-    :func:`predict_chunked`); ``scheduler`` is ``"local"`` (a ``LocalCluster`` of
+    One tile grid covers the raster, as in-process; each task is a band of its tile rows
+    about ``block_size`` pixels tall (:mod:`seamline.core.predict.bands`), so every tile runs
+    once on the cluster. ``scheduler`` is ``"local"`` (a ``LocalCluster`` of
     ``n_workers``), a scheduler address or a ``Client`` (see :func:`connect`). The workers
-    must reach ``input_path`` (a shared or local file system); the client writes the tiled
-    GeoTIFF or COG as chunks arrive, so no process holds the raster. Returns a summary like
-    ``predict_file``'s, with the scheduler and the workers' count.
+    must reach ``input_path`` (a shared or local file system); the client adds the rows
+    bands share and writes the tiled GeoTIFF or COG in band order as results arrive, so no
+    process holds the raster. Returns a summary like ``predict_file``'s (tiles run, the
+    grid's tiles, bands), with the scheduler and the workers' count.
     """
-    model = load_model(model)
-    check_output_path(output_path, inputs=[input_path])
-    scene, aoi = open_for_prediction(
-        input_path, model, aoi=aoi, band_names=band_names,
-        chunks={"band": -1, "y": block_size, "x": block_size},
-    )  # fmt: skip
-    prediction = predict_chunked(model, scene, probabilities=probabilities,
-                                 chunk_size=block_size, aoi=aoi, **tiling)  # fmt: skip
     from distributed import as_completed
 
-    data = prediction.data if probabilities else prediction.data[None]
-    height, width = scene.sizes["y"], scene.sizes["x"]
-    grid = BlockGrid(height, width, data.chunks[1], data.chunks[2], 0)
+    model = load_model(model)
+    check_output_path(output_path, inputs=[input_path])
+    tile_size = choose_tile_size(model, tiling.pop("tile_size", None))
+    blend = Blend.parse(tiling.pop("blend", "cosine"))
+    overlap = choose_overlap(model, tile_size, blend, tiling.pop("overlap", None))
+    scene, _ = open_for_prediction(input_path, model, aoi=aoi, band_names=band_names)
+    grid = TileGrid(scene.sizes["y"], scene.sizes["x"], tile_size, overlap, blend, model.align)
+    bands = plan_bands(grid, block_size)
+    task = partial(predict_band, input_path, grid=grid, aoi=aoi, band_names=band_names,
+                   probabilities=probabilities, **tiling)  # fmt: skip
     start = time.perf_counter()
     with connect(scheduler, n_workers=n_workers) as client, \
             output_raster(output_path, scene, model, probabilities=probabilities,
                           cog=cog) as dst:  # fmt: skip
-        delayed = data.to_delayed()[0]
-        futures = client.compute([delayed[i, j] for i, j in np.ndindex(grid.shape)])
-        where = {future.key: grid.block(*ij)
-                 for future, ij in zip(futures, np.ndindex(grid.shape), strict=True)}  # fmt: skip
-
-        def blocks() -> Iterator[tuple[int, int, np.ndarray]]:
-            for future, out in as_completed(futures, with_results=True):
-                block = where[future.key]
-                future.release()
-                yield block.r0, block.c0, out
-
-        write_blocks(dst, blocks(), total=len(grid), source=str(input_path),
-                     aoi=aoi is not None, progress=progress)  # fmt: skip
+        shipped = client.scatter(model, broadcast=True)  # once per worker, not per task
+        futures = [client.submit(task, band, model=shipped, pure=False) for band in bands]
+        order = {future.key: n for n, future in enumerate(futures)}
+        writer = RowWriter(dst, probabilities=probabilities)
+        assembler = BandAssembler(writer, grid, classes=len(model.classes),
+                                  probabilities=probabilities)  # fmt: skip
+        arrived: dict[int, BandResult] = {}
+        added = tiles = 0
+        for future, result in as_completed(futures, with_results=True):
+            arrived[order[future.key]] = result
+            future.release()
+            while added in arrived:  # in band order: a shared row needs the band above
+                band = arrived.pop(added)
+                assembler.add(band)
+                tiles, added = tiles + band.tiles, added + 1
+                if progress is not None:
+                    progress(added, len(bands))
+        writer.close(source=str(input_path), aoi=aoi is not None)
+        count = dst.count
         workers = len(client.scheduler_info()["workers"])
+    seconds = time.perf_counter() - start
     return {
-        **summary(output_path, grid, data.shape[0], time.perf_counter() - start),
-        "scheduler": scheduler if isinstance(scheduler, str) else "client",
-        "workers": workers,
-    }
+        "output": str(output_path), "tiles": tiles, "grid_tiles": len(grid),
+        "bands": len(bands), "shape": [count, grid.height, grid.width], "seconds": seconds,
+        "megapixels_per_s": grid.height * grid.width / 1e6 / seconds,
+        "scheduler": scheduler if isinstance(scheduler, str) else "client", "workers": workers,
+    }  # fmt: skip

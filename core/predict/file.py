@@ -3,10 +3,10 @@
 :func:`predict_file` streams one tile grid over the raster in this process, a tile row at a
 time (:mod:`seamline.core.predict.stream`): :class:`StripReader` reads the rows tiles need,
 :class:`RowWriter` writes the finished ones. The dask path
-(:func:`seamline.core.predict.distributed.predict_file_distributed`) computes blocks with
-halos on a cluster and writes them through :func:`write_blocks`. Both write through
-:func:`output_raster`, so peak memory does not grow with the raster and a failed run leaves
-no file behind.
+(:func:`seamline.core.predict.distributed.predict_file_distributed`) runs bands of the same
+grid's tile rows on a cluster (:mod:`seamline.core.predict.bands`) and writes through the same
+:class:`RowWriter`. Both write through :func:`output_raster`, so peak memory does not grow
+with the raster and a failed run leaves no file behind.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +37,6 @@ from seamline.core.hardware import release_freed_memory
 from seamline.core.models.modelio import SegmentationModel, check_bands, load_model
 from seamline.core.predict.blocks import (
     CLASS_NODATA,
-    BlockGrid,
     TileTimer,
     to_output,
 )
@@ -56,8 +55,6 @@ __all__ = [
     "open_for_prediction",
     "output_raster",
     "predict_file",
-    "summary",
-    "write_blocks",
 ]
 
 GDAL_CACHE = 64 * 2**20  # bytes (rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64)
@@ -104,32 +101,6 @@ def output_raster(
                 staging.unlink(missing_ok=True)
 
 
-def write_blocks(
-    dst: rasterio.io.DatasetWriter,
-    blocks: Iterable[tuple[int, int, np.ndarray]],
-    *,
-    total: int,
-    source: str,
-    aoi: bool,
-    progress: Callable[[int, int], None] | None = None,
-) -> None:
-    """Write ``(row, col, out)`` blocks into ``dst`` as they come; raise
-    :class:`~seamline.core.errors.NoDataError` naming ``source`` when none held a valid pixel."""
-    any_valid = False
-    for done, (row, col, out) in enumerate(blocks, start=1):
-        dst.write(out, window=Window(col, row, out.shape[2], out.shape[1]))
-        if not any_valid:
-            any_valid = bool(np.isfinite(out).any() if out.dtype.kind == "f"
-                             else (out != CLASS_NODATA).any())  # fmt: skip
-        if progress is not None:
-            progress(done, total)
-    if not any_valid:
-        raise NoDataError(
-            f"Raster {source!r} has no valid pixels{' inside the AOI' if aoi else ''}: "
-            "nothing to predict."
-        )
-
-
 def open_for_prediction(
     input_path: str | os.PathLike,
     model: SegmentationModel,
@@ -147,17 +118,6 @@ def open_for_prediction(
         aoi = align_aoi(aoi, scene.rio.crs)
         scene = crop_to_aoi(scene, aoi)
     return scene, aoi
-
-
-def summary(output_path: str | os.PathLike, grid: BlockGrid, count: int, seconds: float) -> dict:
-    """What a file prediction reports: output, blocks, shape, seconds, megapixels per second."""
-    return {
-        "output": str(Path(output_path)),
-        "blocks": len(grid),
-        "shape": [count, grid.height, grid.width],
-        "seconds": seconds,
-        "megapixels_per_s": grid.height * grid.width / 1e6 / seconds,
-    }
 
 
 def predict_file(
@@ -301,7 +261,8 @@ class RowWriter:
     blocks at a time (a compressed block written in two parts is compressed twice, and its
     first copy stays in the file as dead space)."""
 
-    def __init__(self, dst: rasterio.io.DatasetWriter, valid: Callable[[int, int], np.ndarray],
+    def __init__(self, dst: rasterio.io.DatasetWriter,
+                 valid: Callable[[int, int], np.ndarray] | None = None,
                  *, probabilities: bool) -> None:  # fmt: skip
         self.dst, self.valid, self.probabilities = dst, valid, probabilities
         self.block = dst.block_shapes[0][0]
@@ -312,8 +273,14 @@ class RowWriter:
     def __call__(self, a: int, b: int, scores: torch.Tensor) -> None:
         """Rows ``[a, b)`` (see :data:`~.stream.Sink`)."""
         valid = self.valid(a, b)
+        self.put(a, b, to_output(scores.cpu().numpy(), valid, self.probabilities), valid)
+
+    def put(self, a: int, b: int, out: np.ndarray, valid: np.ndarray) -> None:
+        """Rows ``[a, b)`` already converted (:func:`~.blocks.to_output`), with their valid
+        pixels; rows come in order."""
+        if a != self.start + sum(p.shape[1] for p in self.pending):
+            raise RuntimeError(f"rows from {a} came out of order")
         self.any_valid |= bool(valid.any())
-        out = to_output(scores.cpu().numpy(), valid, self.probabilities)
         self.pending.append(out.reshape(-1, b - a, out.shape[-1]))
         end = b if b == self.dst.height else b // self.block * self.block
         if end > self.start:

@@ -32,7 +32,16 @@ from seamline.core.models.modelio import eval_mode
 from seamline.core.predict.inputs import ModelInput
 from seamline.core.predict.tilegrid import Blend, TileGrid, support
 
-__all__ = ["Sink", "Source", "pick_device", "place_module", "stream_tiles"]
+__all__ = [
+    "Sink",
+    "Source",
+    "band_rows",
+    "divide_rows",
+    "grid_divisors",
+    "pick_device",
+    "place_module",
+    "stream_tiles",
+]
 
 Source = Callable[[int, int], torch.Tensor]
 """``source(a, b)``: padded rows ``[a, b)`` of the input, ``(bands, b - a, padded width)`` on
@@ -100,6 +109,8 @@ def stream_tiles(
     progress: Callable[[int, int], None] | None = None,
     timing: Callable[[float, int], None] | None = None,
     channels_last: bool | None = None,
+    tile_rows: tuple[int, int] | None = None,
+    shared: Sink | None = None,
 ) -> int:
     """Run ``model`` over every tile of ``grid``, reading strips from ``source`` and giving
     finished rows to ``sink``; returns the tiles run. Arguments as
@@ -107,7 +118,10 @@ def stream_tiles(
     model's input as it is copied into its batch (:meth:`.ModelInput.into`); without it the
     strips are the input. ``skip_empty`` skips the tiles without data (all nodata, or an input
     all NaN): every pixel they cover is nodata, so only nodata pixels' scores change (they
-    stay 0)."""
+    stay 0). ``tile_rows=(r0, r1)`` runs only the tiles of those tile rows (a band of a job
+    cut across workers, :mod:`.bands`): rows that tiles of other rows add to as well go to
+    ``shared`` as undivided sums (to be added to the other band's and divided by
+    :func:`divide_rows`), the others to ``sink``."""
     if batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     dev = pick_device(device)
@@ -116,8 +130,10 @@ def stream_tiles(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(model, torch.nn.Module):
         model = place_module(model, dev, fmt)
-    strips, rows = _Strips(source, grid), _Rows(grid, sink, dev)
-    total, t = len(grid), grid.tile
+    r0, r1 = tile_rows or (0, len(grid.rows))
+    strips, rows = _Strips(source, grid), _Rows(grid, sink, dev, (r0, r1), shared)
+    first, last, t = r0 * len(grid.cols), r1 * len(grid.cols), grid.tile
+    total = last - first
 
     def fill(i: int, slot: torch.Tensor) -> bool:
         """Copy tile ``i``'s input into ``slot`` (nodata as 0); whether it is to run."""
@@ -133,7 +149,7 @@ def stream_tiles(
     with torch.inference_mode(), _forward_pool(model, -(-total // batch_size)) as (submit, calls):
         # One buffer per batch in flight, filled in the model's memory format: one copy per
         # tile, no allocation per batch.
-        bands = prepare.bands if prepare is not None else strips.tile(0).shape[0]
+        bands = prepare.bands if prepare is not None else strips.tile(first).shape[0]
         buffers = [torch.empty((min(batch_size, total), bands, t, t), device=dev,
                                memory_format=fmt) for _ in range(calls)]  # fmt: skip
         pending: deque[tuple[np.ndarray, Future]] = deque()
@@ -145,16 +161,16 @@ def stream_tiles(
             if timing is not None:  # calls in flight together: each adds its share to the run
                 timing(seconds / calls, len(idx))
             rows.add(idx, pred)
-            done = int(idx[-1]) + 1
+            done = int(idx[-1]) + 1 - first
             if progress is not None:
                 progress(done, total)
 
         batch: list[int] = []
         tiles, batches = buffers[0], 0
-        for i in range(total):
+        for i in range(first, last):
             if fill(i, tiles[len(batch)]):
                 batch.append(i)
-            if len(batch) == len(tiles) or (batch and i + 1 == total):
+            if len(batch) == len(tiles) or (batch and i + 1 == last):
                 strips.release_before(i)
                 pending.append((np.array(batch), submit(tiles[: len(batch)])))
                 run, batches, batch = run + len(batch), batches + 1, []
@@ -217,28 +233,24 @@ class _Strips:
 
 class _Rows:
     """The output rows tiles still add to: ``C x tile x padded width`` starting at the current
-    tile row, given to the sink and shifted down as each tile row is done."""
+    tile row, given to the sink and shifted down as each tile row is done. With ``tile_rows``
+    a band of the grid: rows that tiles outside it add to go to ``shared``, undivided."""
 
-    def __init__(self, grid: TileGrid, sink: Sink, device: torch.device) -> None:
-        self.grid, self.sink = grid, sink
+    def __init__(self, grid: TileGrid, sink: Sink, device: torch.device,
+                 tile_rows: tuple[int, int], shared: Sink | None) -> None:  # fmt: skip
+        self.grid, self.sink, self.shared = grid, sink, shared
         self.starts, ncols = grid.rows, len(grid.cols)
         self.iy, self.ix = np.divmod(np.arange(len(grid)), ncols)
         self.col = np.tile(grid.cols, len(self.starts))
         profiles = grid.profiles()
         self.wy, self.wx = (torch.from_numpy(p).to(device) for p in profiles)
         self.support_y, self.support_x = (support(p) for p in profiles)
-        # Separable weights on a grid: the accumulated weight is the outer product of the 1-D
-        # sums, > 0 over the raster. They are 1 wherever at most two tiles overlap (the
-        # profiles are a partition of unity there): then that division is skipped.
-        self.divisors = [
-            None if grid.blend is Blend.CROP or np.allclose(cov[:n], 1.0, rtol=0.0, atol=1e-6)
-            else torch.from_numpy(cov[:n]).to(device)
-            for cov, n in zip(grid.coverage(), (grid.height, grid.width), strict=True)
-        ]  # fmt: skip
+        self.divisors = grid_divisors(grid, device)
         self.device = device
         self.acc: torch.Tensor | None = None
         self.spare: torch.Tensor | None = None
-        self.row = 0  # the tile row whose start is the accumulator's first row
+        self.row, self.stop = tile_rows  # the tile row whose start is the accumulator's first
+        self.head_end, self.tail_start = band_rows(grid, tile_rows)
 
     def add(self, idx: np.ndarray, pred: torch.Tensor) -> None:
         """Blend the outputs ``pred`` of tiles ``idx`` in, in tile order."""
@@ -258,8 +270,27 @@ class _Rows:
 
     def finish(self) -> None:
         """Give the sink every row left (after the last tile)."""
-        if self.acc is not None:
-            self._finish(len(self.starts))
+        if self.acc is None:
+            return
+        self._finish(self.stop)
+        if self.stop < len(self.starts):  # the band's tail: the rows the next band adds to
+            a = int(self.starts[self.stop])
+            b = min(int(self.starts[self.stop - 1]) + self.grid.tile, self.grid.height)
+            self._emit(a, b, self.acc[:, : b - a, : self.grid.width])
+
+    def _emit(self, a: int, b: int, scores: torch.Tensor) -> None:
+        """Rows ``[a, b)``: those other bands add to, undivided, to ``shared``; the others,
+        divided by the blend's accumulated weight, to the sink."""
+        pieces = ((a, min(b, self.head_end), False),
+                  (max(a, self.head_end), min(b, self.tail_start), True),
+                  (max(a, self.tail_start), b, False))  # fmt: skip
+        for lo, hi, final in pieces:
+            if hi > lo:
+                piece = scores[:, lo - a : hi - a]
+                if final:
+                    self.sink(lo, hi, divide_rows(piece, lo, self.divisors))
+                else:
+                    self.shared(lo, hi, piece)
 
     def _finish(self, until: int) -> None:
         """Give the sink the rows of tile rows before ``until``: no later tile adds to them."""
@@ -269,13 +300,7 @@ class _Rows:
             last = self.row + 1 == len(self.starts)
             b = height if last else min(int(self.starts[self.row + 1]), height)
             if b > a:
-                scores = self.acc[:, : b - a, : self.grid.width]
-                div_y, div_x = self.divisors
-                if div_y is not None:
-                    scores /= div_y[a:b].view(-1, 1)
-                if div_x is not None:
-                    scores /= div_x.view(1, -1)
-                self.sink(a, b, scores)
+                self._emit(a, b, self.acc[:, : b - a, : self.grid.width])
             if not last:  # shifted into the spare accumulator (no new memory to fault in)
                 shift = int(self.starts[self.row + 1]) - a
                 moved = self.spare if self.spare is not None else torch.empty_like(self.acc)
@@ -283,6 +308,39 @@ class _Rows:
                 moved[:, t - shift :] = 0
                 self.acc, self.spare = moved, self.acc
             self.row += 1
+
+
+def band_rows(grid: TileGrid, tile_rows: tuple[int, int]) -> tuple[int, int]:
+    """``(head_end, tail_start)`` of the band of tile rows ``tile_rows``: its rows before
+    ``head_end`` are also added to by the tile rows above it, those from ``tail_start`` by
+    the tile rows below (``(0, height)`` for the whole grid)."""
+    first, stop = tile_rows
+    starts, height = grid.rows, grid.height
+    head_end = min(int(starts[first - 1]) + grid.tile, height) if first else 0
+    return head_end, int(starts[stop]) if stop < len(starts) else height
+
+
+def grid_divisors(grid: TileGrid, device: torch.device | str = "cpu") -> list:
+    """``[rows, cols]``: the accumulated blend weight along each axis of ``grid``, or None
+    where it is 1. Separable weights on a grid: the accumulated weight is the outer product
+    of the 1-D sums, > 0 over the raster, and 1 wherever at most two tiles overlap (the
+    profiles are a partition of unity there): then that division is skipped."""
+    return [
+        None if grid.blend is Blend.CROP or np.allclose(cov[:n], 1.0, rtol=0.0, atol=1e-6)
+        else torch.from_numpy(cov[:n]).to(device)
+        for cov, n in zip(grid.coverage(), (grid.height, grid.width), strict=True)
+    ]  # fmt: skip
+
+
+def divide_rows(scores: torch.Tensor, a: int, divisors: list) -> torch.Tensor:
+    """Summed ``(C, rows, width)`` scores of raster rows from ``a`` divided, in place, by the
+    accumulated blend weight (:func:`grid_divisors`): the final scores."""
+    div_y, div_x = divisors
+    if div_y is not None:
+        scores /= div_y[a : a + scores.shape[1]].view(-1, 1)
+    if div_x is not None:
+        scores /= div_x.view(1, -1)
+    return scores
 
 
 @contextmanager
