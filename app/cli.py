@@ -23,10 +23,12 @@ from seamline.app.cli_args import (
     EO_TIMESERIES_ENV,
     MODELS_ENV,
     TRUST_MODEL_ENV,
+    add_assets_arg,
     add_trust_model_flag,
     band_list,
     input_budget,
     print_json,
+    stac_input,
     tile_size_arg,
 )
 from seamline.app.cli_process import (
@@ -262,8 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="align CRS, clip to an AOI, handle nodata, normalise")
-    p.add_argument("input", help="raster to prepare (GeoTIFF, COG, NetCDF)")
+    p.add_argument("input", help="raster to prepare (GeoTIFF, COG, NetCDF; a file or an http(s) "
+                   "URL; with --assets a STAC item)")
     p.add_argument("output", help="prepared GeoTIFF to write")
+    add_assets_arg(p)
     p.add_argument("--aoi", help="area of interest (GeoJSON, Shapefile, GeoPackage), any CRS")
     p.add_argument("--aoi-layer", help="the AOI file's layer, when it has several")
     p.add_argument("--dst-crs", help="reproject the raster to this CRS (e.g. EPSG:32633)")
@@ -380,7 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warnings(args.command, warnings.showwarning)
-            func(args)
+            with stac_input(args):  # --assets: the STAC item's assets as one raster
+                func(args)
     except SeamlineError as exc:
         print(f"seamline {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

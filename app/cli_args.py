@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from seamline.core.data.limits import InputBudget
 
 __all__ = [
+    "add_assets_arg",
     "add_trust_model_flag",
     "band_list",
     "MIN_TILE_SIZE",
@@ -17,6 +22,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "EO_TIMESERIES_ENV",
     "MODELS_ENV",
+    "stac_input",
     "TRUST_MODEL_ENV",
 ]
 
@@ -72,3 +78,27 @@ def input_budget(args: argparse.Namespace) -> InputBudget | None:
     from seamline.core.data.limits import DEFAULT_BUDGET
 
     return None if args.no_input_limits else DEFAULT_BUDGET
+
+
+def add_assets_arg(parser: argparse.ArgumentParser) -> None:
+    """``--assets``: INPUT is then a STAC item (see :func:`stac_input`)."""
+    parser.add_argument("--assets", type=band_list, metavar="KEYS",
+                        help="INPUT is a STAC item (file or URL): stack these band assets, in "
+                        "the model's band order, e.g. B02,B03,B04,B08,B11,B12")  # fmt: skip
+
+
+@contextmanager
+def stac_input(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--assets``, the command's raster argument (``input``, or ``scene`` for ``drift
+    check``) names a STAC item: while the block runs it is the VRT of those assets
+    (:func:`seamline.core.data.stac.write_stac_vrt`, in a temporary folder)."""
+    if not getattr(args, "assets", None):
+        yield
+        return
+    from seamline.core.data.stac import write_stac_vrt
+
+    dest = "input" if hasattr(args, "input") else "scene"
+    with tempfile.TemporaryDirectory(prefix="seamline-stac-") as folder:
+        vrt = write_stac_vrt(getattr(args, dest), args.assets, Path(folder) / "item.vrt")
+        setattr(args, dest, str(vrt))
+        yield

@@ -12,7 +12,7 @@ import csv
 import sys
 from pathlib import Path
 
-from seamline.app.cli_args import add_trust_model_flag, print_json
+from seamline.app.cli_args import add_assets_arg, add_trust_model_flag, print_json
 from seamline.core.errors import InvalidArgumentError
 
 
@@ -117,7 +117,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_baseline)
 
     p = steps.add_parser("check", help="check a scene against a baseline, record the result")
-    p.add_argument("scene", help="scene to check (bands matched to the baseline's by name)")
+    p.add_argument("scene", help="scene to check (bands matched to the baseline's by name): a "
+                   "file, an http(s) COG URL, or with --assets a STAC item")
+    add_assets_arg(p)
     p.add_argument("--baseline", required=True, help="baseline JSON from `drift baseline`")
     p.add_argument("--db", required=True, help="history database (SQLite; created if missing)")
     p.add_argument("--time", required=True, help="acquisition time, ISO 8601")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from seamline.app import vectorize_cli
 from seamline.app.cli_args import (
     DEFAULT_MODEL,
+    add_assets_arg,
     add_trust_model_flag,
     band_list,
     input_budget,
@@ -38,6 +39,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         if args.probabilities:
             raise InvalidArgumentError("--vector needs class ids: drop --probabilities.")
         vector_format(args.vector)  # a bad path fails now, not after the prediction
+    if args.resume and args.scheduler is not None:
+        raise InvalidArgumentError(
+            "--resume continues a killed in-process predict; a --scheduler run is not "
+            "resumable yet: leave one of them out."
+        )
     if args.block_size is not None and args.scheduler is None:
         raise InvalidArgumentError(
             "--block-size sets the height of a --scheduler run's bands; without --scheduler, "
@@ -96,6 +102,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         probabilities=args.probabilities, cog=args.cog,
         band_names=args.band_names, tile_size=args.tile_size, overlap=args.overlap,
         blend=args.blend, batch_size=batch_size, device=device,
+        **({"resume": True} if args.resume else {}),
     )  # fmt: skip
     report.update(model=model.name, precision=model.precision, batch_size=batch_size,
                   peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"],
@@ -146,7 +153,9 @@ def _file_predictor(scheduler: str | None, block_size: int | None) -> Callable[.
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``predict``."""
     p = sub.add_parser("predict", help="tiled inference into a georeferenced GeoTIFF")
-    p.add_argument("input", help="raster to predict (raw or prepared)")
+    p.add_argument("input", help="raster to predict (raw or prepared): a file, an http(s) "
+                   "COG URL, or with --assets a STAC item")
+    add_assets_arg(p)
     p.add_argument("output", help="class-id GeoTIFF to write (probabilities with --probabilities)")
     p.add_argument("--aoi", help="predict only inside this area of interest (any CRS)")
     p.add_argument("--aoi-layer", help="the AOI file's layer, when it has several")
@@ -175,6 +184,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "quantizes an fp32 model, calibrated on the input scene")
     p.add_argument("--calibration", metavar="SCENE",
                    help="calibrate auto and int8 on this scene instead of the input")
+    p.add_argument("--resume", action="store_true",
+                   help="stage finished rows beside OUTPUT (.OUTPUT.resume.npy) so that a "
+                   "killed run, started again with --resume, computes only the rest")
     p.add_argument("--no-cache", action="store_true",
                    help="measure and quantize again, ignoring (and not writing) the disk cache")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
@@ -26,6 +27,7 @@ from seamline.core.data.files import existing_file as _existing_file
 from seamline.core.data.files import first_line as _first_line
 from seamline.core.data.grid import is_rotated
 from seamline.core.data.limits import InputBudget
+from seamline.core.data.remote import is_remote, remote_raster
 from seamline.core.errors import (
     GeometryError,
     InputFileError,
@@ -77,7 +79,8 @@ def open_raster(
     transform and nodata through rioxarray (``da.rio.crs``, ``da.rio.transform()``,
     ``da.rio.nodata``). Values keep the file's dtype; use :func:`valid_mask` for validity.
     """
-    path = _existing_file(path, "Raster")
+    remote = is_remote(path)
+    path = remote_raster(path) if remote else _existing_file(path, "Raster")
     try:
         # cache=False: a lazily opened scene reads each window when asked and keeps no hidden
         # in-memory copy (xarray's cache doubled prepare's peak memory); call .load() to keep.
@@ -87,9 +90,11 @@ def open_raster(
         da = rioxarray.open_rasterio(path, chunks=chunks, masked=False, cache=False,
                                      parse_coordinates=not rotated)  # fmt: skip
     except RasterioError as exc:
+        fix = ("check the URL, and that its server answers HTTP range requests" if remote
+               else "pass a GeoTIFF, COG or NetCDF file")  # fmt: skip
         raise InputFileError(
-            f"Raster file {str(path)!r} could not be read ({_first_line(exc)}): "
-            "pass a GeoTIFF, COG or NetCDF file."
+            f"Raster {'URL' if remote else 'file'} {str(path)!r} could not be read "
+            f"({_first_line(exc)}): {fix}."
         ) from None
     if isinstance(da, list):  # NetCDF with groups: rioxarray gives one Dataset per group
         da = da[0]
@@ -98,14 +103,15 @@ def open_raster(
     return _named_bands(da, band_names, path)
 
 
-def _named_bands(da: xr.DataArray, band_names: Sequence[str] | None, path: Path) -> xr.DataArray:
+def _named_bands(da: xr.DataArray, band_names: Sequence[str] | None,
+                 path: Path | str) -> xr.DataArray:  # fmt: skip
     """``da`` with a ``band`` dimension named after its bands (see :func:`open_raster`)."""
     if "band" not in da.dims:
         da = da.expand_dims("band")
     names = _resolve_band_names(da, band_names, path)
     da = da.assign_coords(band=list(names))
     da.attrs["long_name"] = tuple(names)
-    da.name = da.name or path.stem
+    da.name = da.name or PurePosixPath(urlsplit(str(path)).path).stem  # a file's, a URL's
     return da
 
 

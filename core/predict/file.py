@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ from rasterio.windows import Window
 
 from seamline.core.data.files import atomic_path, check_output_path, decoding
 from seamline.core.data.io import open_raster, overview_resampling
+from seamline.core.diskcache import model_fingerprint
 from seamline.core.errors import NoDataError
 from seamline.core.hardware import release_freed_memory
 from seamline.core.models.modelio import SegmentationModel, check_bands, load_model
@@ -42,6 +44,7 @@ from seamline.core.predict.blocks import (
 )
 from seamline.core.predict.inputs import ModelInput
 from seamline.core.predict.plan import choose_overlap, choose_tile_size
+from seamline.core.predict.resume import StagedRows, first_tile_row, job_key
 from seamline.core.predict.stream import pick_device, stream_tiles
 from seamline.core.predict.tilegrid import Blend, TileGrid
 from seamline.core.prepare.scene import align_aoi, crop_to_aoi, require_crs
@@ -131,6 +134,7 @@ def predict_file(
     band_names: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     prefetch: bool = True,
+    resume: bool = False,
     **tiling,
 ) -> dict:
     """Predict a raster file larger than memory into a GeoTIFF (or COG), one tile row at a
@@ -142,8 +146,10 @@ def predict_file(
     are written a whole row of output blocks at a time. ``tiling`` goes to
     :func:`seamline.core.predict.tiling.predict_tiled`; without ``overlap``, the one that
     covers the model's receptive field (:func:`~.plan.choose_overlap`). ``progress`` is
-    called as ``progress(done_tiles, total_tiles)``. Returns a summary: tiles, tile rows,
-    shape, seconds.
+    called as ``progress(done_tiles, total_tiles)``. ``resume`` stages finished rows beside
+    the output so that a killed run, started again with ``resume``, computes only the rows
+    not done (:mod:`~.resume`; the output is the same, bit for bit). Returns a summary: tiles,
+    tile rows, shape, seconds (and, with ``resume``, the row it resumed from).
     """
     model = load_model(model)
     tile_size = choose_tile_size(model, tiling.pop("tile_size", None))
@@ -154,23 +160,75 @@ def predict_file(
     grid = TileGrid(scene.sizes["y"], scene.sizes["x"], tile_size, overlap, blend, model.align)
     timer = TileTimer()
     start = time.perf_counter()
-    with decoding(f"Raster file {str(input_path)!r}"), \
-            output_raster(output_path, scene, model, probabilities=probabilities, cog=cog) as dst, \
-            StripReader(input_path, scene, model, grid, aoi=aoi, device=tiling.get("device"),
-                        prefetch=prefetch) as reader:  # fmt: skip
-        writer = RowWriter(dst, reader.valid, probabilities=probabilities)
-        run = stream_tiles(model.module, reader, grid, writer, skip_empty=True,
-                           prepare=reader.prepare, progress=progress, timing=timer.record,
-                           **tiling)  # fmt: skip
-        writer.close(source=str(input_path), aoi=aoi is not None)
-        count = dst.count
+    stream = {"skip_empty": True, "progress": progress, "timing": timer.record, **tiling}
+    reading = partial(StripReader, input_path, scene, model, grid, aoi=aoi,
+                      device=tiling.get("device"), prefetch=prefetch)  # fmt: skip
+    writing = partial(output_raster, output_path, scene, model, probabilities=probabilities,
+                      cog=cog)  # fmt: skip
+    source, staged = str(input_path), None
+    with decoding(f"Raster file {source!r}"):
+        if not resume:
+            with writing() as dst, reading() as reader:
+                writer = RowWriter(dst, reader.valid, probabilities=probabilities)
+                run = stream_tiles(model.module, reader, grid, writer, prepare=reader.prepare,
+                                   **stream)  # fmt: skip
+                writer.close(source=source, aoi=aoi is not None)
+        else:
+            staged = _staged(output_path, input_path, model, grid, aoi, probabilities,
+                             band_names)  # fmt: skip
+            run = _stream_staged(staged, model, grid, reading, probabilities, stream)
+            with writing() as dst:
+                _write_staged(staged, RowWriter(dst, probabilities=probabilities), source, aoi)
+            staged.remove()
+    count = len(model.classes) if probabilities else 1
     seconds = time.perf_counter() - start
     return {
         "output": str(Path(output_path)), "tiles": run, "grid_tiles": len(grid),
         "tile_rows": len(grid.rows), "shape": [count, grid.height, grid.width],
         "seconds": seconds, "megapixels_per_s": grid.height * grid.width / 1e6 / seconds,
         **timer.summary(),
-    }  # fmt: skip
+    } | ({"resumed_from_row": staged.resumed_from} if staged is not None else {})  # fmt: skip
+
+
+def _staged(output_path, input_path, model, grid, aoi, probabilities, band_names) -> StagedRows:
+    """The staged rows of this job (those of a killed run of the same job, if any)."""
+    weights = model_fingerprint(model.module, getattr(model.module, "onnx_bytes", None))
+    parts = {"model": [model.name, model.precision, weights], "grid": [grid.tile, grid.overlap,
+             grid.blend.value, grid.align], "probabilities": probabilities,
+             "aoi": None if aoi is None else aoi.to_json(), "bands": band_names}  # fmt: skip
+    shape = (grid.height, grid.width)
+    shape = (len(model.classes), *shape) if probabilities else shape
+    dtype = np.dtype(np.float32 if probabilities else np.uint8)
+    return StagedRows(output_path, job_key(input_path, parts), shape, dtype)
+
+
+def _stream_staged(staged: StagedRows, model, grid, reading, probabilities, stream) -> int:
+    """Stream the tile rows that reach the rows not staged yet into ``staged``; tiles run."""
+    first = first_tile_row(grid.rows, grid.tile, staged.done)
+    if first == len(grid.rows):
+        return 0
+    with reading() as reader:
+
+        def sink(a: int, b: int, scores: torch.Tensor) -> None:
+            staged.put(a, b, to_output(scores.cpu().numpy(), reader.valid(a, b), probabilities))
+
+        return stream_tiles(model.module, reader, grid, sink, prepare=reader.prepare,
+                            tile_rows=(first, len(grid.rows)), shared=_done_before,
+                            **stream)  # fmt: skip
+
+
+def _done_before(a: int, b: int, scores: torch.Tensor) -> None:
+    """Rows the resumed stream shares with tile rows it does not rerun: staged before."""
+
+
+def _write_staged(staged: StagedRows, writer: RowWriter, source: str, aoi) -> None:
+    """The staged rows into the output, a row of its blocks at a time."""
+    for a in range(0, staged.done, writer.block):
+        b = min(a + writer.block, staged.done)
+        out = np.asarray(staged.rows[..., a:b, :])
+        valid = np.isfinite(out).all(0) if out.ndim == 3 else out != CLASS_NODATA
+        writer.put(a, b, out, valid)
+    writer.close(source=source, aoi=aoi is not None)
 
 
 class StripReader:
