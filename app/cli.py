@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from seamline.app import drift_cli, predict_cli, serve_cli, vectorize_cli
+from seamline.app import drift_cli, predict_cli, predict_many_cli, serve_cli, vectorize_cli
 from seamline.app.cli_args import (
     DEFAULT_MODEL,
     EO_TIMESERIES_ENV,
@@ -292,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_prepare)
 
     predict_cli.add_parser(sub)
+    predict_many_cli.add_parser(sub)
 
     p = sub.add_parser("quantize", help="FP32 -> INT8 (calibrated) or BF16, with the figures")
     p.add_argument("--model", default=DEFAULT_MODEL,

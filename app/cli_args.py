@@ -92,12 +92,12 @@ def stac_input(args: argparse.Namespace) -> Iterator[None]:
     """With ``--assets``, the command's raster argument (``input``, or ``scene`` for ``drift
     check``) names a STAC item: while the block runs it is the VRT of those assets
     (:func:`seamline.core.data.stac.write_stac_vrt`, in a temporary folder)."""
-    if not getattr(args, "assets", None):
+    dest = next((name for name in ("input", "scene") if hasattr(args, name)), None)
+    if not getattr(args, "assets", None) or dest is None:  # predict-many reads its own
         yield
         return
     from seamline.core.data.stac import write_stac_vrt
 
-    dest = "input" if hasattr(args, "input") else "scene"
     with tempfile.TemporaryDirectory(prefix="seamline-stac-") as folder:
         vrt = write_stac_vrt(getattr(args, dest), args.assets, Path(folder) / "item.vrt")
         setattr(args, dest, str(vrt))

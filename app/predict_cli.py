@@ -28,6 +28,11 @@ from seamline.core.models.registry import PRECISIONS
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
+    print_json(run_predict(args))
+
+
+def run_predict(args: argparse.Namespace) -> dict:
+    """``seamline predict`` with ``args``: its report."""
     from seamline.core.data.io import open_aoi, open_raster
     from seamline.core.hardware import bf16_is_native, cpu_info, device_label, peak_rss_bytes
     from seamline.core.models.modelio import check_precision_device, load_model, with_precision
@@ -111,7 +116,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         report["backend"] = _backend_summary(choice, model)
     if args.vector:
         report["vector"] = vectorize_cli.vectorize(args.output, args.vector)
-    print_json(report)
+    return report
 
 
 def _job_tiles(model, scene, args: argparse.Namespace) -> tuple[int, int]:
@@ -157,6 +162,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "COG URL, or with --assets a STAC item")
     add_assets_arg(p)
     p.add_argument("output", help="class-id GeoTIFF to write (probabilities with --probabilities)")
+    add_predict_options(p, batch=False)
+    p.set_defaults(func=_cmd_predict)
+
+
+def add_predict_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
+    """The options of ``predict`` (``batch``: those ``predict-many`` shares, without
+    ``--resume`` (always on there), ``--vector``, ``--scheduler`` and ``--block-size``)."""
     p.add_argument("--aoi", help="predict only inside this area of interest (any CRS)")
     p.add_argument("--aoi-layer", help="the AOI file's layer, when it has several")
     p.add_argument("--model", default=DEFAULT_MODEL,
@@ -184,27 +196,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "quantizes an fp32 model, calibrated on the input scene")
     p.add_argument("--calibration", metavar="SCENE",
                    help="calibrate auto and int8 on this scene instead of the input")
-    p.add_argument("--resume", action="store_true",
-                   help="stage finished rows beside OUTPUT (.OUTPUT.resume.npy) so that a "
-                   "killed run, started again with --resume, computes only the rest")
     p.add_argument("--no-cache", action="store_true",
                    help="measure and quantize again, ignoring (and not writing) the disk cache")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--backend", default="eager", choices=("eager", "compile"),
-                   help="compile: torch.compile once per process (seconds), then faster tiles")
+                   help="compile: compiled ahead of time once per machine (AOTInductor, kept "
+                   "in the disk cache), then faster tiles")
     p.add_argument("--probabilities", action="store_true", help="write class probabilities")
     p.add_argument("--band-names", type=band_list, help="comma-separated names, one per band")
-    p.add_argument("--block-size", type=int,
-                   help="with --scheduler: the height in pixels of each task's band of tile "
-                   "rows (default 2048)")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
-    p.add_argument("--vector", metavar="OUT", help="also write the class polygons (.gpkg, "
-                   ".geojson or .parquet) beside the class raster")
     p.add_argument("--no-input-limits", action="store_true",
                    help="lift the input budget on the file's internal blocks and data types "
                    "(the raster itself streams: its size is not limited)")
+    if batch:
+        p.set_defaults(resume=True, vector=None, scheduler=None, block_size=None)
+        return
+    p.add_argument("--resume", action="store_true",
+                   help="stage finished rows beside OUTPUT (.OUTPUT.resume.npy) so that a "
+                   "killed run, started again with --resume, computes only the rest")
+    p.add_argument("--vector", metavar="OUT", help="also write the class polygons (.gpkg, "
+                   ".geojson or .parquet) beside the class raster")
+    p.add_argument("--block-size", type=int,
+                   help="with --scheduler: the height in pixels of each task's band of tile "
+                   "rows (default 2048)")
     p.add_argument("--scheduler", metavar="ADDRESS|local",
                    help="predict on a dask.distributed cluster, one task per band of tile rows: "
                    "'local' "
                    "starts a LocalCluster, an address (tcp://host:8786) joins a running one")
-    p.set_defaults(func=_cmd_predict)
+

@@ -3,12 +3,14 @@
 A STAC item (Sentinel-2 L2A, Landsat...) keeps each band as its own COG, often at several
 resolutions (10 m and 20 m). :func:`write_stac_vrt` stacks the chosen assets, in the order
 asked, into a GDAL VRT on the finest asset's grid (coarser bands resampled by GDAL as they
-are read, bilinear), local or remote (``/vsicurl/``, range requests). A VRT is a raster file
+are read, bilinear), local or remote (``/vsicurl/``, range requests); a multi-band asset
+gives all its bands. A VRT is a raster file
 to every reader here, so the tile-row stream, the AOI crop and the dask bands read only the
 windows they need from each asset, and nothing is loaded whole: rioxarray's
 ``reproject_match`` would resample whole bands in memory. (No library writes a VRT from
 Python without GDAL's own bindings, which the rasterio wheels do not carry; the XML is GDAL's
-documented format.) Bands are named after the asset keys.
+documented format.) Bands are named after the asset keys (a multi-band asset's after its band
+descriptions, else ``KEY_1``...).
 """
 
 from __future__ import annotations
@@ -71,8 +73,10 @@ def write_stac_vrt(item: str | os.PathLike, assets: Sequence[str],
         source = _asset_source(stac.assets[key].get_absolute_href())
         try:
             with rasterio.open(source) as ds:
+                names = [key] if ds.count == 1 else [
+                    ds.descriptions[i] or f"{key}_{i + 1}" for i in range(ds.count)]
                 headers.append((key, source, ds.crs, ds.transform, ds.width, ds.height,
-                                ds.dtypes[0], ds.nodata))  # fmt: skip
+                                ds.dtypes[0], ds.nodata, names))  # fmt: skip
         except RasterioError as exc:
             raise InputFileError(
                 f"Asset {key!r} of STAC item {stac.id!r} could not be read "
@@ -80,14 +84,14 @@ def write_stac_vrt(item: str | os.PathLike, assets: Sequence[str],
                 "requests."
             ) from None
     finest = min(headers, key=lambda h: abs(h[3].a))
-    _, _, crs, transform, width, height, _, _ = finest
+    _, _, crs, transform, width, height, _, _, _ = finest
     dtype = np.result_type(*[h[6] for h in headers])
     root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
     ET.SubElement(root, "SRS").text = crs.to_wkt()
     ET.SubElement(root, "GeoTransform").text = ", ".join(
         repr(float(v)) for v in transform.to_gdal())
-    for index, (key, source, asset_crs, asset_transform, w, h, _, nodata) in enumerate(
-            headers, start=1):  # fmt: skip
+    index = 0
+    for key, source, asset_crs, asset_transform, w, h, _, nodata, names in headers:
         if asset_crs != crs:
             raise InvalidArgumentError(
                 f"Assets {finest[0]!r} and {key!r} of STAC item {stac.id!r} are on different "
@@ -100,20 +104,22 @@ def write_stac_vrt(item: str | os.PathLike, assets: Sequence[str],
                 f"Asset {key!r} of STAC item {stac.id!r} covers another extent than "
                 f"{finest[0]!r}: pick assets of one footprint."
             )
-        band = ET.SubElement(root, "VRTRasterBand", dataType=_gdal_typename(dtype.name),
-                             band=str(index))  # fmt: skip
-        ET.SubElement(band, "Description").text = key
-        resampled = (w, h) != (width, height)
-        element = ET.SubElement(band, "ComplexSource",
-                                **({"resampling": "bilinear"} if resampled else {}))
-        ET.SubElement(element, "SourceFilename", relativeToVRT="0").text = source
-        ET.SubElement(element, "SourceBand").text = "1"
-        ET.SubElement(element, "SrcRect", xOff="0", yOff="0", xSize=str(w), ySize=str(h))
-        ET.SubElement(element, "DstRect", xOff="0", yOff="0", xSize=str(width),
-                      ySize=str(height))  # fmt: skip
-        if nodata is not None and not math.isnan(nodata):
-            ET.SubElement(element, "NODATA").text = repr(float(nodata))
-            ET.SubElement(band, "NoDataValue").text = repr(float(nodata))
+        for source_band, name in enumerate(names, start=1):  # every band of the asset
+            index += 1
+            band = ET.SubElement(root, "VRTRasterBand", dataType=_gdal_typename(dtype.name),
+                                 band=str(index))  # fmt: skip
+            ET.SubElement(band, "Description").text = name
+            resampled = (w, h) != (width, height)
+            element = ET.SubElement(band, "ComplexSource",
+                                    **({"resampling": "bilinear"} if resampled else {}))
+            ET.SubElement(element, "SourceFilename", relativeToVRT="0").text = source
+            ET.SubElement(element, "SourceBand").text = str(source_band)
+            ET.SubElement(element, "SrcRect", xOff="0", yOff="0", xSize=str(w), ySize=str(h))
+            ET.SubElement(element, "DstRect", xOff="0", yOff="0", xSize=str(width),
+                          ySize=str(height))  # fmt: skip
+            if nodata is not None and not math.isnan(nodata):
+                ET.SubElement(element, "NODATA").text = repr(float(nodata))
+                ET.SubElement(band, "NoDataValue").text = repr(float(nodata))
     path = Path(path)
     ET.ElementTree(root).write(path, encoding="unicode")
     return path

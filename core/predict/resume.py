@@ -51,7 +51,7 @@ class StagedRows:
                  dtype: np.dtype) -> None:  # fmt: skip
         output = Path(output_path)
         self.stage = output.with_name(f".{output.name}.resume.npy")
-        self.journal = output.with_name(f".{output.name}.resume.json")
+        self.journal = self.journal_of(output)
         self.key, self.done = key, 0
         self.rows: np.ndarray | None = None
         try:
@@ -67,6 +67,12 @@ class StagedRows:
                                                   shape=tuple(shape))  # fmt: skip
             self._record()
         self.resumed_from = self.done
+
+    @staticmethod
+    def journal_of(output_path: str | os.PathLike) -> Path:
+        """The journal of the staged rows of ``output_path`` (present while unfinished)."""
+        output = Path(output_path)
+        return output.with_name(f".{output.name}.resume.json")
 
     def put(self, a: int, b: int, out: np.ndarray) -> None:
         """Finished rows ``[a, b)`` (``(rows, width)`` or ``(count, rows, width)``); rows
