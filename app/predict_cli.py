@@ -12,6 +12,7 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from seamline.app import vectorize_cli
 from seamline.app.cli_args import (
@@ -101,6 +102,7 @@ def run_predict(args: argparse.Namespace) -> dict:
 
         fast = compiled(model.module, batch=batch_size, device=device, cache=not args.no_cache)
         model = model.with_module(fast, precision=model.precision)
+    profile = _drift_profile(args, model) if args.baseline else None
     report = _file_predictor(args.scheduler, args.block_size)(
         args.input, args.output, model=model,
         aoi=open_aoi(args.aoi, layer=args.aoi_layer) if args.aoi else None,
@@ -108,7 +110,10 @@ def run_predict(args: argparse.Namespace) -> dict:
         band_names=args.band_names, tile_size=args.tile_size, overlap=args.overlap,
         blend=args.blend, batch_size=batch_size, device=device,
         **({"resume": True} if args.resume else {}),
+        **({"observe": profile} if profile is not None else {}),
     )  # fmt: skip
+    if profile is not None:
+        report["drift"] = _record_drift(args, profile)
     report.update(model=model.name, precision=model.precision, batch_size=batch_size,
                   peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"],
                   device=device_label(str(device)))  # fmt: skip
@@ -117,6 +122,51 @@ def run_predict(args: argparse.Namespace) -> dict:
     if args.vector:
         report["vector"] = vectorize_cli.vectorize(args.output, args.vector)
     return report
+
+
+def _drift_profile(args: argparse.Namespace, model):
+    """The drift profile predict gathers as rows stream (``--baseline``), after checking the
+    options, the baseline, its classes and the history database, before any work."""
+    from seamline.core.data.files import check_output_path
+    from seamline.core.monitor.baseline import Baseline
+    from seamline.core.monitor.check import check_classes
+    from seamline.core.monitor.gather import RowProfile
+    from seamline.core.monitor.history import History, parse_time
+
+    if not (args.db and args.time):
+        raise InvalidArgumentError(
+            "--baseline records a drift check in a history: give --db H.sqlite and --time "
+            "(the scene's acquisition time, ISO 8601) too."
+        )
+    if args.probabilities or args.scheduler or args.resume:
+        raise InvalidArgumentError(
+            "--baseline gathers drift from the class ids of one in-process run: drop "
+            "--probabilities, --scheduler and --resume, or check drift apart "
+            "(`seamline drift check`)."
+        )
+    parse_time(args.time)
+    baseline = Baseline.load(args.baseline)
+    check_classes(model, baseline)
+    if Path(args.db).exists():
+        History(args.db).close()  # a foreign or corrupt file fails before the work
+    else:
+        check_output_path(args.db, inputs=[args.input])
+    return RowProfile(baseline, classes=tuple(model.classes))
+
+
+def _record_drift(args: argparse.Namespace, profile) -> dict:
+    """Score the gathered profile against its baseline and add it to the ``--db`` history;
+    the check's summary for predict's JSON."""
+    from seamline.core.monitor.check import evaluate
+    from seamline.core.monitor.history import History, parse_time
+
+    result = evaluate(profile.parts(), profile.baseline, profile.scene,
+                      classes=profile.classes, counts=profile.counts)  # fmt: skip
+    with History(args.db) as history:
+        history.add(result, time=parse_time(args.time), scene=args.input)
+    summary = result.to_dict()
+    return {key: summary[key] for key in ("score", "threshold", "drift", "driver")} | {
+        "db": args.db}
 
 
 def _job_tiles(model, scene, args: argparse.Namespace) -> tuple[int, int]:
@@ -209,8 +259,13 @@ def add_predict_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
                    help="lift the input budget on the file's internal blocks and data types "
                    "(the raster itself streams: its size is not limited)")
     if batch:
-        p.set_defaults(resume=True, vector=None, scheduler=None, block_size=None)
+        p.set_defaults(resume=True, vector=None, scheduler=None, block_size=None,
+                       baseline=None)  # fmt: skip
         return
+    p.add_argument("--baseline", help="also check drift against this baseline JSON as the "
+                   "rows stream (no second read) and record it in --db at --time")
+    p.add_argument("--db", help="with --baseline: the drift history (SQLite; created if missing)")
+    p.add_argument("--time", help="with --baseline: the scene's acquisition time, ISO 8601")
     p.add_argument("--resume", action="store_true",
                    help="stage finished rows beside OUTPUT (.OUTPUT.resume.npy) so that a "
                    "killed run, started again with --resume, computes only the rest")

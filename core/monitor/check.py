@@ -30,6 +30,8 @@ __all__ = [
     "MetricResult",
     "DriftResult",
     "check",
+    "check_classes",
+    "evaluate",
     "SCORE_THRESHOLD",
 ]
 
@@ -212,31 +214,58 @@ def check(
     parts = scene_parts(
         scene, baseline.bands, baseline.indices, edges, tiles.size if tiles else None
     )
+    counts = prediction = classes = None
+    if model is not None:
+        from seamline.core.models.modelio import load_model
+
+        model = load_model(model, trust_model=trust_model)
+        check_classes(model, baseline)
+        counts, prediction = class_counts(model, scene)
+        classes = tuple(model.classes)
+    return evaluate(parts, baseline, scene, classes=classes, counts=counts,
+                    prediction=prediction, labels=labels)  # fmt: skip
+
+
+def check_classes(model: Any, baseline: Baseline) -> None:
+    """One sentence if ``model`` predicts other classes than the baseline's model."""
+    if baseline.classes and tuple(model.classes) != baseline.classes:
+        raise InvalidArgumentError(
+            f"Model {model.name!r} predicts {list(model.classes)} but the baseline was "
+            f"fitted with {list(baseline.classes)}: pass the baseline's model."
+        )
+
+
+def evaluate(
+    parts: dict,
+    baseline: Baseline,
+    scene: xr.DataArray,
+    *,
+    classes: tuple[str, ...] | None = None,
+    counts: np.ndarray | None = None,
+    prediction: xr.DataArray | None = None,
+    labels: xr.DataArray | None = None,
+) -> DriftResult:
+    """The :class:`DriftResult` of a scene's feature ``parts`` (as
+    :func:`~.sampling.scene_parts` gives them, or a streamed
+    :class:`~.gather.RowProfile`) and predicted class ``counts`` against ``baseline``;
+    ``scene`` places the drift map (its grid only is read)."""
+    tiles = baseline.tiles if baseline.tiles is not None and baseline.tiles.matches(scene) else None
     metrics = []
     for feature in baseline.features:
         values = feature_metrics(parts[feature.name], feature)
         limits = baseline.thresholds[feature.name]
         metrics += [MetricResult(feature.name, m, values[m], limits[m]) for m in FEATURE_METRICS]
 
-    shares = prediction = None
-    if model is not None:
-        from seamline.core.models.modelio import load_model
-
-        model = load_model(model, trust_model=trust_model)
-        if baseline.classes and tuple(model.classes) != baseline.classes:
-            raise InvalidArgumentError(
-                f"Model {model.name!r} predicts {list(model.classes)} but the baseline was "
-                f"fitted with {list(baseline.classes)}: pass the baseline's model."
-            )
-        counts, prediction = class_counts(model, scene)
-        shares = dict(zip(model.classes, (counts / max(counts.sum(), 1)).tolist(), strict=True))
+    shares = None
+    if counts is not None:
+        shares = dict(zip(classes, (counts / max(counts.sum(), 1)).tolist(), strict=True))
         if baseline.classes:
             js = jensen_shannon(counts / counts.sum(), np.asarray(baseline.class_shares))
             metrics.append(
                 MetricResult(PREDICTION, "js", js, baseline.thresholds[PREDICTION]["js"])
             )
         if labels is not None:
-            metrics += _label_metrics(labels, prediction, len(model.classes))
+            metrics += _label_metrics(labels, prediction, len(classes))
 
     drift_map = None
     if tiles is not None:

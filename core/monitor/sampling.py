@@ -17,14 +17,17 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from seamline.core.data.io import valid_mask
+from seamline.core.data.io import band_names, valid_mask
 from seamline.core.errors import NoDataError
 from seamline.core.monitor.baseline import HIST_BINS
 from seamline.core.prepare.bandstats import band_order
-from seamline.core.prepare.indices import spectral_index
+from seamline.core.prepare.indices import index_bands, normalized_difference
 
 __all__ = [
     "Part",
+    "feature_bands",
+    "feature_rows",
+    "tile_ids",
     "thin",
     "scene_parts",
     "class_counts",
@@ -62,28 +65,52 @@ def thin(values: np.ndarray, max_samples: int, min_stride: int = 1) -> np.ndarra
     return thinned[np.isfinite(thinned)].astype(np.float64)
 
 
+def feature_rows(
+    raw: np.ndarray,
+    valid: np.ndarray,
+    bands: tuple[str, ...],
+    order: list[int],
+    index_pairs: dict[str, tuple[int, int]],
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Each band and index of raw ``(bands, y, x)`` values (a scene, or some of its rows) as
+    float32 ``(y, x)``, NaN where not ``valid``: ``order`` holds the raw band of each of
+    ``bands``, ``index_pairs`` the raw bands of each index's difference."""
+    for name, b in zip(bands, order, strict=True):  # per band: temporaries stay (y, x)-sized
+        band = raw[b].astype(np.float32)
+        band[~valid] = np.nan
+        yield name, band
+    for index, (a, b) in index_pairs.items():
+        yield index, normalized_difference(raw[a], raw[b], valid)
+
+
+def feature_bands(
+    scene: xr.DataArray, bands: tuple[str, ...], indices: tuple[str, ...]
+) -> tuple[list[int], dict[str, tuple[int, int]]]:
+    """The scene bands of the baseline's ``bands`` and of each of its ``indices``' pair."""
+    names = band_names(scene)
+    return (band_order(scene, bands, by="the drift baseline"),
+            {index: index_bands(names, index) for index in indices})  # fmt: skip
+
+
 def _feature_arrays(
     scene: xr.DataArray, bands: tuple[str, ...], indices: tuple[str, ...]
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Each band (by name) and index of a scene as float32 ``(y, x)``, NaN where invalid."""
-    order = band_order(scene, bands, by="the drift baseline")
+    order, pairs = feature_bands(scene, bands, indices)
     valid = valid_mask(scene)
     if not valid.any():
         raise NoDataError("The scene has no valid pixels: check its nodata value.")
-    values = np.asarray(scene.values)
-    for name, b in zip(bands, order, strict=True):  # per band: temporaries stay (y, x)-sized
-        band = values[b].astype(np.float32)
-        band[~valid] = np.nan
-        yield name, band
-    for index in indices:
-        yield index, spectral_index(scene, index).values
+    yield from feature_rows(np.asarray(scene.values), valid, bands, order, pairs)
 
 
-def _tile_ids(shape: tuple[int, int], size: int) -> tuple[np.ndarray, int]:
-    """Row-major tile index of every pixel for ``size``-pixel tiles, and the tile count."""
-    rows, cols = math.ceil(shape[0] / size), math.ceil(shape[1] / size)
-    ids = (np.arange(shape[0]) // size)[:, None] * cols + np.arange(shape[1]) // size
-    return ids, rows * cols
+def tile_ids(shape: tuple[int, int], size: int,
+             rows: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:  # fmt: skip
+    """Row-major tile index of every pixel (of ``rows``, default all) for ``size``-pixel
+    tiles, and the tile count."""
+    n_rows, cols = math.ceil(shape[0] / size), math.ceil(shape[1] / size)
+    first, stop = rows or (0, shape[0])
+    ids = (np.arange(first, stop) // size)[:, None] * cols + np.arange(shape[1]) // size
+    return ids, n_rows * cols
 
 
 def scene_parts(
@@ -94,9 +121,9 @@ def scene_parts(
     tile_size: int | None = None,
 ) -> dict[str, Part]:
     """Samples of every feature; with ``edges`` also its histogram (and per tile)."""
-    tile_ids = n_tiles = None
+    ids = n_tiles = None
     if edges is not None and tile_size is not None:
-        tile_ids, n_tiles = _tile_ids(scene.shape[-2:], tile_size)
+        ids, n_tiles = tile_ids(scene.shape[-2:], tile_size)
     parts = {}
     for name, values in _feature_arrays(scene, bands, indices):
         part = Part(thin(values, PROFILE_SAMPLES), thin(values, KS_SAMPLE, KS_MIN_STRIDE))
@@ -107,10 +134,10 @@ def scene_parts(
         if edges is not None:
             finite = np.isfinite(values)
             bins = np.searchsorted(edges[name][1:-1], values[finite], side="right")
-            if tile_ids is None:
+            if ids is None:
                 part.counts = np.bincount(bins, minlength=HIST_BINS)
             else:
-                flat = tile_ids[finite] * HIST_BINS + bins
+                flat = ids[finite] * HIST_BINS + bins
                 part.tiles = np.bincount(flat, minlength=n_tiles * HIST_BINS).reshape(
                     n_tiles, HIST_BINS
                 )

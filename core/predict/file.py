@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import rasterio
@@ -34,7 +34,7 @@ from rasterio.windows import Window
 from seamline.core.data.files import atomic_path, check_output_path, decoding
 from seamline.core.data.io import open_raster, overview_resampling
 from seamline.core.diskcache import model_fingerprint
-from seamline.core.errors import NoDataError
+from seamline.core.errors import InvalidArgumentError, NoDataError
 from seamline.core.hardware import release_freed_memory
 from seamline.core.models.modelio import SegmentationModel, check_bands, load_model
 from seamline.core.predict.blocks import (
@@ -135,6 +135,7 @@ def predict_file(
     progress: Callable[[int, int], None] | None = None,
     prefetch: bool = True,
     resume: bool = False,
+    observe: RowObserver | None = None,
     **tiling,
 ) -> dict:
     """Predict a raster file larger than memory into a GeoTIFF (or COG), one tile row at a
@@ -149,7 +150,9 @@ def predict_file(
     called as ``progress(done_tiles, total_tiles)``. ``resume`` stages finished rows beside
     the output so that a killed run, started again with ``resume``, computes only the rows
     not done (:mod:`~.resume`; the output is the same, bit for bit). Returns a summary: tiles,
-    tile rows, shape, seconds (and, with ``resume``, the row it resumed from).
+    tile rows, shape, seconds (and, with ``resume``, the row it resumed from). ``observe``
+    sees every row's raw values, valid pixels and output as they stream (e.g. a drift
+    profile, :class:`~seamline.core.monitor.gather.RowProfile`: no second read).
     """
     model = load_model(model)
     tile_size = choose_tile_size(model, tiling.pop("tile_size", None))
@@ -166,10 +169,18 @@ def predict_file(
     writing = partial(output_raster, output_path, scene, model, probabilities=probabilities,
                       cog=cog)  # fmt: skip
     source, staged = str(input_path), None
+    if observe is not None:
+        if resume:
+            raise InvalidArgumentError(
+                "A resumed prediction does not see the rows done before it, so it cannot "
+                "gather a drift profile: drop --resume or the drift check."
+            )
+        observe.start(scene)
     with decoding(f"Raster file {source!r}"):
         if not resume:
-            with writing() as dst, reading() as reader:
-                writer = RowWriter(dst, reader.valid, probabilities=probabilities)
+            with writing() as dst, reading(keep_raw=observe is not None) as reader:
+                writer = RowWriter(dst, reader.valid, probabilities=probabilities,
+                                   observe=observe and partial(_observed, observe, reader))
                 run = stream_tiles(model.module, reader, grid, writer, prepare=reader.prepare,
                                    **stream)  # fmt: skip
                 writer.close(source=source, aoi=aoi is not None)
@@ -217,6 +228,13 @@ def _stream_staged(staged: StagedRows, model, grid, reading, probabilities, stre
                             **stream)  # fmt: skip
 
 
+def _observed(observe: RowObserver, reader: StripReader, a: int, b: int, out: np.ndarray,
+              valid: np.ndarray) -> None:  # fmt: skip
+    """Show ``observe`` rows ``[a, b)``: their raw values (from ``reader``), valid pixels and
+    output."""
+    observe.add(a, reader.raw(a, b), valid, out)
+
+
 def _done_before(a: int, b: int, scores: torch.Tensor) -> None:
     """Rows the resumed stream shares with tile rows it does not rerun: staged before."""
 
@@ -231,6 +249,16 @@ def _write_staged(staged: StagedRows, writer: RowWriter, source: str, aoi) -> No
     writer.close(source=source, aoi=aoi is not None)
 
 
+class RowObserver(Protocol):
+    """What sees a file prediction's rows as they stream (``predict_file(observe=...)``)."""
+
+    def start(self, scene: xr.DataArray) -> None:
+        """The scene about to be predicted (read lazily)."""
+
+    def add(self, a: int, raw: np.ndarray, valid: np.ndarray, out: np.ndarray) -> None:
+        """Rows from ``a``: raw ``(bands, rows, width)`` values, valid pixels, output."""
+
+
 class StripReader:
     """The source of the file path (:data:`~.stream.Source`): strips of tile rows read from
     the raster and padded by reflection exactly as the in-memory path pads the whole scene,
@@ -242,8 +270,9 @@ class StripReader:
         self, input_path: str | os.PathLike, scene: xr.DataArray, model: SegmentationModel,
         grid: TileGrid, *, aoi: gpd.GeoDataFrame | None = None,
         device: str | torch.device | None = None, prefetch: bool = True,
+        keep_raw: bool = False,
     ) -> None:  # fmt: skip
-        self.grid = grid
+        self.grid, self.keep_raw = grid, keep_raw
         self.device = pick_device(device or "auto")
         self.geometries = None if aoi is None else list(aoi.geometry)
         self.src = rasterio.open(input_path)
@@ -258,7 +287,8 @@ class StripReader:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="seamline-read")
         self.prefetch = prefetch
         self.ahead: tuple[int, Future] | None = None
-        self.masks: dict[int, tuple[int, np.ndarray]] = {}  # first row -> (end row, valid)
+        # first row -> (end row, valid, raw values when kept)
+        self.masks: dict[int, tuple[int, np.ndarray, np.ndarray | None]] = {}
         self.lock = threading.Lock()
 
     def __enter__(self) -> StripReader:
@@ -283,12 +313,20 @@ class StripReader:
 
     def valid(self, a: int, b: int) -> np.ndarray:
         """Valid pixels (inside the AOI) of raster rows ``[a, b)``, of a strip read before."""
+        return self._rows(a, b, 1)
+
+    def raw(self, a: int, b: int) -> np.ndarray:
+        """Raw ``(bands, b - a, width)`` values of raster rows ``[a, b)``, of a strip read
+        before (the reader made with ``keep_raw``)."""
+        return self._rows(a, b, 2)
+
+    def _rows(self, a: int, b: int, item: int) -> np.ndarray:
         with self.lock:
-            for first in [f for f, (end, _) in self.masks.items() if end <= a]:
+            for first in [f for f, kept in self.masks.items() if kept[0] <= a]:
                 del self.masks[first]  # rows are asked for in order: never again
-            first, (_, mask) = next((f, m) for f, m in self.masks.items()
-                                    if f <= a and b <= m[0])  # fmt: skip
-        return mask[a - first : b - first]
+            first, kept = next((f, m) for f, m in self.masks.items() if f <= a and b <= m[0])
+        rows = kept[item]
+        return rows[..., a - first : b - first, :]
 
     def _read(self, a: int, b: int) -> torch.Tensor:
         rows = self.rowmap[a:b]
@@ -304,7 +342,7 @@ class StripReader:
             transform = self.transform * Affine.translation(0, lo)
             valid &= ~geometry_mask(self.geometries, out_shape=valid.shape, transform=transform)
         with self.lock:
-            self.masks[lo] = (hi, valid)
+            self.masks[lo] = (hi, valid, values if self.keep_raw else None)
         if not np.array_equal(rows, np.arange(lo, hi)):  # reflected rows past the far border
             values = values[:, rows - lo]
         if len(self.colmap) != w:
@@ -321,8 +359,9 @@ class RowWriter:
 
     def __init__(self, dst: rasterio.io.DatasetWriter,
                  valid: Callable[[int, int], np.ndarray] | None = None,
-                 *, probabilities: bool) -> None:  # fmt: skip
+                 *, probabilities: bool, observe: Callable | None = None) -> None:  # fmt: skip
         self.dst, self.valid, self.probabilities = dst, valid, probabilities
+        self.observe = observe  # (a, b, out, valid) of each row range, as written
         self.block = dst.block_shapes[0][0]
         self.start = 0  # first row not written yet
         self.pending: list[np.ndarray] = []
@@ -331,7 +370,10 @@ class RowWriter:
     def __call__(self, a: int, b: int, scores: torch.Tensor) -> None:
         """Rows ``[a, b)`` (see :data:`~.stream.Sink`)."""
         valid = self.valid(a, b)
-        self.put(a, b, to_output(scores.cpu().numpy(), valid, self.probabilities), valid)
+        out = to_output(scores.cpu().numpy(), valid, self.probabilities)
+        if self.observe is not None:
+            self.observe(a, b, out, valid)
+        self.put(a, b, out, valid)
 
     def put(self, a: int, b: int, out: np.ndarray, valid: np.ndarray) -> None:
         """Rows ``[a, b)`` already converted (:func:`~.blocks.to_output`), with their valid

@@ -12,7 +12,13 @@ import xarray as xr
 from seamline.core.data.io import band_names, valid_mask
 from seamline.core.errors import BandMismatchError, InvalidArgumentError
 
-__all__ = ["INDICES", "available_indices", "spectral_index"]
+__all__ = [
+    "INDICES",
+    "available_indices",
+    "index_bands",
+    "normalized_difference",
+    "spectral_index",
+]
 
 #: index name -> (a, b) for the normalised difference (a - b) / (a + b)
 INDICES: dict[str, tuple[str, str]] = {
@@ -50,12 +56,12 @@ def available_indices(scene: xr.DataArray) -> list[str]:
     ]
 
 
-def spectral_index(scene: xr.DataArray, name: str = "ndvi") -> xr.DataArray:
-    """A normalised-difference index of a ``(band, y, x)`` scene as a ``(y, x)`` DataArray."""
+def index_bands(names: tuple[str, ...], name: str) -> tuple[int, int]:
+    """The positions among ``names`` of index ``name``'s two bands (``(a - b) / (a + b)``);
+    one sentence if a band is missing."""
     key = name.lower()
     if key not in INDICES:
         raise InvalidArgumentError(f"index must be one of {sorted(INDICES)}, got {name!r}")
-    names = band_names(scene)
     idx = [_find_band(names, b) for b in INDICES[key]]
     if None in idx:
         need = " and ".join(INDICES[key])
@@ -63,12 +69,25 @@ def spectral_index(scene: xr.DataArray, name: str = "ndvi") -> xr.DataArray:
             f"{key.upper()} needs bands named {need}, but the scene has {list(names)}: "
             "name its bands (e.g. --band-names blue,green,red,nir; band_names= in Python)."
         )
-    a = np.asarray(scene.values[idx[0]], dtype=np.float32)
-    b = np.asarray(scene.values[idx[1]], dtype=np.float32)
+    return idx[0], idx[1]
+
+
+def normalized_difference(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(a - b) / (a + b)`` in float32, NaN where not ``valid`` or the sum is 0."""
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
     total = a + b
     with np.errstate(divide="ignore", invalid="ignore"):
         out = (a - b) / total
-    out[(total == 0) | ~valid_mask(scene)] = np.nan
+    out[(total == 0) | ~valid] = np.nan
+    return out
+
+
+def spectral_index(scene: xr.DataArray, name: str = "ndvi") -> xr.DataArray:
+    """A normalised-difference index of a ``(band, y, x)`` scene as a ``(y, x)`` DataArray."""
+    key = name.lower()
+    ia, ib = index_bands(band_names(scene), key)
+    values = scene.values
+    out = normalized_difference(values[ia], values[ib], valid_mask(scene))
     result = xr.DataArray(
         out,
         dims=("y", "x"),
