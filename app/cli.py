@@ -21,6 +21,7 @@ from seamline.app import drift_cli, predict_cli, predict_many_cli, serve_cli, ve
 from seamline.app.cli_args import (
     DEFAULT_MODEL,
     EO_TIMESERIES_ENV,
+    HISTORY_ENV,
     MODELS_ENV,
     TRUST_MODEL_ENV,
     add_assets_arg,
@@ -233,6 +234,8 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     env[TRUST_MODEL_ENV] = "1" if args.trust_model else ""
     if args.eo_timeseries:
         env[EO_TIMESERIES_ENV] = str(Path(args.eo_timeseries).resolve())
+    if args.history:
+        env[HISTORY_ENV] = str(Path(args.history).resolve())
     if args.basic_auth:
         command += ["--basic-auth", args.basic_auth]
     if args.basic_auth or args.cookie_secret:
@@ -363,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eo-timeseries", metavar="DIR",
                    help="offer this folder of dated NDVI scenes (the shared eo_timeseries "
                    "layout) as a drift source")
+    p.add_argument("--history", metavar="H.sqlite",
+                   help="show the drift checks recorded in this history (by `predict "
+                   "--baseline --db` or `drift check --db`) in a 'Recorded checks' section")
     p.add_argument("--basic-auth", metavar="FILE|PASSWORD",
                    help="ask for a login (Panel's --basic-auth): a JSON file of "
                    "{\"user\": \"password\"} (keep it private), or one password for any user")

@@ -21,6 +21,7 @@ __all__ = [
     "tile_size_arg",
     "DEFAULT_MODEL",
     "EO_TIMESERIES_ENV",
+    "HISTORY_ENV",
     "MODELS_ENV",
     "stac_input",
     "TRUST_MODEL_ENV",
@@ -31,6 +32,9 @@ DEFAULT_MODEL = "demo"
 EO_TIMESERIES_ENV = "SEAMLINE_EO_TIMESERIES"
 """Environment variable naming the real NDVI series folder the dashboard offers as a drift
 source (``seamline serve --eo-timeseries DIR`` sets it)."""
+HISTORY_ENV = "SEAMLINE_HISTORY"
+"""Environment variable naming the drift history whose recorded checks the dashboard shows
+(``seamline serve --history H.sqlite`` sets it)."""
 MODELS_ENV = "SEAMLINE_MODELS"
 """Environment variable naming the dashboard's models, separated by ``os.pathsep`` (``seamline
 serve --model SPEC``, repeatable, sets it); the first is selected."""

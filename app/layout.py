@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import panel as pn
 
+from seamline.app.cli_args import HISTORY_ENV
 from seamline.app.models import MODELS, eo_folder_from_env, models_from_env
 from seamline.components.drift_view import DriftSeries, DriftView
+from seamline.components.history_view import HistoryView
 from seamline.components.inference_state import InferenceState
 from seamline.components.inference_view import InferenceView
 from seamline.components.model_picker import ModelPicker
@@ -43,6 +46,7 @@ def create_sections(
     *,
     models: Sequence[str] | None = None,
     eo_folder: str | None = None,
+    history: str | None = None,
 ) -> Sections:
     """The sidebar (pipeline and scene choice) and the sections, built fresh: every session
     gets its own objects (no shared mutable state besides the model cache).
@@ -51,7 +55,9 @@ def create_sections(
     GeoTIFFs); with none, only the demo data is read. ``models`` are the models offered (the
     first is chosen; default: ``seamline serve --model``'s, else the demo model): it predicts
     the scenes and the drift section's class shares. ``eo_folder`` is the real NDVI series
-    offered as a drift source (default: ``SEAMLINE_EO_TIMESERIES``)."""
+    offered as a drift source (default: ``SEAMLINE_EO_TIMESERIES``). ``history`` is the drift
+    history whose recorded checks get a section (default: ``SEAMLINE_HISTORY``; none: no
+    section)."""
     picker = ScenePicker()
     scene_view = SceneView(scene=picker.scene, aoi=picker.aoi, title=picker.title)
     chooser = ModelPicker(cache, models or models_from_env())
@@ -88,6 +94,9 @@ def create_sections(
         dynamic=True,
         sizing_mode="stretch_width",
     )
+    history = os.environ.get(HISTORY_ENV) if history is None else history
+    if history:  # the checks production predictions recorded (seamline serve --history)
+        tabs.append(("Recorded checks", HistoryView(db=history)))
     return Sections(sidebar, tabs, picker, chooser, scene_view, inference, drift)
 
 
