@@ -28,7 +28,8 @@ def test_thinning_rows_as_they_come_equals_thinning_the_whole(height, width, sam
     streamed = _Thinned(height, width, samples, min_stride)
     cuts = np.sort(rng.choice(np.arange(1, height), size=6, replace=False))
     for a, b in zip([0, *cuts], [*cuts, height], strict=True):
-        streamed.add(int(a), values[a:b], int(np.isfinite(values[a:b]).sum()))
+        finite = np.isfinite(values[a:b])
+        streamed.add(int(a), values[a:b], int(finite.sum()), finite)
     np.testing.assert_array_equal(streamed.result(), thin(values, samples, min_stride))
 
 

@@ -49,9 +49,9 @@ class _Thinned:
     def _stride(self, count: int) -> int:
         return max(self.min_stride, math.ceil(math.sqrt(count / self.samples)))
 
-    def add(self, a: int, rows: np.ndarray, count: int) -> None:
-        """Rows ``[a, a + len(rows))`` of the feature (NaN where it has no value), ``count``
-        of them finite."""
+    def add(self, a: int, rows: np.ndarray, count: int, kept: np.ndarray) -> None:
+        """Rows ``[a, a + len(rows))`` of the feature, ``kept`` where it has a value
+        (``count`` of them)."""
         self.count += count
         left = (self.height - a - len(rows)) * self.width
         low, high = self._stride(self.count), self._stride(self.count + left)
@@ -59,8 +59,8 @@ class _Thinned:
             del self.kept[stride]  # no longer possible
         for stride in range(low, high + 1):
             first = -a % stride  # the first row of this range on the stride's grid
-            grid = rows[first::stride, ::stride]
-            self.kept.setdefault(stride, []).append(grid[np.isfinite(grid)])
+            grid = rows[first::stride, ::stride][kept[first::stride, ::stride]]
+            self.kept.setdefault(stride, []).append(grid)
 
     def result(self) -> np.ndarray:
         """The thinned values, as ``thin`` gives them for the whole feature."""
@@ -105,18 +105,29 @@ class RowProfile:
         ids = None
         if self.tile_size is not None:
             ids = tile_ids(self.shape, self.tile_size, rows=(a, a + valid.shape[0]))[0]
-        bands = dict(zip(self.baseline.bands, self.order, strict=True))
-        for name, values in feature_rows(raw, valid, self.baseline.bands, self.order,
+        count = int(np.count_nonzero(valid))
+        tabled = raw.dtype in _TABLED  # bands of small integers: kept as they are
+        if tabled:
+            base = None if ids is None else ids[valid] * HIST_BINS  # one per strip, not band
+            for name, b in zip(self.baseline.bands, self.order, strict=True):
+                band, table = raw[b], self._bins(name, raw.dtype)
+                self.samples[name].add(a, band, count, valid)
+                self.ks[name].add(a, band, count, valid)
+                if ids is None:  # a histogram of the values, then of their bins
+                    values = np.bincount(band[valid], minlength=table.size)
+                    self.histograms[name] += np.bincount(
+                        table, weights=values, minlength=HIST_BINS).astype(np.int64)
+                else:
+                    flat = base + table[band[valid]]
+                    self.histograms[name] += np.bincount(flat, minlength=self.histograms[name].size)
+        for name, values in feature_rows(raw, valid, () if tabled else self.baseline.bands,
+                                         [] if tabled else self.order,
                                          self.index_pairs):  # fmt: skip
-            tabled = name in bands and raw.dtype in _TABLED  # a band of small integers
-            finite = valid if tabled else np.isfinite(values)  # integers are finite
+            finite = np.isfinite(values)
             count = int(np.count_nonzero(finite))
-            self.samples[name].add(a, values, count)
-            self.ks[name].add(a, values, count)
-            if tabled:  # its bins looked up
-                bins = self._bins(name, raw.dtype)[raw[bands[name]][finite]]
-            else:
-                bins = np.searchsorted(self.edges[name][1:-1], values[finite], side="right")
+            self.samples[name].add(a, values, count, finite)
+            self.ks[name].add(a, values, count, finite)
+            bins = np.searchsorted(self.edges[name][1:-1], values[finite], side="right")
             flat = bins if ids is None else ids[finite] * HIST_BINS + bins
             self.histograms[name] += np.bincount(flat, minlength=self.histograms[name].size)
         labelled = classes[classes != CLASS_NODATA]
