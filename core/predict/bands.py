@@ -9,8 +9,8 @@ the rows only its tiles touch come back finished (class ids or probabilities), t
 shares with the band above or below as undivided sums, which the client adds in band order
 and divides (:class:`BandAssembler`). So every tile of the grid runs exactly once on the
 cluster; the result equals the streamed file exactly with the crop blend, and within float
-rounding with the weighted ones (a shared row's sum is grouped per band: ``(a + b) + c``
-where the stream adds ``((a + b) + c)`` tile by tile in another grouping).
+rounding with the weighted ones: a shared row's sum is grouped per band, ``(a + b) + (c + d)``
+where the stream adds tile by tile, ``((a + b) + c) + d``.
 """
 
 from __future__ import annotations
