@@ -48,6 +48,19 @@ def _cmd_baseline(args: argparse.Namespace) -> None:
     })  # fmt: skip
 
 
+def check_history(db: str, scene: str) -> None:
+    """Before any work: an existing history ``db`` must be Seamline's (a foreign or corrupt
+    file is one sentence); a new one must be writable beside ``scene``'s check (it is created
+    once the check succeeded)."""
+    from seamline.core.data.files import check_output_path
+    from seamline.core.monitor.history import History
+
+    if Path(db).exists():
+        History(db).close()
+    else:
+        check_output_path(db, inputs=[scene])
+
+
 def _cmd_check(args: argparse.Namespace) -> None:
     from seamline.core.data.files import check_output_path
     from seamline.core.data.io import write_raster
@@ -72,10 +85,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
             "a model file."
         )
     labels = _loaded(args.labels) if args.labels else None
-    if Path(args.db).exists():
-        History(args.db).close()  # a foreign or corrupt file fails before the work
-    else:
-        check_output_path(args.db, inputs=[args.scene])  # created once the check succeeded
+    check_history(args.db, args.scene)
     result = check(scene, baseline, model=model, labels=labels, trust_model=args.trust_model)
     written = write_raster(result.drift_map, args.map_out) if args.map_out else None
     try:

@@ -12,7 +12,6 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from seamline.app import vectorize_cli
 from seamline.app.cli_args import (
@@ -24,6 +23,7 @@ from seamline.app.cli_args import (
     print_json,
     tile_size_arg,
 )
+from seamline.app.drift_cli import check_history
 from seamline.core.errors import InvalidArgumentError
 from seamline.core.models.registry import PRECISIONS
 
@@ -127,11 +127,10 @@ def run_predict(args: argparse.Namespace) -> dict:
 def _drift_profile(args: argparse.Namespace, model):
     """The drift profile predict gathers as rows stream (``--baseline``), after checking the
     options, the baseline, its classes and the history database, before any work."""
-    from seamline.core.data.files import check_output_path
     from seamline.core.monitor.baseline import Baseline
     from seamline.core.monitor.check import check_classes
     from seamline.core.monitor.gather import RowProfile
-    from seamline.core.monitor.history import History, parse_time
+    from seamline.core.monitor.history import parse_time
 
     if not (args.db and args.time):
         raise InvalidArgumentError(
@@ -147,10 +146,7 @@ def _drift_profile(args: argparse.Namespace, model):
     parse_time(args.time)
     baseline = Baseline.load(args.baseline)
     check_classes(model, baseline)
-    if Path(args.db).exists():
-        History(args.db).close()  # a foreign or corrupt file fails before the work
-    else:
-        check_output_path(args.db, inputs=[args.input])
+    check_history(args.db, args.input)
     return RowProfile(baseline, classes=tuple(model.classes))
 
 

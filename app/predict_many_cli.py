@@ -16,11 +16,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from pathlib import Path
 
 from seamline.app import predict_cli
 from seamline.app.cli_args import add_assets_arg, print_json
+from seamline.core.data.remote import is_remote, source_path
 from seamline.core.errors import InputFileError, InvalidArgumentError, SeamlineError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
@@ -28,7 +28,7 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 
 def _name(source: str) -> str:
     """The output name of a scene: its file's (or URL's) stem."""
-    return PurePosixPath(urlsplit(source).path).stem
+    return source_path(source).stem
 
 
 def _items(source: str, assets: list[str], folder: Path) -> Iterator[tuple[str, str]]:
@@ -36,12 +36,9 @@ def _items(source: str, assets: list[str], folder: Path) -> Iterator[tuple[str, 
     and the items under it)."""
     import pystac
 
-    from seamline.core.data.stac import write_stac_vrt
+    from seamline.core.data.stac import read_stac, write_stac_vrt
 
-    try:
-        read = pystac.read_file(source)
-    except Exception as exc:  # noqa: BLE001 -- pystac raises many kinds for a bad file
-        raise InputFileError(f"STAC file {source!r} could not be read ({exc}).") from None
+    read = read_stac(source)
     items = [read] if isinstance(read, pystac.Item) else list(read.get_items(recursive=True))
     for item in items:
         yield item.id, str(write_stac_vrt(item.get_self_href() or source, assets,
@@ -56,7 +53,7 @@ def scenes(sources: list[str], assets: list[str] | None, folder: Path) -> list[t
         path = Path(source)
         if assets:
             found += _items(source, assets, folder)
-        elif urlsplit(source).scheme in ("http", "https"):
+        elif is_remote(source):
             found.append((_name(source), source))
         elif path.is_dir():
             found += [(p.stem, str(p)) for p in sorted(path.iterdir())

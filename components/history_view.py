@@ -10,9 +10,7 @@ grows while the dashboard is open: *Reload* reads it again. The file is the oper
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
 import pandas as pd
 import panel as pn
@@ -20,6 +18,7 @@ import param
 
 from seamline.components.drift_view import SCORE_FLOOR, score_plot
 from seamline.components.errors import unexpected_errors
+from seamline.core.data.remote import source_path
 from seamline.core.errors import SeamlineError
 from seamline.core.monitor.check import SCORE_THRESHOLD
 from seamline.core.monitor.history import History
@@ -90,7 +89,7 @@ class HistoryView(pn.viewable.Viewer):
         if self.checks is None or self.checks.empty:
             return pn.pane.Markdown("")
         shown = self.checks.assign(  # the file's name: a full path or URL crowds the table
-            scene=[PurePosixPath(urlsplit(str(s)).path).name for s in self.checks["scene"]])
+            scene=[source_path(s).name for s in self.checks["scene"]])
         return pn.widgets.Tabulator(shown, disabled=True, show_index=False,
                                     layout="fit_data_stretch", sizing_mode="stretch_width",
                                     height=260)  # fmt: skip

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
@@ -27,7 +26,7 @@ from seamline.core.data.files import existing_file as _existing_file
 from seamline.core.data.files import first_line as _first_line
 from seamline.core.data.grid import is_rotated
 from seamline.core.data.limits import InputBudget
-from seamline.core.data.remote import is_remote, remote_raster
+from seamline.core.data.remote import is_remote, remote_raster, source_path
 from seamline.core.errors import (
     GeometryError,
     InputFileError,
@@ -111,7 +110,7 @@ def _named_bands(da: xr.DataArray, band_names: Sequence[str] | None,
     names = _resolve_band_names(da, band_names, path)
     da = da.assign_coords(band=list(names))
     da.attrs["long_name"] = tuple(names)
-    da.name = da.name or PurePosixPath(urlsplit(str(path)).path).stem  # a file's, a URL's
+    da.name = da.name or source_path(path).stem  # a file's, a URL's
     return da
 
 

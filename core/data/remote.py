@@ -15,11 +15,12 @@ service read only local files under their data roots (SECURITY.md).
 from __future__ import annotations
 
 import os
+from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
 from seamline.core.errors import InputFileError
 
-__all__ = ["GDAL_REMOTE_OPTIONS", "is_remote", "remote_raster"]
+__all__ = ["GDAL_REMOTE_OPTIONS", "is_remote", "remote_raster", "source_path"]
 
 GDAL_REMOTE_OPTIONS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no listing of the URL's folder on open
@@ -35,6 +36,11 @@ GDAL_REMOTE_OPTIONS = {
 def is_remote(path: object) -> bool:
     """Whether ``path`` is an HTTP(S) URL."""
     return isinstance(path, str) and urlsplit(path).scheme in ("http", "https")
+
+
+def source_path(source: str | os.PathLike) -> PurePosixPath:
+    """The path of a local file or of a URL (its name and stem name the scene)."""
+    return PurePosixPath(urlsplit(str(source)).path)
 
 
 def remote_raster(url: str) -> str:

@@ -30,20 +30,28 @@ from seamline.core.data.files import first_line
 from seamline.core.data.remote import is_remote, remote_raster
 from seamline.core.errors import InputFileError, InvalidArgumentError
 
-__all__ = ["read_item", "write_stac_vrt"]
+__all__ = ["read_item", "read_stac", "write_stac_vrt"]
+
+
+def read_stac(source: str | os.PathLike, what: str = "STAC file"):
+    """The STAC object (item, catalog, collection) at a path or URL (pystac); one sentence
+    naming it as ``what`` if it cannot be read."""
+    import pystac
+
+    try:
+        return pystac.read_file(str(source))
+    except Exception as exc:  # noqa: BLE001 -- pystac raises many kinds for a bad file
+        raise InputFileError(
+            f"{what} {str(source)!r} could not be read ({type(exc).__name__}: "
+            f"{first_line(exc)}): pass a STAC JSON file or URL."
+        ) from None
 
 
 def read_item(item: str | os.PathLike):
     """The STAC item at a path or URL (pystac); one sentence if it is not one."""
     import pystac
 
-    try:
-        read = pystac.read_file(str(item))
-    except Exception as exc:  # noqa: BLE001 -- pystac raises many kinds for a bad file
-        raise InputFileError(
-            f"STAC item {str(item)!r} could not be read ({type(exc).__name__}: "
-            f"{first_line(exc)}): pass a STAC Item JSON file or URL."
-        ) from None
+    read = read_stac(item, "STAC item")
     if not isinstance(read, pystac.Item):
         raise InputFileError(
             f"{str(item)!r} is a STAC {type(read).__name__}, not an Item: pass one of its "

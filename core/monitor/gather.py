@@ -14,8 +14,6 @@ feature held).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import xarray as xr
 
@@ -25,9 +23,10 @@ from seamline.core.monitor.sampling import (
     KS_MIN_STRIDE,
     KS_SAMPLE,
     PROFILE_SAMPLES,
-    Part,
     feature_bands,
     feature_rows,
+    make_part,
+    thin_stride,
     tile_ids,
 )
 from seamline.core.predict.blocks import CLASS_NODATA
@@ -47,7 +46,7 @@ class _Thinned:
         self.kept: dict[int, list[np.ndarray]] = {}
 
     def _stride(self, count: int) -> int:
-        return max(self.min_stride, math.ceil(math.sqrt(count / self.samples)))
+        return thin_stride(count, self.samples, self.min_stride)
 
     def add(self, a: int, rows: np.ndarray, count: int, kept: np.ndarray) -> None:
         """Rows ``[a, a + len(rows))`` of the feature, ``kept`` where it has a value
@@ -147,19 +146,6 @@ class RowProfile:
         """The :class:`~seamline.core.monitor.sampling.Part` of every feature."""
         if not self.any_valid:
             raise NoDataError("The scene has no valid pixels: check its nodata value.")
-        parts = {}
-        for name, histogram in self.histograms.items():
-            part = Part(self.samples[name].result(), self.ks[name].result())
-            if part.sample.size == 0:
-                raise NoDataError(
-                    f"The scene has no valid {name} values: check its bands and nodata."
-                )
-            if part.ks_sample.size == 0:
-                part.ks_sample = part.sample
-            if self.n_tiles is None:
-                part.counts = histogram
-            else:
-                part.tiles = histogram.reshape(self.n_tiles, HIST_BINS)
-                part.counts = part.tiles.sum(axis=0)
-            parts[name] = part
-        return parts
+        return {name: make_part(name, self.samples[name].result(), self.ks[name].result(),
+                                histogram, self.n_tiles)
+                for name, histogram in self.histograms.items()}  # fmt: skip

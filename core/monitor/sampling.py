@@ -27,6 +27,8 @@ __all__ = [
     "Part",
     "feature_bands",
     "feature_rows",
+    "make_part",
+    "thin_stride",
     "tile_ids",
     "thin",
     "scene_parts",
@@ -57,10 +59,14 @@ class Part:
     tiles: np.ndarray | None = None  # (tiles, HIST_BINS)
 
 
+def thin_stride(count: int, max_samples: int, min_stride: int = 1) -> int:
+    """The grid stride :func:`thin` uses for ``count`` finite values."""
+    return max(min_stride, math.ceil(math.sqrt(count / max_samples)))
+
+
 def thin(values: np.ndarray, max_samples: int, min_stride: int = 1) -> np.ndarray:
     """The finite values of a ``(y, x)`` array on a regular grid: at most ~``max_samples``."""
-    count = int(np.count_nonzero(np.isfinite(values)))
-    stride = max(min_stride, math.ceil(math.sqrt(count / max_samples)))
+    stride = thin_stride(int(np.count_nonzero(np.isfinite(values))), max_samples, min_stride)
     thinned = values[::stride, ::stride]
     return thinned[np.isfinite(thinned)].astype(np.float64)
 
@@ -126,24 +132,31 @@ def scene_parts(
         ids, n_tiles = tile_ids(scene.shape[-2:], tile_size)
     parts = {}
     for name, values in _feature_arrays(scene, bands, indices):
-        part = Part(thin(values, PROFILE_SAMPLES), thin(values, KS_SAMPLE, KS_MIN_STRIDE))
-        if part.sample.size == 0:
-            raise NoDataError(f"The scene has no valid {name} values: check its bands and nodata.")
-        if part.ks_sample.size == 0:  # valid pixels too sparse for the thinned grid
-            part.ks_sample = part.sample
+        histogram = None
         if edges is not None:
             finite = np.isfinite(values)
             bins = np.searchsorted(edges[name][1:-1], values[finite], side="right")
-            if ids is None:
-                part.counts = np.bincount(bins, minlength=HIST_BINS)
-            else:
-                flat = ids[finite] * HIST_BINS + bins
-                part.tiles = np.bincount(flat, minlength=n_tiles * HIST_BINS).reshape(
-                    n_tiles, HIST_BINS
-                )
-                part.counts = part.tiles.sum(axis=0)
-        parts[name] = part
+            flat = bins if ids is None else ids[finite] * HIST_BINS + bins
+            histogram = np.bincount(flat, minlength=(n_tiles or 1) * HIST_BINS)
+        parts[name] = make_part(name, thin(values, PROFILE_SAMPLES),
+                                thin(values, KS_SAMPLE, KS_MIN_STRIDE), histogram,
+                                n_tiles)  # fmt: skip
     return parts
+
+
+def make_part(name: str, sample: np.ndarray, ks_sample: np.ndarray,
+              histogram: np.ndarray | None, n_tiles: int | None) -> Part:  # fmt: skip
+    """Feature ``name``'s :class:`Part` from its thinned samples and its histogram (over all
+    valid pixels, or ``n_tiles`` x ``HIST_BINS`` per tile); one sentence if it has no value."""
+    if sample.size == 0:
+        raise NoDataError(f"The scene has no valid {name} values: check its bands and nodata.")
+    part = Part(sample, ks_sample if ks_sample.size else sample)  # KS grid too sparse: all
+    if histogram is not None and n_tiles is None:
+        part.counts = histogram
+    elif histogram is not None:
+        part.tiles = histogram.reshape(n_tiles, HIST_BINS)
+        part.counts = part.tiles.sum(axis=0)
+    return part
 
 
 def class_counts(model: Any, scene: xr.DataArray) -> tuple[np.ndarray, xr.DataArray]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from seamline.core.models.modelio import SegmentationModel
-from seamline.core.predict.blocks import CLASS_NODATA, to_output
+from seamline.core.predict.blocks import to_output
 from seamline.core.predict.file import RowWriter, StripReader, open_for_prediction
 from seamline.core.predict.stream import band_rows, divide_rows, grid_divisors, stream_tiles
 from seamline.core.predict.tilegrid import TileGrid
@@ -149,10 +149,9 @@ class BandAssembler:
     def _put_nodata(self, a: int, b: int) -> None:
         if b <= a:
             return
-        shape = (b - a, self.grid.width)
-        out = (np.full((self.classes, *shape), np.nan, dtype=np.float32) if self.probabilities
-               else np.full(shape, CLASS_NODATA, dtype=np.uint8))  # fmt: skip
-        self.writer.put(a, b, out, np.zeros(shape, dtype=bool))
+        nothing = np.zeros((b - a, self.grid.width), dtype=bool)  # every pixel nodata
+        scores = np.zeros((self.classes, *nothing.shape), dtype=np.float32)
+        self.writer.put(a, b, to_output(scores, nothing, self.probabilities), nothing)
 
     def _put_scores(self, a: int, scores: np.ndarray, valid: np.ndarray) -> None:
         final = divide_rows(torch.from_numpy(scores), a, self.divisors).numpy()
