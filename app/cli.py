@@ -25,6 +25,7 @@ from seamline.app.cli_args import (
     MODELS_ENV,
     TRUST_MODEL_ENV,
     add_assets_arg,
+    add_remote_host_flag,
     add_trust_model_flag,
     band_list,
     input_budget,
@@ -214,12 +215,14 @@ def upload_message_bytes() -> int:
 def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The ``panel serve`` command line and environment that ``seamline serve`` runs.
 
-    The data roots travel in ``SEAMLINE_DATA_ROOTS`` and the cookie secret in
+    The data roots travel in ``SEAMLINE_DATA_ROOTS``, the allowed remote hosts in
+    ``SEAMLINE_REMOTE_HOSTS`` and the cookie secret in
     ``PANEL_COOKIE_SECRET`` (environment, not argv: other users can read a process's argv).
     ``--basic-auth`` without ``--cookie-secret`` gets a random secret: logins then last until
     the server restarts.
     """
     from seamline.core.data.paths import DATA_ROOTS_ENV, data_roots, roots_to_env
+    from seamline.core.data.remote import REMOTE_HOSTS_ENV, allowed_hosts
 
     command = [
         sys.executable, "-m", "panel", "serve", str(DASHBOARD),
@@ -229,7 +232,8 @@ def serve_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
         "--setup", str(WARMUP),
         "--websocket-max-message-size", str(upload_message_bytes()),
     ]  # fmt: skip
-    env = {**os.environ, DATA_ROOTS_ENV: roots_to_env(data_roots(args.data_root))}
+    env = {**os.environ, DATA_ROOTS_ENV: roots_to_env(data_roots(args.data_root)),
+           REMOTE_HOSTS_ENV: ",".join(allowed_hosts(args.allow_remote_host))}  # fmt: skip
     env[MODELS_ENV] = os.pathsep.join(args.model or [DEFAULT_MODEL])
     env[TRUST_MODEL_ENV] = "1" if args.trust_model else ""
     if args.eo_timeseries:
@@ -369,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", metavar="H.sqlite",
                    help="show the drift checks recorded in this history (by `predict "
                    "--baseline --db` or `drift check --db`) in a 'Recorded checks' section")
+    add_remote_host_flag(p, "visitors")
     p.add_argument("--basic-auth", metavar="FILE|PASSWORD",
                    help="ask for a login (Panel's --basic-auth): a JSON file of "
                    "{\"user\": \"password\"} (keep it private), or one password for any user")

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_assets_arg",
+    "add_remote_host_flag",
     "add_trust_model_flag",
     "band_list",
     "MIN_TILE_SIZE",
@@ -48,6 +49,15 @@ def add_trust_model_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-model", action="store_true",
                         help="allow a model file that runs code when loaded (a pickled full "
                         "model, a class outside Seamline): only for files you trust")
+
+
+def add_remote_host_flag(parser: argparse.ArgumentParser, surface: str) -> None:
+    """``--allow-remote-host`` on a server whose visitors may name URLs (see SECURITY.md,
+    "Remote rasters")."""
+    parser.add_argument("--allow-remote-host", action="append", default=[], metavar="HOST",
+                        help=f"let {surface} read COG URLs on HOST (host or host:port, "
+                        "repeatable): GeoTIFF only, no redirects, within the input budget; "
+                        "default: no URL")
 
 
 MIN_TILE_SIZE = 16

@@ -18,6 +18,7 @@ from seamline.components.inference_view import InferenceView
 from seamline.components.model_picker import ModelPicker
 from seamline.components.scene_picker import ScenePicker
 from seamline.components.scene_view import SceneView
+from seamline.core.data.remote import hosts_from_env
 from seamline.core.serve.cache import ModelCache
 
 PIPELINE = "prepare → predict → optimise → serve → monitor"
@@ -47,6 +48,7 @@ def create_sections(
     models: Sequence[str] | None = None,
     eo_folder: str | None = None,
     history: str | None = None,
+    remote_hosts: Sequence[str] | None = None,
 ) -> Sections:
     """The sidebar (pipeline and scene choice) and the sections, built fresh: every session
     gets its own objects (no shared mutable state besides the model cache).
@@ -57,8 +59,10 @@ def create_sections(
     the scenes and the drift section's class shares. ``eo_folder`` is the real NDVI series
     offered as a drift source (default: ``SEAMLINE_EO_TIMESERIES``). ``history`` is the drift
     history whose recorded checks get a section (default: ``SEAMLINE_HISTORY``; none: no
-    section)."""
-    picker = ScenePicker()
+    section). ``remote_hosts`` are the hosts whose COG URLs a visitor may open as the scene
+    (default: ``SEAMLINE_REMOTE_HOSTS``; none: no URL source)."""
+    hosts = hosts_from_env() if remote_hosts is None else remote_hosts
+    picker = ScenePicker(remote_hosts=list(hosts))
     scene_view = SceneView(scene=picker.scene, aoi=picker.aoi, title=picker.title)
     chooser = ModelPicker(cache, models or models_from_env())
     inference = InferenceState(cache, model=chooser.model, scene=picker.scene)

@@ -45,11 +45,6 @@ def run_predict(args: argparse.Namespace) -> dict:
         if args.probabilities:
             raise InvalidArgumentError("--vector needs class ids: drop --probabilities.")
         vector_format(args.vector)  # a bad path fails now, not after the prediction
-    if args.resume and args.scheduler is not None:
-        raise InvalidArgumentError(
-            "--resume continues a killed in-process predict; a --scheduler run is not "
-            "resumable yet: leave one of them out."
-        )
     if args.block_size is not None and args.scheduler is None:
         raise InvalidArgumentError(
             "--block-size sets the height of a --scheduler run's bands; without --scheduler, "
@@ -264,7 +259,8 @@ def add_predict_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
     p.add_argument("--time", help="with --baseline: the scene's acquisition time, ISO 8601")
     p.add_argument("--resume", action="store_true",
                    help="stage finished rows beside OUTPUT (.OUTPUT.resume.npy) so that a "
-                   "killed run, started again with --resume, computes only the rest")
+                   "killed run, started again with --resume, computes only the rest (with "
+                   "--scheduler: the same --block-size, only the bands not done)")
     p.add_argument("--vector", metavar="OUT", help="also write the class polygons (.gpkg, "
                    ".geojson or .parquet) beside the class raster")
     p.add_argument("--block-size", type=int,

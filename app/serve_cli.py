@@ -19,7 +19,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seamline.app.cli_args import DEFAULT_MODEL, add_trust_model_flag
+from seamline.app.cli_args import DEFAULT_MODEL, add_remote_host_flag, add_trust_model_flag
 from seamline.core.errors import InputFileError, InvalidArgumentError
 from seamline.core.models.registry import PRECISIONS
 
@@ -96,6 +96,9 @@ def _cmd_serve_api(args: argparse.Namespace) -> None:
             "or --insecure if a proxy or firewall guards it."
         )
     budget = budget_from_args(args)
+    from seamline.core.data.remote import allowed_hosts
+
+    hosts = allowed_hosts(args.allow_remote_host)
     import uvicorn
 
     from seamline.app.service import create_app
@@ -108,7 +111,7 @@ def _cmd_serve_api(args: argparse.Namespace) -> None:
     app = create_app(args.model, precision=args.precision, tile_size=args.tile_size,
                      overlap=args.overlap, blend=args.blend, budget=budget,
                      token=token, trust_model=args.trust_model,
-                     calibration=calibration)  # fmt: skip
+                     calibration=calibration, remote_hosts=hosts)  # fmt: skip
     # The access log has the method, path and status, never the headers (nor the token).
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 server_header=False)  # fmt: skip
@@ -119,6 +122,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("serve-api", help="HTTP prediction service: POST a GeoTIFF to /predict")
     add_trust_model_flag(p)
+    add_remote_host_flag(p, "clients (POST /predict with {\"url\": ...})")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; any "
                    "other needs a token or --insecure)")

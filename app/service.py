@@ -1,9 +1,11 @@
 """``seamline serve-api``: a low-latency prediction service (FastAPI on uvicorn).
 
-``POST /predict`` takes a GeoTIFF as the raw request body (``Content-Type: image/tiff``) and
-answers the class-id GeoTIFF on the same grid (CRS, transform), with the server-side latency
-in ``X-Seamline-Latency-Ms``. ``GET /health`` describes the model and the limits, ``GET
-/metrics`` counts requests by status and gives latency percentiles over a bounded window.
+``POST /predict`` takes a GeoTIFF as the raw request body (``Content-Type: image/tiff``), or
+``{"url": "https://host/scene.tif"}`` (``Content-Type: application/json``) on a host the
+operator allowed (``--allow-remote-host``), and answers the class-id GeoTIFF on the same grid
+(CRS, transform), with the server-side latency in ``X-Seamline-Latency-Ms``. ``GET /health``
+describes the model and the limits, ``GET /metrics`` counts requests by status and gives
+latency percentiles over a bounded window.
 
 - The model is loaded, quantized (INT8 through :class:`seamline.core.serve.cache.ModelCache`)
   and warmed once per process, by :func:`create_app`, before the server accepts a request.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections import Counter, deque
@@ -48,12 +51,18 @@ from seamline.app.models import MODELS
 from seamline.core.data.files import quiet_undecodable_gdal_messages
 from seamline.core.data.io import geotiff_bytes, read_geotiff_bytes
 from seamline.core.data.limits import DEFAULT_BUDGET, RASTER_FIX, InputBudget
-from seamline.core.errors import InvalidArgumentError, SeamlineError, SizeLimitError
+from seamline.core.errors import (
+    HostNotAllowedError,
+    InvalidArgumentError,
+    SeamlineError,
+    SizeLimitError,
+)
 from seamline.core.hardware import no_huge_page_advice
 from seamline.core.models.modelio import SegmentationModel
 from seamline.core.predict.plan import DEFAULT_TILE_SIZE, choose_overlap, choose_tile_size
 from seamline.core.predict.scene import predict_scene
 from seamline.core.predict.tiling import Blend, predict_tiled
+from seamline.core.prepare.scene import read_allowed_scene
 
 if TYPE_CHECKING:
     from seamline.core.optimise.auto import Choice
@@ -68,6 +77,8 @@ MIN_TILE_SIZE = 64  # 8 px tiles bought 209 s of per-tile overhead for one small
 OPEN_PATHS = frozenset({"/health"})  # everything else needs the token when one is set
 LATENCY_WINDOW = 1000  # requests kept for the latency percentiles in /metrics
 TIFF_TYPES = ("image/tiff", "application/octet-stream")
+JSON_TYPE = "application/json"
+MAX_JSON_BYTES = 8192  # a {"url": ...} request; a longer body is not one
 LATENCY_HEADER = "X-Seamline-Latency-Ms"
 INFERENCE_HEADER = "X-Seamline-Inference-Ms"
 TOKEN_FIX = "send the service's token as 'Authorization: Bearer <token>'"
@@ -105,8 +116,11 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _status(exc: SeamlineError) -> int:
-    """413 for a size limit, 422 for any other user mistake (bad raster, bands, options)."""
-    return 413 if isinstance(exc, SizeLimitError) else 422
+    """413 for a size limit, 403 for a host not allowed, 422 for any other user mistake (bad
+    raster, bands, options)."""
+    if isinstance(exc, SizeLimitError):
+        return 413
+    return 403 if isinstance(exc, HostNotAllowedError) else 422
 
 
 def _validation_sentence(exc: RequestValidationError) -> str:
@@ -167,6 +181,27 @@ def _check_tiling(options: dict) -> None:
         )
 
 
+async def _read_scene(request: Request, media: str, budget: InputBudget,
+                      hosts: tuple[str, ...]) -> xr.DataArray:  # fmt: skip
+    """The request's scene: the GeoTIFF body, or the COG that a JSON body's ``url`` names
+    (on an allowed host, :func:`~seamline.core.prepare.scene.read_allowed_scene`)."""
+    if media != JSON_TYPE:
+        body = await _read_body(request, budget)
+        return await asyncio.to_thread(read_geotiff_bytes, body, budget=budget)
+    body = await _read_body(request, InputBudget(max_bytes=MAX_JSON_BYTES))
+    try:
+        url = json.loads(body)["url"]
+        if not isinstance(url, str):
+            raise TypeError(url)
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgumentError(
+            'A JSON request names a raster as {"url": "https://host/scene.tif"}: send that, '
+            "or the GeoTIFF itself with Content-Type: image/tiff."
+        ) from None
+    return await asyncio.to_thread(read_allowed_scene, url, hosts, budget=budget,
+                                   surface="service")  # fmt: skip
+
+
 def _authorised(request: Request, digest: bytes) -> bool:
     """Whether the request carries ``Authorization: Bearer <token>`` with the token whose
     SHA-256 is ``digest`` (digests compared in constant time: no length leaks either)."""
@@ -213,6 +248,7 @@ def create_app(
     blend: str = "cosine",
     trust_model: bool = False,
     calibration: xr.DataArray | None = None,
+    remote_hosts: tuple[str, ...] = (),
 ) -> FastAPI:
     """The prediction service as an ASGI app, with the model loaded and warmed.
 
@@ -239,6 +275,9 @@ def create_app(
         :func:`seamline.core.models.modelio.load_model`).
     calibration
         The scene INT8 is calibrated on (required for ``int8`` unless the model is the demo's).
+    remote_hosts
+        Hosts whose COG URLs a client may send (``{"url": ...}``; see
+        :func:`seamline.core.data.remote.allowed_hosts`); none by default (403).
 
     Raises :class:`seamline.core.errors.SeamlineError` (a bad model or option) before serving.
     """
@@ -319,6 +358,7 @@ def create_app(
             "max_tile_size": MAX_TILE_SIZE,
             "backend": choice.backend if choice is not None else ready.precision,
             "auth": "bearer" if digest is not None else None,
+            "remote_urls": bool(remote_hosts),  # whether, not which hosts
         }  # fmt: skip
 
     @app.get("/metrics")
@@ -333,7 +373,7 @@ def create_app(
         blend: str | None = None,
     ) -> Response:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media not in TIFF_TYPES:
+        if media not in (*TIFF_TYPES, JSON_TYPE):
             return _error(415, f"Content-Type {media or 'missing'!r} is not a GeoTIFF: send "
                                "the file as the body with Content-Type: image/tiff.")
         options = {
@@ -342,8 +382,7 @@ def create_app(
         }  # fmt: skip
         try:
             _check_tiling(options)
-            body = await _read_body(request, budget)
-            scene = await asyncio.to_thread(read_geotiff_bytes, body, budget=budget)
+            scene = await _read_scene(request, media, budget, remote_hosts)
             loop = asyncio.get_running_loop()
             metrics.queued += 1
             try:

@@ -1,4 +1,5 @@
-"""Where the scene comes from: the real Sentinel-2 demo, a synthetic scene, or an upload."""
+"""Where the scene comes from: the real Sentinel-2 demo, a synthetic scene, an upload, or a
+COG URL on a host the operator allowed (``seamline serve --allow-remote-host``)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ import xarray as xr
 from seamline.core.data.grid import is_rotated
 from seamline.core.data.io import open_aoi, read_geotiff_bytes
 from seamline.core.data.limits import DEFAULT_BUDGET
+from seamline.core.data.remote import source_path
 from seamline.core.demo.data import sentinel2_aoi, sentinel2_sample
 from seamline.core.demo.synthetic import make_scene
 from seamline.core.errors import InputFileError, SeamlineError
-from seamline.core.prepare.scene import clip_to_aoi
+from seamline.core.prepare.scene import clip_to_aoi, read_allowed_scene
 
 SOURCES = ("Sentinel-2 demo", "Synthetic", "Upload")
+URL_SOURCE = "URL"  # offered only where the operator allowed a host
+WRAP_BUTTONS = ":host .bk-btn-group { flex-wrap: wrap; row-gap: 4px; }"
+"""The source buttons wrap onto a second line in a narrow sidebar instead of being cut off."""
 SYNTHETIC_SIZES = (256, 512, 1024, 2048, 4096)
 GEOPACKAGE_SIGNATURE = b"SQLite format 3\x00"  # a GeoPackage is an SQLite file
 
@@ -50,12 +55,17 @@ def _read_scene(data: bytes, filename: str) -> xr.DataArray:
         data, budget=DEFAULT_BUDGET, source=f"upload {filename!r}",
         fix="use `seamline predict` for it",
     )  # fmt: skip
-    if is_rotated(scene.rio.transform()):  # the map draws north-up grids (image x/y axes)
+    return _north_up(scene, f"upload {filename!r}", filename)
+
+
+def _north_up(scene: xr.DataArray, what: str, filename: str) -> xr.DataArray:
+    """``scene`` if its grid is north-up: the map draws north-up grids (image x/y axes)."""
+    if is_rotated(scene.rio.transform()):
         crs = scene.rio.crs.to_string()
         raise InputFileError(
-            f"The upload {filename!r} has a rotated geotransform, which the map cannot draw: "
-            f"make it north-up first (`seamline prepare {filename} north_up.tif --dst-crs "
-            f"{crs}`), or use `seamline predict` for it."
+            f"The {what} has a rotated geotransform, which the map cannot draw: make it "
+            f"north-up first (`seamline prepare {filename} north_up.tif --dst-crs {crs}`), or "
+            "use `seamline predict` for it."
         )
     return scene
 
@@ -76,9 +86,19 @@ class ScenePicker(pn.viewable.Viewer):
     aoi = param.ClassSelector(class_=gpd.GeoDataFrame, allow_None=True, doc="Optional AOI.")
     title = param.String(default="")
     message = param.String(default="", doc="Why the last upload was refused, if it was.")
+    remote_hosts = param.List(default=[], item_type=str, constant=True,
+                              doc="Hosts whose COG URLs a visitor may open (none: no URL "
+                              "source).")  # fmt: skip
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
+        if self.remote_hosts:
+            self.param.source.objects = [*SOURCES, URL_SOURCE]
+        self._url_input = pn.widgets.TextInput(
+            name="COG URL", placeholder=f"https://{(self.remote_hosts or ['host'])[0]}/scene.tif"
+        )
+        self._open_button = pn.widgets.Button(name="Open URL", button_type="primary")
+        self._open_button.on_click(self._open_url)
         # A file arrives as one websocket message: `seamline serve` sizes the server's limit
         # for the upload budget (app/cli.py), so a file over it gets one sentence, not a
         # closed session. (Panel's chunked FileDropper renders nothing here without its CDN.)
@@ -98,6 +118,15 @@ class ScenePicker(pn.viewable.Viewer):
             )
         finally:
             self._load_button.disabled = False
+
+    async def _open_url(self, _event=None) -> None:
+        """The URL typed, read off the event loop (range requests take a while)."""
+        aoi = self._aoi_input
+        self._open_button.disabled = True
+        try:
+            await asyncio.to_thread(self.use_url, self._url_input.value, aoi.value, aoi.filename)
+        finally:
+            self._open_button.disabled = False
 
     def _builtin(self) -> dict:
         """The demo or synthetic scene picked, as param values (none for an upload)."""
@@ -144,6 +173,25 @@ class ScenePicker(pn.viewable.Viewer):
         )
         return True
 
+    def use_url(self, url: str, aoi: bytes | None = None, aoi_name: str | None = None) -> bool:
+        """Use the COG at ``url`` (on an allowed host), only the uploaded AOI's window of it
+        when there is one (pixels outside the AOI nodata); on a bad URL or file set
+        ``message`` instead."""
+        if not url.strip():
+            self.message = "Type the URL of a Cloud-Optimized GeoTIFF first."
+            return False
+        try:
+            area = _read_aoi(aoi, aoi_name or "aoi.geojson") if aoi else None
+            scene = read_allowed_scene(url, self.remote_hosts, budget=DEFAULT_BUDGET, aoi=area)
+            name = source_path(url.strip()).name
+            scene = _north_up(scene, f"GeoTIFF at {url.strip()!r}", name)
+        except SeamlineError as exc:
+            self.message = str(exc)
+            return False
+        self.param.update(scene=scene, aoi=area, message="", source=URL_SOURCE,
+                          title=f"URL: {name}")  # fmt: skip
+        return True
+
     def __panel__(self) -> pn.viewable.Viewable:
         """Source choice, synthetic options or upload widgets, and the refusal message."""
 
@@ -154,12 +202,20 @@ class ScenePicker(pn.viewable.Viewer):
                 parts += [self.param.synthetic_size, self.param.seed]
             elif source == "Upload":
                 parts += [self._raster_input, self._aoi_input, self._load_button]
+            elif source == URL_SOURCE:
+                hosts = ", ".join(self.remote_hosts)
+                parts += [self._url_input, pn.pane.Markdown(f"<small>Hosts allowed: {hosts}; "
+                                                            "an AOI reads its window only."
+                                                            "</small>"),
+                          self._aoi_input, self._open_button]  # fmt: skip
             if message:
                 parts.append(pn.pane.Alert(message, alert_type="danger"))
             return pn.Column(*parts, sizing_mode="stretch_width")
 
         return pn.Column(
-            pn.widgets.RadioButtonGroup.from_param(self.param.source, button_type="primary"),
+            pn.widgets.RadioButtonGroup.from_param(
+                self.param.source, button_type="primary", stylesheets=[WRAP_BUTTONS]
+            ),
             options,
             sizing_mode="stretch_width",
         )

@@ -71,3 +71,7 @@ class UntrustedModelError(SeamlineError):
 
 class DataTypeError(SeamlineError, ValueError):
     """A raster whose pixel data type is not among those allowed (e.g. complex values)."""
+
+
+class HostNotAllowedError(SeamlineError, PermissionError):
+    """A URL from a dashboard visitor or service client on a host the operator did not allow."""

@@ -27,6 +27,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self._answer(body=True)
 
     def _answer(self, *, body: bool) -> None:
+        if self.path in self.server.redirects:  # e.g. an open redirect of an allowed host
+            self.send_response(302)
+            self.send_header("Location", self.server.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         path = Path(self.translate_path(self.path))
         if not path.is_file():
             self.send_error(404)
@@ -57,7 +63,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 class RangeServer(http.server.ThreadingHTTPServer):
-    """Serves ``folder``; ``url(name)`` gives a file's URL, ``bytes_sent`` counts the bytes."""
+    """Serves ``folder``; ``url(name)`` gives a file's URL, ``bytes_sent`` counts the bytes;
+    ``redirects`` maps a path (``/name``) to the URL it redirects to (302)."""
 
     daemon_threads = True
 
@@ -65,10 +72,16 @@ class RangeServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), partial(_Handler, directory=str(folder)))
         self.bytes_sent = 0
         self.lock = threading.Lock()
+        self.redirects: dict[str, str] = {}
 
     def url(self, name: str) -> str:
         """The URL of file ``name`` in the served folder."""
-        return f"http://127.0.0.1:{self.server_address[1]}/{name}"
+        return f"http://{self.host}/{name}"
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, as an allow-list names it."""
+        return f"127.0.0.1:{self.server_address[1]}"
 
 
 @contextmanager

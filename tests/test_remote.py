@@ -26,7 +26,7 @@ from tests.test_cli import assert_one_sentence_error
 TILING = {"tile_size": 256, "overlap": 32, "batch_size": 1}
 
 
-def _cog(folder, name: str, size: int, seed: int):
+def write_cog(folder, name: str, size: int, seed: int):
     plain = write_raster(make_scene(size, size, seed=seed)[0], folder / f"{name}.plain.tif")
     rasterio.shutil.copy(plain, folder / f"{name}.tif", driver="COG", compress="deflate",
                          blocksize=256)  # fmt: skip
@@ -37,7 +37,7 @@ def _cog(folder, name: str, size: int, seed: int):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("served")
-    cogs = {"scene": _cog(folder, "scene", 600, 5), "big": _cog(folder, "big", 2048, 6)}
+    cogs = {"scene": write_cog(folder, "scene", 600, 5), "big": write_cog(folder, "big", 2048, 6)}
     with serving(folder) as server:
         yield server, cogs
 

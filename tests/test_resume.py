@@ -20,7 +20,6 @@ from seamline.core.demo.synthetic import make_scene
 from seamline.core.models.modelio import load_model
 from seamline.core.predict.file import predict_file
 from seamline.core.predict.resume import first_tile_row
-from tests.test_cli import assert_one_sentence_error
 
 TILING = ["--tile-size", "256", "--overlap", "64", "--precision", "fp32"]
 
@@ -31,13 +30,28 @@ def scene(tmp_path_factory):
                         tmp_path_factory.mktemp("resume") / "scene.tif")  # fmt: skip
 
 
-def _read(path):
+def read_output(path):
     with rasterio.open(path) as ds:
         return ds.read(), ds.transform, ds.crs
 
 
-def _journal(out: Path) -> Path:
+def journal_of(out: Path) -> Path:
     return out.with_name(f".{out.name}.resume.json")
+
+
+def staged_rows_when(proc: subprocess.Popen, out: Path, rows: int, timeout: float = 180) -> int:
+    """Rows staged for ``out`` once ``proc`` staged at least ``rows`` of them (or ended, or
+    ``timeout`` seconds passed), read from its journal."""
+    deadline, done = time.time() + timeout, 0
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            done = json.loads(journal_of(out).read_text())["rows_done"]
+        except (OSError, ValueError):
+            done = 0
+        if done >= rows:
+            break
+        time.sleep(0.05)
+    return done
 
 
 def test_first_tile_row_is_the_first_that_reaches_the_row():
@@ -54,25 +68,17 @@ def test_kill_9_then_resume_gives_the_uninterrupted_class_map(scene, tmp_path, c
     exe = str(Path(sys.executable).with_name("seamline"))
     proc = subprocess.Popen([exe, "predict", str(scene), str(out), "--resume", *TILING],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    deadline, done = time.time() + 120, 0
-    while proc.poll() is None and time.time() < deadline:
-        try:
-            done = json.loads(_journal(out).read_text())["rows_done"]
-        except (OSError, ValueError):
-            done = 0
-        if done >= 1536 // 3:  # a third of the rows staged
-            break
-        time.sleep(0.05)
+    done = staged_rows_when(proc, out, 1536 // 3)  # a third of the rows staged
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL and 0 < done < 1536, done
-    assert not out.exists() and _journal(out).exists()
+    assert not out.exists() and journal_of(out).exists()
 
     assert main(["predict", str(scene), str(out), "--resume", *TILING]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["resumed_from_row"] >= done
     assert report["tiles"] < full["tiles"]  # only the tile rows that reach the rest
-    expected, got = _read(reference), _read(out)
+    expected, got = read_output(reference), read_output(out)
     np.testing.assert_array_equal(got[0], expected[0])
     assert got[1:] == expected[1:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif", "reference.tif"]
@@ -98,8 +104,8 @@ def test_resumed_probabilities_equal_an_uninterrupted_run(scene, tmp_path, monke
     monkeypatch.setattr(resume.StagedRows, "put", real_put)
     report = predict_file(scene, tmp_path / "probs.tif", resume=True, **options)
     assert 0 < report["resumed_from_row"] <= 700
-    np.testing.assert_array_equal(_read(tmp_path / "probs.tif")[0],
-                                  _read(tmp_path / "reference.tif")[0])  # fmt: skip
+    np.testing.assert_array_equal(read_output(tmp_path / "probs.tif")[0],
+                                  read_output(tmp_path / "reference.tif")[0])  # fmt: skip
 
 
 def test_a_journal_of_another_job_starts_over(scene, tmp_path):
@@ -108,18 +114,12 @@ def test_a_journal_of_another_job_starts_over(scene, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         predict_file(scene, out, model=demo, resume=True, tile_size=256, overlap=64,
                      progress=lambda done, total: _interrupt(done > 10))  # fmt: skip
-    assert _journal(out).exists()
+    assert journal_of(out).exists()
     report = predict_file(scene, out, model=demo, resume=True, tile_size=256, overlap=32)
     assert report["resumed_from_row"] == 0 and report["tiles"] == report["grid_tiles"]
-    assert not _journal(out).exists()
+    assert not journal_of(out).exists()
 
 
 def _interrupt(now: bool) -> None:
     if now:
         raise KeyboardInterrupt
-
-
-def test_resume_with_a_scheduler_is_one_sentence(scene, tmp_path, capsys):
-    code = main(["predict", str(scene), str(tmp_path / "c.tif"), "--resume", "--scheduler",
-                 "local"])  # fmt: skip
-    assert_one_sentence_error(code, capsys.readouterr().err, "--resume", "--scheduler")

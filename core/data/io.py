@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,14 @@ from seamline.core.data.files import existing_file as _existing_file
 from seamline.core.data.files import first_line as _first_line
 from seamline.core.data.grid import is_rotated
 from seamline.core.data.limits import InputBudget
-from seamline.core.data.remote import is_remote, remote_raster, source_path
+from seamline.core.data.remote import (
+    check_allowed,
+    is_remote,
+    refuse_redirect,
+    remote_raster,
+    source_path,
+    visitor_options,
+)
 from seamline.core.errors import (
     GeometryError,
     InputFileError,
@@ -39,6 +47,7 @@ if TYPE_CHECKING:  # geopandas loads only where an AOI is read (0.3 s of a start
 
 __all__ = [
     "open_raster",
+    "open_allowed",
     "open_aoi",
     "read_geotiff_bytes",
     "geotiff_bytes",
@@ -112,6 +121,34 @@ def _named_bands(da: xr.DataArray, band_names: Sequence[str] | None,
     da.attrs["long_name"] = tuple(names)
     da.name = da.name or source_path(path).stem  # a file's, a URL's
     return da
+
+
+@contextmanager
+def open_allowed(url: str, hosts: Iterable[str], *, surface: str = "dashboard") -> Iterator:
+    """A visitor's (or a service client's) COG URL, checked
+    (:func:`~seamline.core.data.remote.check_allowed`, no redirect) and opened lazily as a
+    ``(band, y, x)`` DataArray by GDAL's GTiff driver only (a VRT could read server files or
+    other hosts), with :func:`~seamline.core.data.remote.visitor_options`; read it inside the
+    block. One sentence for anything that is not a GeoTIFF with a CRS."""
+    url = check_allowed(url, hosts, surface=surface)
+    refuse_redirect(url)
+    path = f"/vsicurl/{url}"
+    with rasterio.Env(**visitor_options(url)), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said below
+        try:
+            dataset = rasterio.open(path, driver="GTiff")
+        except RasterioError as exc:
+            raise InputFileError(
+                f"URL {url!r} is not a GeoTIFF that can be read by range requests "
+                f"({_first_line(exc)}): give the URL of a (Cloud-Optimized) GeoTIFF."
+            ) from None
+        with dataset:
+            if dataset.crs is None:
+                raise MissingCRSError(f"The GeoTIFF at {url!r} has no CRS: give one that has.")
+            with rioxarray.open_rasterio(dataset, masked=False, cache=False,
+                                         parse_coordinates=not is_rotated(dataset.transform),
+                                         ) as opened:  # fmt: skip
+                yield _named_bands(opened, None, url)
 
 
 def read_geotiff_bytes(

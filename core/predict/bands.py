@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,11 +25,12 @@ import torch
 
 from seamline.core.models.modelio import SegmentationModel
 from seamline.core.predict.blocks import to_output
-from seamline.core.predict.file import RowWriter, StripReader, open_for_prediction
+from seamline.core.predict.file import StripReader, open_for_prediction
+from seamline.core.predict.resume import first_tile_row
 from seamline.core.predict.stream import band_rows, divide_rows, grid_divisors, stream_tiles
 from seamline.core.predict.tilegrid import TileGrid
 
-__all__ = ["BandAssembler", "BandResult", "plan_bands", "predict_band"]
+__all__ = ["BandAssembler", "BandResult", "bands_to_rerun", "plan_bands", "predict_band"]
 
 
 def plan_bands(grid: TileGrid, rows: int) -> list[tuple[int, int]]:
@@ -116,15 +118,25 @@ def _joined(pieces: list[tuple[int, np.ndarray, np.ndarray]]):
             np.concatenate([p[2] for p in pieces]))  # fmt: skip
 
 
-class BandAssembler:
-    """Writes bands' results in band order through a :class:`~.file.RowWriter`: each shared
-    row range is the band above's tail plus the band below's head (either alone where the
-    other band ran no tile: its pixels are all nodata), then divided and converted as the
-    stream's rows are."""
+def bands_to_rerun(bands: list[tuple[int, int]], grid: TileGrid, done: int) -> int:
+    """The first of ``bands`` a run resumed after ``done`` finished rows must compute again:
+    the first whose tiles reach a row not done. Every band after it reaches one too, and
+    every band that adds to a row not done is rerun, so each such row gets all its sums."""
+    first = first_tile_row(grid.rows, grid.tile, done)
+    return next((n for n, (_, stop) in enumerate(bands) if stop > first), len(bands))
 
-    def __init__(self, writer: RowWriter, grid: TileGrid, *, classes: int,
-                 probabilities: bool) -> None:  # fmt: skip
-        self.writer, self.grid, self.probabilities = writer, grid, probabilities
+
+class BandAssembler:
+    """Puts bands' results in band order (``put(a, b, out, valid)``: a
+    :class:`~.file.RowWriter`'s, or rows staged for ``--resume``): each shared row range is
+    the band above's tail plus the band below's head (either alone where the other band ran
+    no tile: its pixels are all nodata), then divided and converted as the stream's rows are.
+    A run resumed at band ``n`` (:func:`bands_to_rerun`) starts without the tail of band
+    ``n - 1``: the rows that needs were finished before, and the staging skips them."""
+
+    def __init__(self, put: Callable[[int, int, np.ndarray, np.ndarray], None], grid: TileGrid,
+                 *, classes: int, probabilities: bool) -> None:  # fmt: skip
+        self.put, self.grid, self.probabilities = put, grid, probabilities
         self.classes = classes
         self.divisors = grid_divisors(grid)
         self.tail: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -143,7 +155,7 @@ class BandAssembler:
         if result.body is None:  # no tile ran: every pixel of the band is nodata
             self._put_nodata(result.body_start, result.body_stop)
         elif result.body_stop > result.body_start:
-            self.writer.put(result.body_start, result.body_stop, result.body, result.body_valid)
+            self.put(result.body_start, result.body_stop, result.body, result.body_valid)
         self.tail = result.tail
 
     def _put_nodata(self, a: int, b: int) -> None:
@@ -151,9 +163,9 @@ class BandAssembler:
             return
         nothing = np.zeros((b - a, self.grid.width), dtype=bool)  # every pixel nodata
         scores = np.zeros((self.classes, *nothing.shape), dtype=np.float32)
-        self.writer.put(a, b, to_output(scores, nothing, self.probabilities), nothing)
+        self.put(a, b, to_output(scores, nothing, self.probabilities), nothing)
 
     def _put_scores(self, a: int, scores: np.ndarray, valid: np.ndarray) -> None:
         final = divide_rows(torch.from_numpy(scores), a, self.divisors).numpy()
         out = to_output(final, valid, self.probabilities)
-        self.writer.put(a, a + valid.shape[0], out, valid)
+        self.put(a, a + valid.shape[0], out, valid)

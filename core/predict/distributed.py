@@ -36,9 +36,21 @@ from rasterio.env import set_gdal_config
 from seamline.core.data.files import check_output_path
 from seamline.core.errors import InvalidArgumentError
 from seamline.core.models.modelio import SegmentationModel, check_bands, load_model
-from seamline.core.predict.bands import BandAssembler, BandResult, plan_bands, predict_band
+from seamline.core.predict.bands import (
+    BandAssembler,
+    BandResult,
+    bands_to_rerun,
+    plan_bands,
+    predict_band,
+)
 from seamline.core.predict.blocks import BlockGrid, as_prediction, predict_block
-from seamline.core.predict.file import RowWriter, open_for_prediction, output_raster
+from seamline.core.predict.file import (
+    RowWriter,
+    open_for_prediction,
+    output_raster,
+    stage_rows,
+    write_staged,
+)
 from seamline.core.predict.inputs import ModelInput
 from seamline.core.predict.plan import choose_overlap, choose_tile_size
 from seamline.core.predict.tiling import Blend, TileGrid
@@ -206,6 +218,7 @@ def predict_file_distributed(
     band_names: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     n_workers: int | None = None,
+    resume: bool = False,
     **tiling,
 ) -> dict:
     """:func:`seamline.core.predict.file.predict_file` on a ``dask.distributed`` cluster.
@@ -216,11 +229,12 @@ def predict_file_distributed(
     ``n_workers``), a scheduler address or a ``Client`` (see :func:`connect`). The workers
     must reach ``input_path`` (a shared or local file system); the client adds the rows
     bands share and writes the tiled GeoTIFF or COG in band order as results arrive, so no
-    process holds the raster. Returns a summary like ``predict_file``'s (tiles run, the
-    grid's tiles, bands), with the scheduler and the workers' count.
+    process holds the raster. ``resume`` stages the finished rows beside the output as
+    ``predict_file``'s does (:mod:`~.resume`): a killed run started again with ``resume``
+    (and the same ``block_size``) submits only the bands that reach the rows not done.
+    Returns a summary like ``predict_file``'s (tiles run, the grid's tiles, bands), with the
+    scheduler and the workers' count.
     """
-    from distributed import as_completed
-
     model = load_model(model)
     check_output_path(output_path, inputs=[input_path])
     tile_size = choose_tile_size(model, tiling.pop("tile_size", None))
@@ -231,34 +245,62 @@ def predict_file_distributed(
     bands = plan_bands(grid, block_size)
     task = partial(predict_band, input_path, grid=grid, aoi=aoi, band_names=band_names,
                    probabilities=probabilities, **tiling)  # fmt: skip
+    writing = partial(output_raster, output_path, scene, model, probabilities=probabilities,
+                      cog=cog)  # fmt: skip
+    source, staged, first = str(input_path), None, 0
+    if resume:  # the band plan is part of the job: it groups a shared row's sums
+        staged = stage_rows(output_path, input_path, model, grid, aoi=aoi,
+                            probabilities=probabilities, band_names=band_names,
+                            runner={"bands": bands})  # fmt: skip
+        first = bands_to_rerun(bands, grid, staged.done)
     start = time.perf_counter()
-    with connect(scheduler, n_workers=n_workers) as client, \
-            output_raster(output_path, scene, model, probabilities=probabilities,
-                          cog=cog) as dst:  # fmt: skip
-        shipped = client.scatter(model, broadcast=True)  # once per worker, not per task
-        futures = [client.submit(task, band, model=shipped, pure=False) for band in bands]
-        order = {future.key: n for n, future in enumerate(futures)}
-        writer = RowWriter(dst, probabilities=probabilities)
-        assembler = BandAssembler(writer, grid, classes=len(model.classes),
-                                  probabilities=probabilities)  # fmt: skip
-        arrived: dict[int, BandResult] = {}
-        added = tiles = 0
-        for future, result in as_completed(futures, with_results=True):
-            arrived[order[future.key]] = result
-            future.release()
-            while added in arrived:  # in band order: a shared row needs the band above
-                band = arrived.pop(added)
-                assembler.add(band)
-                tiles, added = tiles + band.tiles, added + 1
-                if progress is not None:
-                    progress(added, len(bands))
-        writer.close(source=str(input_path), aoi=aoi is not None)
-        count = dst.count
+    with connect(scheduler, n_workers=n_workers) as client:
+        run = partial(_run_bands, client, task, model, bands[first:], grid, probabilities,
+                      progress)  # fmt: skip
+        if staged is None:
+            with writing() as dst:
+                writer = RowWriter(dst, probabilities=probabilities)
+                tiles = run(writer.put)
+                writer.close(source=source, aoi=aoi is not None)
+        else:
+            tiles = run(lambda a, b, out, valid: staged.put(a, b, out))
+            with writing() as dst:
+                write_staged(staged, RowWriter(dst, probabilities=probabilities), source, aoi)
+            staged.remove()
         workers = len(client.scheduler_info()["workers"])
     seconds = time.perf_counter() - start
+    count = len(model.classes) if probabilities else 1
     return {
         "output": str(output_path), "tiles": tiles, "grid_tiles": len(grid),
         "bands": len(bands), "shape": [count, grid.height, grid.width], "seconds": seconds,
         "megapixels_per_s": grid.height * grid.width / 1e6 / seconds,
         "scheduler": scheduler if isinstance(scheduler, str) else "client", "workers": workers,
-    }  # fmt: skip
+    } | ({"resumed_from_row": staged.resumed_from, "bands_run": len(bands) - first}
+         if staged is not None else {})  # fmt: skip
+
+
+def _run_bands(client, task: Callable, model: SegmentationModel, bands: list[tuple[int, int]],
+               grid: TileGrid, probabilities: bool, progress: Callable[[int, int], None] | None,
+               put: Callable) -> int:  # fmt: skip
+    """Submit ``bands`` to ``client`` and ``put`` their rows in band order as they arrive;
+    the tiles run."""
+    from distributed import as_completed
+
+    if not bands:  # a resumed run whose rows were all staged
+        return 0
+    shipped = client.scatter(model, broadcast=True)  # once per worker, not per task
+    futures = [client.submit(task, band, model=shipped, pure=False) for band in bands]
+    order = {future.key: n for n, future in enumerate(futures)}
+    assembler = BandAssembler(put, grid, classes=len(model.classes), probabilities=probabilities)
+    arrived: dict[int, BandResult] = {}
+    added = tiles = 0
+    for future, result in as_completed(futures, with_results=True):
+        arrived[order[future.key]] = result
+        future.release()
+        while added in arrived:  # in band order: a shared row needs the band above
+            band = arrived.pop(added)
+            assembler.add(band)
+            tiles, added = tiles + band.tiles, added + 1
+            if progress is not None:
+                progress(added, len(bands))
+    return tiles

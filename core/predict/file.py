@@ -58,6 +58,8 @@ __all__ = [
     "open_for_prediction",
     "output_raster",
     "predict_file",
+    "stage_rows",
+    "write_staged",
 ]
 
 GDAL_CACHE = 64 * 2**20  # bytes (rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64)
@@ -185,11 +187,11 @@ def predict_file(
                                    **stream)  # fmt: skip
                 writer.close(source=source, aoi=aoi is not None)
         else:
-            staged = _staged(output_path, input_path, model, grid, aoi, probabilities,
-                             band_names)  # fmt: skip
+            staged = stage_rows(output_path, input_path, model, grid, aoi=aoi,
+                                probabilities=probabilities, band_names=band_names)
             run = _stream_staged(staged, model, grid, reading, probabilities, stream)
             with writing() as dst:
-                _write_staged(staged, RowWriter(dst, probabilities=probabilities), source, aoi)
+                write_staged(staged, RowWriter(dst, probabilities=probabilities), source, aoi)
             staged.remove()
     count = len(model.classes) if probabilities else 1
     seconds = time.perf_counter() - start
@@ -201,12 +203,21 @@ def predict_file(
     } | ({"resumed_from_row": staged.resumed_from} if staged is not None else {})  # fmt: skip
 
 
-def _staged(output_path, input_path, model, grid, aoi, probabilities, band_names) -> StagedRows:
-    """The staged rows of this job (those of a killed run of the same job, if any)."""
+def stage_rows(
+    output_path: str | os.PathLike, input_path: str | os.PathLike, model: SegmentationModel,
+    grid: TileGrid, *, aoi: gpd.GeoDataFrame | None, probabilities: bool,
+    band_names: list[str] | None, runner: object = None,
+) -> StagedRows:  # fmt: skip
+    """The staged rows of this job (those of a killed run of the same job, if any).
+    ``runner`` names how the rows are computed when that changes their floats (the bands of
+    a ``--scheduler`` run group a shared row's sums by band): a job staged one way is not
+    resumed another way."""
     weights = model_fingerprint(model.module, getattr(model.module, "onnx_bytes", None))
     parts = {"model": [model.name, model.precision, weights], "grid": [grid.tile, grid.overlap,
              grid.blend.value, grid.align], "probabilities": probabilities,
              "aoi": None if aoi is None else aoi.to_json(), "bands": band_names}  # fmt: skip
+    if runner is not None:
+        parts["runner"] = runner
     shape = (grid.height, grid.width)
     shape = (len(model.classes), *shape) if probabilities else shape
     dtype = np.dtype(np.float32 if probabilities else np.uint8)
@@ -239,7 +250,7 @@ def _done_before(a: int, b: int, scores: torch.Tensor) -> None:
     """Rows the resumed stream shares with tile rows it does not rerun: staged before."""
 
 
-def _write_staged(staged: StagedRows, writer: RowWriter, source: str, aoi) -> None:
+def write_staged(staged: StagedRows, writer: RowWriter, source: str, aoi) -> None:
     """The staged rows into the output, a row of its blocks at a time."""
     for a in range(0, staged.done, writer.block):
         b = min(a + writer.block, staged.done)

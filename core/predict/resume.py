@@ -9,7 +9,9 @@ the model's weights, the tiling, the AOI, the output kind. A later run with the 
 reruns only the tile rows that reach the rows not done: the stream's accumulation for a row
 starts from the first tile row that touches it, so the rows come out bit for bit as in an
 uninterrupted run. The GeoTIFF (or COG) is written from the staged rows at the end, then the
-staging is removed. A journal of another job is replaced (the job starts over).
+staging is removed. A journal of another job is replaced (the job starts over). A
+``--scheduler`` run stages the rows its client assembles from bands the same way and reruns the
+bands that reach the rows not done (:func:`~.bands.bands_to_rerun`).
 """
 
 from __future__ import annotations

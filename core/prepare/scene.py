@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +26,14 @@ from rasterio.warp import calculate_default_transform, transform_bounds
 
 from seamline.core.data.files import check_output_path, decoding
 from seamline.core.data.grid import footprint, is_rotated, pixel_size, window
-from seamline.core.data.io import check_aoi, open_aoi, open_raster, valid_mask, write_raster
+from seamline.core.data.io import (
+    check_aoi,
+    open_allowed,
+    open_aoi,
+    open_raster,
+    valid_mask,
+    write_raster,
+)
 from seamline.core.data.limits import InputBudget
 from seamline.core.errors import (
     GeometryError,
@@ -49,6 +57,7 @@ __all__ = [
     "prepare",
     "prepare_file",
     "PrepareReport",
+    "read_allowed_scene",
     "require_crs",
 ]
 
@@ -240,6 +249,30 @@ def clip_to_aoi(
     for band in data:
         np.copyto(band, scene.rio.nodata, where=outside, casting="unsafe")
     return scene.copy(data=data)
+
+
+def read_allowed_scene(
+    url: str,
+    hosts: Iterable[str],
+    *,
+    budget: InputBudget,
+    aoi: gpd.GeoDataFrame | None = None,
+    surface: str = "dashboard",
+) -> xr.DataArray:
+    """A visitor's (or service client's) COG URL on an allowed host
+    (:func:`~seamline.core.data.io.open_allowed`) read into memory: with an ``aoi``, only its
+    window, pixels outside it nodata (as :func:`clip_to_aoi`). The ``budget`` bounds the
+    window (or the whole raster) from the header, before a pixel is fetched."""
+    with open_allowed(url, hosts, surface=surface) as lazy:
+        part = crop_to_aoi(lazy, aoi) if aoi is not None else lazy
+        if aoi is not None:
+            source, fix = f"window of {url!r} inside the AOI", "draw a smaller AOI"
+        else:
+            source = f"raster at {url!r}"
+            fix = "give an AOI to read a window of it, or use `seamline predict` for it"
+        budget.check_scene(part, source=source, fix=fix)
+        with decoding(f"The GeoTIFF at {url!r}", fix="check that the file is whole"):
+            return clip_to_aoi(lazy, aoi) if aoi is not None else lazy.load()
 
 
 def prepare(

@@ -311,3 +311,45 @@ def test_a_large_upload_arrives_and_a_wrong_file_is_one_sentence(visit, tmp_path
     page.get_by_role("button", name="Use upload").click()
     page.get_by_text("1700 x 1700 px").first.wait_for(timeout=90_000)
     assert visit.errors == []
+
+
+def test_a_url_on_an_allowed_host_is_a_scene_source(tmp_path):
+    """`seamline serve --allow-remote-host`: the URL source opens a COG served over HTTP
+    (its map drawn, at a small viewport), and a URL that redirects is one sentence that
+    leaves the scene in place."""
+    from playwright.sync_api import sync_playwright
+
+    from seamline.core.data.io import write_raster
+    from seamline.core.demo.synthetic import make_scene
+    from tests.rangeserver import serving as serving_files
+
+    scene = make_scene(240, 320, crs="EPSG:32633", origin=(465000.0, 5080000.0), seed=3)[0]
+    write_raster(scene, tmp_path / "site.tif", driver="COG")
+    with serving_files(tmp_path) as files, serving("--allow-remote-host", files.host) as url, \
+            sync_playwright() as p:  # fmt: skip
+        files.redirects["/moved.tif"] = files.url("site.tif")
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.locator(".bk-Figure").first.wait_for(timeout=90_000)
+        page.get_by_role("button", name="URL", exact=True).click()
+        page.get_by_text(f"Hosts allowed: {files.host}").wait_for(timeout=30_000)
+        field = page.get_by_placeholder(f"https://{files.host}/scene.tif")
+        field.fill(files.url("site.tif"))
+        field.press("Enter")
+        page.get_by_role("button", name="Open URL").click()
+        page.get_by_text("320 x 240 px").first.wait_for(timeout=60_000)
+        assert page.get_by_text("EPSG:32633").count() >= 1
+        page.wait_for_timeout(1500)
+        assert _painted(_map(page)) > 0.5
+        field.fill(files.url("moved.tif"))
+        field.press("Enter")
+        page.get_by_role("button", name="Open URL").click()
+        page.get_by_text("redirects elsewhere (302)").wait_for(timeout=30_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(tmp_path / "url_source.png"), full_page=True)
+        assert page.get_by_text("320 x 240 px").count() >= 1  # the scene stays
+        assert errors == []
+        browser.close()
