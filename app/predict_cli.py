@@ -157,7 +157,7 @@ def _record_drift(args: argparse.Namespace, profile) -> dict:
         history.add(result, time=parse_time(args.time), scene=args.input)
     summary = result.to_dict()
     return {key: summary[key] for key in ("score", "threshold", "drift", "driver")} | {
-        "db": args.db}
+        "db": args.db, "gather_s": profile.seconds}
 
 
 def _job_tiles(model, scene, args: argparse.Namespace) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 Per band (by name) and index, :func:`scene_parts` keeps the valid values on a regular grid
 (for the quantile sketch and the KS statistic) and, given the baseline's bin edges, the
 histogram of all valid pixels, also per tile of the drift map. Everything is vectorised
-numpy (histograms by ``searchsorted`` + ``bincount``); loops run over bands only.
+numpy (histograms by :func:`histogram_bins` + ``bincount``); loops run over bands and bin
+edges only.
 :func:`class_counts` gives a model's predicted class counts on a scene.
 """
 
@@ -27,6 +28,7 @@ __all__ = [
     "Part",
     "feature_bands",
     "feature_rows",
+    "histogram_bins",
     "make_part",
     "thin_stride",
     "tile_ids",
@@ -57,6 +59,29 @@ class Part:
     ks_sample: np.ndarray  # valid values at least KS_MIN_STRIDE apart, <= KS_SAMPLE
     counts: np.ndarray | None = None  # (HIST_BINS,) over all valid pixels
     tiles: np.ndarray | None = None  # (tiles, HIST_BINS)
+
+
+def histogram_bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The histogram bin of each (finite) value for the bin ``edges``: how many inner edges
+    lie at or below it, ``np.searchsorted(edges[1:-1], values, side="right")`` exactly, as
+    uint8.
+
+    Written by hand because a binary search per pixel is branchy and scalar (40 ms per
+    448 x 4096 strip here); one SIMD comparison per inner edge is ~10x faster. A float32
+    value is compared with each float64 edge rounded up to float32 (the smallest float32 at
+    or above it), which orders every float32 value as the float64 edge does."""
+    inner = np.asarray(edges, dtype=np.float64)[1:-1]
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    elif values.dtype == np.float32:
+        rounded = inner.astype(np.float32)
+        inner = np.where(rounded < inner, np.nextafter(rounded, np.float32(np.inf)), rounded)
+    bins = np.zeros(values.shape, dtype=np.uint8)  # HIST_BINS < 256
+    above = np.empty(values.shape, dtype=bool)
+    for edge in inner.astype(values.dtype, copy=False):
+        np.greater_equal(values, edge, out=above)
+        np.add(bins, above.view(np.uint8), out=bins)
+    return bins
 
 
 def thin_stride(count: int, max_samples: int, min_stride: int = 1) -> int:
@@ -135,7 +160,7 @@ def scene_parts(
         histogram = None
         if edges is not None:
             finite = np.isfinite(values)
-            bins = np.searchsorted(edges[name][1:-1], values[finite], side="right")
+            bins = histogram_bins(values[finite], edges[name])
             flat = bins if ids is None else ids[finite] * HIST_BINS + bins
             histogram = np.bincount(flat, minlength=(n_tiles or 1) * HIST_BINS)
         parts[name] = make_part(name, thin(values, PROFILE_SAMPLES),
