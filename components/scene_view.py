@@ -110,9 +110,6 @@ class SceneView(pn.viewable.Viewer):
         )
 
     def __panel__(self) -> pn.viewable.Viewable:
-        """The map beside a metadata list."""
-        return pn.Row(
-            pn.Column(self._map, sizing_mode="stretch_width"),
-            self._metadata_pane,
-            sizing_mode="stretch_width",
-        )
+        """The map, its metadata list below it: beside it, a fixed-width map left the list
+        no room at 900 px, where it was drawn over the map."""
+        return pn.Column(self._map, self._metadata_pane, sizing_mode="stretch_width")
