@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up Seamline in ./.venv on a fresh machine; idempotent (re-runs are quick).
 #   bash scripts/setup.sh          the package, for the dashboard and the CLI
-#   bash scripts/setup.sh --test   plus the test tools and Debian's Chromium for browser tests
+#   bash scripts/setup.sh --test   plus the test tools, Debian's Chromium (browser tests) and
+#                                  gdal-bin (ogrinfo reads the GeoPackages we write)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,11 +16,15 @@ PYTHON=${PYTHON:-python3}
 
 if [ "${1:-}" = "--test" ]; then
     .venv/bin/python -m pip install -q -e ".[test]"
-    if ! command -v chromium >/dev/null 2>&1; then
+    # Debian's chromium (browser tests) and gdal-bin (ogrinfo: outputs checked by a second tool)
+    missing=""
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    command -v ogrinfo >/dev/null 2>&1 || missing="$missing gdal-bin"
+    if [ -n "$missing" ]; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-            apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+            apt-get update -qq && apt-get install -y -qq $missing >/dev/null
         else
-            echo "setup: install Debian's chromium (apt-get install chromium) for browser tests" >&2
+            echo "setup: install Debian's$missing (apt-get install$missing) for the tests" >&2
         fi
     fi
 else
