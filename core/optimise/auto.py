@@ -20,6 +20,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -54,7 +55,7 @@ MIN_AGREEMENT = 0.995
 """Share of calibration pixels whose class must equal FP32's for a backend to be kept."""
 RUNS = 5
 """Timed forward passes per candidate (after two warm-ups); the median is kept."""
-CHOICE_VERSION = 3  # 3: compiled backends are AOTInductor packages, loaded warm
+CHOICE_VERSION = 4  # 4: INT8 timed with its calls in flight, as jobs run it; its warm build
 AUTO_MIN_TILES = 16
 """Scenes with fewer tiles than this run FP32 unless a choice was made before on the machine."""
 
@@ -259,13 +260,24 @@ def _forward(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> torch
 
 
 def _timed(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> float:
-    """Median milliseconds per tile of ``RUNS`` forward passes of one batch (2 warm-ups)."""
+    """Median milliseconds per tile of ``RUNS`` forward passes of one batch (2 warm-ups), as
+    the tile stream runs it: with ``parallel_forward`` (INT8 on ONNX Runtime), that many in
+    flight (AMD EPYC, AVX-512, 2 threads: 47 ms per 512 px tile alone, 37 ms two at once)."""
     x = tiles[:batch].contiguous(memory_format=_memory_format(model))
-    with torch.inference_mode():
+    forward, calls = (model.module.parallel_forward() if hasattr(model.module, "parallel_forward")
+                      else (model.module, 1))  # fmt: skip
+    with torch.inference_mode(), ThreadPoolExecutor(calls) as pool:
+
+        def run() -> None:  # a batch per call in flight, as the tile stream keeps them
+            if calls == 1:
+                forward(x)  # in this thread: inference mode and autocast are per thread
+            else:
+                list(pool.map(forward, [x] * calls))
+
         for _ in range(2):
-            model.module(x)
-        times = [_seconds(lambda: model.module(x), x.device) for _ in range(RUNS)]
-    return 1000 * statistics.median(times) / len(x)
+            run()
+        times = [_seconds(run, x.device) for _ in range(RUNS)]
+    return 1000 * statistics.median(times) / (calls * len(x))
 
 
 def _device_name(device: torch.device | str) -> str:
@@ -294,11 +306,13 @@ def _key(model: SegmentationModel, tile_size: int, batch_size: int, device: str,
 
 def _warm_build_seconds(model, backend, calibration, batch_size, device, tiles,
                         cache) -> float | None:  # fmt: skip
-    """For a compiled backend, what a later process pays: its package loaded from the disk
-    cache (0.01-0.1 s; 17 s to compile the demo U-Net the first time on 2 cores), or with
-    ``cache=False`` or a module only ``torch.compile`` takes, compiled again. None for eager
-    backends (their build is their measured one)."""
-    if not backend.compile:
+    """What a later process pays to build a backend that keeps an artefact on disk: a
+    compiled one's package loaded from the disk cache (0.01-0.1 s; 17 s to compile the demo
+    U-Net the first time on 2 cores), or with ``cache=False`` or a module only
+    ``torch.compile`` takes, compiled again; INT8's graph loaded and its session started
+    (0.3 s where calibrating took 8). None for the other eager backends (their build is their
+    measured one)."""
+    if not backend.compile and not (backend.precision == "int8" and cache):
         return None
     forget_compiled()
     start = time.perf_counter()
@@ -378,18 +392,22 @@ def auto_backend(
             notify(f"measuring {len(backends)} backends for model {model.name!r} at "
                    f"{tile_size} px tiles, once on this machine (a minute at most; "
                    "--precision fp32 skips it)")  # fmt: skip
+        start = time.perf_counter()
         calibration = calibration_tiles(scene, model, tile_size=tile_size)
         choice = choose_backend(model, calibration, tile_size=tile_size, batch_size=batch_size,
-                                device=device, cache=cache, backends=backends)  # fmt: skip
+                                device=device, cache=cache, backends=backends,
+                                calibration_s=time.perf_counter() - start)  # fmt: skip
     job = float("inf") if tiles is None else tiles
     backend = BACKENDS[choice.best_for(job, compiled=allow_compile).backend]
+    start = time.perf_counter()
     if backend.precision == "int8" and calibration is None:  # only INT8 reads the scene again
         calibration = calibration_tiles(scene, model, tile_size=tile_size)
     use_inductor_cache()
-    start = time.perf_counter()
     built = build_backend(model, backend, calibration=calibration, batch_size=batch_size,
                           device=device, cache=cache)  # fmt: skip
-    if backend.compile and choice.from_cache:  # learn what a new process pays to compile
+    if (backend.compile or backend.precision == "int8") and choice.from_cache:
+        # learn what a new process pays: a compiled package loaded (or compiled again), an
+        # INT8 graph read from the cache with the calibration tiles that key it
         probe = torch.zeros(batch_size, len(model.bands), tile_size, tile_size, device=device)
         _forward(built, probe, batch_size)
         choice = _with_build_seconds(choice, backend, time.perf_counter() - start)
@@ -422,10 +440,13 @@ def choose_backend(
     device: torch.device | str = "cpu",
     cache: bool = True,
     backends: list[Backend] | None = None,
+    calibration_s: float = 0.0,
 ) -> Choice:
     """The fastest of ``backends`` (default :func:`candidates`) whose classes agree with FP32
     on at least :data:`MIN_AGREEMENT` of ``calibration``'s pixels (normalised tiles
-    ``(n, bands, tile_size, tile_size)``), measured here or read from the disk cache."""
+    ``(n, bands, tile_size, tile_size)``), measured here or read from the disk cache.
+    ``calibration_s``: what reading those tiles took, which INT8 pays again in every process
+    (its cached graph is keyed by them)."""
     if model.precision != "fp32":
         raise InvalidArgumentError(
             f"--precision auto starts from the FP32 model, and {model.name!r} is "
@@ -458,6 +479,8 @@ def choose_backend(
             continue
         build_s = time.perf_counter() - start
         warm = _warm_build_seconds(model, backend, calibration, batch_size, device, tiles, cache)
+        if warm is not None and backend.precision == "int8":
+            warm += calibration_s
         warm = build_s if warm is None else warm
         ms = _timed(built, tiles, batch_size)
         agreement = float((classes == reference).float().mean())
