@@ -132,6 +132,28 @@ def test_int8s_warm_build_is_its_cached_graph_not_its_calibration(demo, tiles):
     assert fp32.warm_build_s == fp32.build_s  # nothing kept on disk: built again
 
 
+def test_int8_pays_its_calibration_on_a_scene_it_was_not_calibrated_on(demo, tiles,
+                                                                        monkeypatch):  # fmt: skip
+    """A cached table where INT8 is fastest and cheap to load: a scene whose INT8 graph is
+    in the cache runs INT8; a new scene would calibrate (its first build, here 1000 s), so
+    the job runs FP32 instead."""
+    measured = choose_backend(demo, tiles, tile_size=64, backends=EAGER)
+    rows = {"fp32": replace(next(m for m in measured.measurements if m.backend == "fp32"),
+                            ms_per_tile=10.0, build_s=0.0, warm_build_s=0.0, kept=True),
+            "int8": replace(next(m for m in measured.measurements if m.backend == "int8"),
+                            ms_per_tile=1.0, build_s=1000.0, warm_build_s=0.01, kept=True)}
+    table = replace(measured, measurements=tuple(rows.values()), from_cache=True)
+    monkeypatch.setattr(auto, "cached_choice", lambda *args, **kwargs: table)
+    monkeypatch.setattr(auto, "_store", lambda choice: None)  # the crafted table stays here
+    seen, new = (make_scene(256, 256, seed=s)[0] for s in (61, 62))
+    quantize(demo, calibration_tiles(seen, demo, tile_size=64))  # calibrated on before
+    built, choice = auto_backend(demo, seen, tile_size=64, tiles=100, allow_compile=False)
+    assert choice.backend == "int8" and built.precision == "int8"
+    assert built.metadata["quantization"]["from_cache"] is True
+    built, choice = auto_backend(demo, new, tile_size=64, tiles=100, allow_compile=False)
+    assert choice.backend == "fp32" and built.precision == "fp32"  # 1000 s > 100 x 10 ms
+
+
 def test_a_module_with_calls_in_flight_is_timed_as_jobs_run_it(monkeypatch):
     """INT8 on ONNX Runtime keeps two calls in flight in the tile stream; timing it one call
     at a time under-rated it (47 vs 37 ms per tile on an AMD EPYC)."""

@@ -32,7 +32,7 @@ from seamline.core.errors import InvalidArgumentError
 from seamline.core.hardware import bf16_is_native, cpu_info, device_label
 from seamline.core.models.modelio import SegmentationModel, with_precision
 from seamline.core.optimise.backends import compiled, forget_compiled, use_inductor_cache
-from seamline.core.optimise.quantize import calibration_tiles, quantize
+from seamline.core.optimise.quantize import calibration_tiles, quantize, quantized_before
 from seamline.core.predict.stream import place_module
 
 __all__ = [
@@ -306,12 +306,9 @@ def _key(model: SegmentationModel, tile_size: int, batch_size: int, device: str,
 
 def _warm_build_seconds(model, backend, calibration, batch_size, device, tiles,
                         cache) -> float | None:  # fmt: skip
-    """What a later process pays to build a backend that keeps an artefact on disk: a
-    compiled one's package loaded from the disk cache (0.01-0.1 s; 17 s to compile the demo
-    U-Net the first time on 2 cores), or with ``cache=False`` or a module only
-    ``torch.compile`` takes, compiled again; INT8's graph loaded and its session started
-    (0.3 s where calibrating took 8). None for the other eager backends (their build is their
-    measured one)."""
+    """What a later process pays for a backend kept on disk: a compiled package loaded
+    (0.01-0.1 s where compiling took 17; compiled again without a cache), an INT8 graph
+    loaded (0.1 s where calibrating took 8). None for the others: their build is measured."""
     if not backend.compile and not (backend.precision == "int8" and cache):
         return None
     forget_compiled()
@@ -400,14 +397,20 @@ def auto_backend(
     job = float("inf") if tiles is None else tiles
     backend = BACKENDS[choice.best_for(job, compiled=allow_compile).backend]
     start = time.perf_counter()
-    if backend.precision == "int8" and calibration is None:  # only INT8 reads the scene again
-        calibration = calibration_tiles(scene, model, tile_size=tile_size)
+    if backend.precision == "int8":
+        if calibration is None:  # only INT8 reads the scene again
+            calibration = calibration_tiles(scene, model, tile_size=tile_size)
+        if cache and not quantized_before(model, calibration):  # a scene not calibrated on:
+            int8 = next(m for m in choice.measurements if m.backend == backend.name)
+            choice = _with_build_seconds(choice, backend, int8.build_s)  # this job calibrates
+            backend = BACKENDS[choice.best_for(job, compiled=allow_compile).backend]
     use_inductor_cache()
     built = build_backend(model, backend, calibration=calibration, batch_size=batch_size,
                           device=device, cache=cache)  # fmt: skip
-    if (backend.compile or backend.precision == "int8") and choice.from_cache:
-        # learn what a new process pays: a compiled package loaded (or compiled again), an
-        # INT8 graph read from the cache with the calibration tiles that key it
+    # Learn what a new process pays: a compiled package loaded (or compiled again), an INT8
+    # graph read from the cache with the calibration tiles that key it (not a calibration).
+    int8 = built.metadata.get("quantization")
+    if (int8["from_cache"] if int8 else backend.compile) and choice.from_cache:
         probe = torch.zeros(batch_size, len(model.bands), tile_size, tile_size, device=device)
         _forward(built, probe, batch_size)
         choice = _with_build_seconds(choice, backend, time.perf_counter() - start)
@@ -417,9 +420,8 @@ def auto_backend(
 
 
 def _with_build_seconds(choice: Choice, backend: Backend, seconds: float) -> Choice:
-    """``choice`` with ``backend``'s warm build cost set to the one just observed: measured in
-    the measuring process, it can miss what a new one pays (a module that falls back to
-    ``torch.compile`` starts inductor again: ~4 s for the demo U-Net on 2 cores)."""
+    """``choice`` with ``backend``'s warm build cost set to ``seconds`` (one just observed:
+    the measuring process can miss what a new one pays)."""
     rows = tuple(replace(m, warm_build_s=seconds) if m.backend == backend.name else m
                  for m in choice.measurements)  # fmt: skip
     return replace(choice, measurements=rows)
@@ -445,8 +447,7 @@ def choose_backend(
     """The fastest of ``backends`` (default :func:`candidates`) whose classes agree with FP32
     on at least :data:`MIN_AGREEMENT` of ``calibration``'s pixels (normalised tiles
     ``(n, bands, tile_size, tile_size)``), measured here or read from the disk cache.
-    ``calibration_s``: what reading those tiles took, which INT8 pays again in every process
-    (its cached graph is keyed by them)."""
+    ``calibration_s``: reading those tiles, which INT8 pays in every process (they key it)."""
     if model.precision != "fp32":
         raise InvalidArgumentError(
             f"--precision auto starts from the FP32 model, and {model.name!r} is "

@@ -51,6 +51,7 @@ __all__ = [
     "calibration_tiles",
     "state_dict_bytes",
     "quantize",
+    "quantized_before",
     "save_quantized",
     "INT8_OPS",
 ]
@@ -231,6 +232,14 @@ def _quantized_onnx(
         finally:
             root.setLevel(level)
         return dst.read_bytes()
+
+
+def quantized_before(model: SegmentationModel, tiles: np.ndarray, *,
+                     per_channel: bool = True) -> bool:  # fmt: skip
+    """Whether :func:`quantize` would find ``model``'s INT8 graph for these calibration tiles
+    in the disk cache (and so calibrate nothing)."""
+    tiles = np.asarray(tiles, dtype=np.float32)
+    return read_entry("int8", _artefact_key(model, tiles, per_channel), ".onnx") is not None
 
 
 def quantize(
