@@ -288,19 +288,26 @@ def _run_bands(client, task: Callable, model: SegmentationModel, bands: list[tup
 
     if not bands:  # a resumed run whose rows were all staged
         return 0
-    shipped = client.scatter(model, broadcast=True)  # once per worker, not per task
+    # Once per worker, not per task; a key of its own (hash=False): a run stopped before
+    # (Ctrl-C) releases its futures of the model later, which cancelled the tasks of the
+    # next run on the same client when both shared the model's content-hashed key.
+    shipped = client.scatter(model, broadcast=True, hash=False)
     futures = [client.submit(task, band, model=shipped, pure=False) for band in bands]
     order = {future.key: n for n, future in enumerate(futures)}
     assembler = BandAssembler(put, grid, classes=len(model.classes), probabilities=probabilities)
     arrived: dict[int, BandResult] = {}
     added = tiles = 0
-    for future, result in as_completed(futures, with_results=True):
-        arrived[order[future.key]] = result
-        future.release()
-        while added in arrived:  # in band order: a shared row needs the band above
-            band = arrived.pop(added)
-            assembler.add(band)
-            tiles, added = tiles + band.tiles, added + 1
-            if progress is not None:
-                progress(added, len(bands))
+    try:
+        for future, result in as_completed(futures, with_results=True):
+            arrived[order[future.key]] = result
+            future.release()
+            while added in arrived:  # in band order: a shared row needs the band above
+                band = arrived.pop(added)
+                assembler.add(band)
+                tiles, added = tiles + band.tiles, added + 1
+                if progress is not None:
+                    progress(added, len(bands))
+    except BaseException:  # stopped or failed: the cluster computes no band nobody takes
+        client.cancel([*futures, shipped])
+        raise
     return tiles
