@@ -70,6 +70,16 @@ def _north_up(scene: xr.DataArray, what: str, filename: str) -> xr.DataArray:
     return scene
 
 
+async def _off_the_loop(button: pn.widgets.Button, read, *args) -> None:
+    """``read(*args)`` in a worker thread, ``button`` disabled meanwhile: the page stays
+    responsive and the read is not started twice."""
+    button.disabled = True
+    try:
+        await asyncio.to_thread(read, *args)
+    finally:
+        button.disabled = False
+
+
 class ScenePicker(pn.viewable.Viewer):
     """Picks the scene (and optional AOI) the rest of the dashboard works on.
 
@@ -109,24 +119,16 @@ class ScenePicker(pn.viewable.Viewer):
         self.param.update(**self._builtin())
 
     async def _use_dropped(self, _event=None) -> None:
-        """The dropped files, decoded off the event loop (the page stays responsive)."""
+        """The dropped files, decoded off the event loop."""
         raster, aoi = self._raster_input, self._aoi_input
-        self._load_button.disabled = True
-        try:
-            await asyncio.to_thread(
-                self.use_upload, raster.value, raster.filename, aoi.value, aoi.filename
-            )
-        finally:
-            self._load_button.disabled = False
+        await _off_the_loop(self._load_button, self.use_upload, raster.value, raster.filename,
+                            aoi.value, aoi.filename)  # fmt: skip
 
     async def _open_url(self, _event=None) -> None:
         """The URL typed, read off the event loop (range requests take a while)."""
         aoi = self._aoi_input
-        self._open_button.disabled = True
-        try:
-            await asyncio.to_thread(self.use_url, self._url_input.value, aoi.value, aoi.filename)
-        finally:
-            self._open_button.disabled = False
+        await _off_the_loop(self._open_button, self.use_url, self._url_input.value, aoi.value,
+                            aoi.filename)  # fmt: skip
 
     def _builtin(self) -> dict:
         """The demo or synthetic scene picked, as param values (none for an upload)."""

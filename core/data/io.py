@@ -123,6 +123,13 @@ def _named_bands(da: xr.DataArray, band_names: Sequence[str] | None,
     return da
 
 
+def _lazy_bands(dataset: rasterio.io.DatasetReader) -> xr.DataArray:
+    """An open dataset as a lazy DataArray, read through it (only the driver that opened it,
+    no second open by path); 1-D coordinates unless its grid is rotated."""
+    return rioxarray.open_rasterio(dataset, masked=False, cache=False,
+                                   parse_coordinates=not is_rotated(dataset.transform))  # fmt: skip
+
+
 @contextmanager
 def open_allowed(url: str, hosts: Iterable[str], *, surface: str = "dashboard") -> Iterator:
     """A visitor's (or a service client's) COG URL, checked
@@ -145,9 +152,7 @@ def open_allowed(url: str, hosts: Iterable[str], *, surface: str = "dashboard") 
         with dataset:
             if dataset.crs is None:
                 raise MissingCRSError(f"The GeoTIFF at {url!r} has no CRS: give one that has.")
-            with rioxarray.open_rasterio(dataset, masked=False, cache=False,
-                                         parse_coordinates=not is_rotated(dataset.transform),
-                                         ) as opened:  # fmt: skip
+            with _lazy_bands(dataset) as opened:
                 yield _named_bands(opened, None, url)
 
 
@@ -193,9 +198,7 @@ def read_geotiff_bytes(
             # Closed once loaded: an open handle in xarray's file cache kept GDAL's
             # blocks of every upload (RSS grew ~15 MB per 64 requests).
             with decoding(f"The {source}", fix="use an uncorrupted GeoTIFF"):
-                with rioxarray.open_rasterio(dataset, masked=False, cache=False,
-                                             parse_coordinates=not is_rotated(dataset.transform),
-                                             ) as opened:  # fmt: skip
+                with _lazy_bands(dataset) as opened:
                     da = opened.load()
     return _named_bands(da, None, Path(source))
 

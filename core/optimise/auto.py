@@ -409,8 +409,8 @@ def auto_backend(
                           device=device, cache=cache)  # fmt: skip
     # Learn what a new process pays: a compiled package loaded (or compiled again), an INT8
     # graph read from the cache with the calibration tiles that key it (not a calibration).
-    int8 = built.metadata.get("quantization")
-    if (int8["from_cache"] if int8 else backend.compile) and choice.from_cache:
+    int8_graph = built.metadata.get("quantization")
+    if (int8_graph["from_cache"] if int8_graph else backend.compile) and choice.from_cache:
         probe = torch.zeros(batch_size, len(model.bands), tile_size, tile_size, device=device)
         _forward(built, probe, batch_size)
         choice = _with_build_seconds(choice, backend, time.perf_counter() - start)
