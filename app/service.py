@@ -131,16 +131,18 @@ def _validation_sentence(exc: RequestValidationError) -> str:
     return f"Parameter {name!r}: {first.get('msg', 'invalid value').lower()}{got}."
 
 
-async def _read_body(request: Request, budget: InputBudget) -> bytes:
-    """The request body, refused (``SizeLimitError``) once it passes the budget's bytes, by
-    its declared ``Content-Length`` or as it streams in."""
+async def _read_body(request: Request, budget: InputBudget, *, source: str = "upload",
+                     fix: str = RASTER_FIX) -> bytes:  # fmt: skip
+    """The request body, refused (``SizeLimitError``, the sentence naming ``source`` and
+    ``fix``) once it passes the budget's bytes, by its declared ``Content-Length`` or as it
+    streams in."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
-        budget.check_bytes(int(declared), source="upload", fix=RASTER_FIX)
+        budget.check_bytes(int(declared), source=source, fix=fix)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        budget.check_bytes(size, source="upload", fix=RASTER_FIX)
+        budget.check_bytes(size, source=source, fix=fix)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -188,7 +190,10 @@ async def _read_scene(request: Request, media: str, budget: InputBudget,
     if media != JSON_TYPE:
         body = await _read_body(request, budget)
         return await asyncio.to_thread(read_geotiff_bytes, body, budget=budget)
-    body = await _read_body(request, InputBudget(max_bytes=MAX_JSON_BYTES))
+    body = await _read_body(request, InputBudget(max_bytes=MAX_JSON_BYTES),
+                            source="JSON request body",
+                            fix='send {"url": "https://host/scene.tif"} alone, or the GeoTIFF '
+                                "itself with Content-Type: image/tiff")  # fmt: skip
     try:
         url = json.loads(body)["url"]
         if not isinstance(url, str):

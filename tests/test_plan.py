@@ -1,6 +1,8 @@
 """The default overlap covers the model's receptive field, and one that cannot is a warning
 (issue #18): tiling is then exact to the measured field's tolerance."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,8 @@ from seamline import load_model, predict_scene
 from seamline.app.cli import main
 from seamline.core.data.io import write_raster
 from seamline.core.demo.synthetic import make_scene
+from seamline.core.models.onnx import OnnxModule
+from seamline.core.optimise.quantize import quantize
 from seamline.core.predict.plan import SeamWarning, choose_overlap, covering_overlap
 
 
@@ -74,4 +78,24 @@ def test_the_seam_probe_is_measured_once_per_machine(monkeypatch, tmp_path):
     torch.manual_seed(1)
     other = load_model(type(again.module)(bands=6, classes=5), bands=list(again.bands))
     with pytest.raises(pytest.fail.Exception, match="probed again"):  # other weights
+        plan.measured_seam_error(other, 128, 32, "cosine")
+
+
+def test_the_seam_probe_of_an_onnx_model_is_keyed_by_its_graph(monkeypatch, tmp_path):
+    """An INT8 or user's .onnx module has no weights to hash: its graph's bytes key the probe
+    (it was probed in every `seamline predict --precision int8`, 0.6 s)."""
+    import seamline.core.predict.plan as plan
+
+    monkeypatch.setenv("SEAMLINE_CACHE_DIR", str(tmp_path))
+    demo = load_model("demo")
+    tiles = np.random.default_rng(3).normal(size=(2, 6, 64, 64)).astype(np.float32)
+    int8 = quantize(demo, tiles)
+    first = plan.measured_seam_error(int8, 128, 32, "cosine")
+    assert 1e-4 < first < 1
+    monkeypatch.setattr(plan, "_probe_seam_error", lambda *a: pytest.fail("probed again"))
+    same = replace(int8, module=OnnxModule(int8.module.onnx_bytes, align=int8.align))
+    assert plan.measured_seam_error(same, 128, 32, "cosine") == first  # a new process's
+    other = quantize(demo, tiles + 1.0)  # another calibration: another graph
+    assert other.module.onnx_bytes != int8.module.onnx_bytes
+    with pytest.raises(pytest.fail.Exception, match="probed again"):
         plan.measured_seam_error(other, 128, 32, "cosine")

@@ -214,6 +214,8 @@ def test_the_service_predicts_a_url_as_the_same_bytes(served):
         huge = http.post("/predict", content=b"{" + b" " * 10_000 + b"}",
                          headers={"Content-Type": "application/json"})  # fmt: skip
         assert huge.status_code == 413
+        error = huge.json()["error"]  # names the JSON body, not an upload of a scene
+        assert error.startswith("The JSON request body is larger") and '{"url":' in error
     with serving_app(create_app(demo, **options)) as base, httpx.Client(base_url=base) as http:
         assert http.get("/health").json()["remote_urls"] is False
         answer = http.post("/predict", json={"url": server.url("scene.tif")})

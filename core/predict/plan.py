@@ -134,12 +134,15 @@ def measured_seam_error(
 def _stored_seam_error(model: SegmentationModel, tile_size: int, overlap: int,
                        blend: str) -> float | None:  # fmt: skip
     """:func:`_probe_seam_error`, kept in the disk cache per weights and tiling (the probe
-    costs ~1 s of every `seamline predict` that warns). A module without weights of its own
-    (ONNX Runtime's) has no fingerprint to key on: probed each process."""
+    costs 0.6-1 s of every `seamline predict` that warns). An ONNX Runtime module (INT8, or a
+    user's ``.onnx``) is keyed by its graph's bytes; another module without weights of its own
+    has no fingerprint to key on: probed each process."""
     module = getattr(model.module, "eager", model.module)
-    if not any(True for _ in module.parameters()):
+    graph = getattr(module, "onnx_bytes", None)
+    if graph is None and not any(True for _ in module.parameters()):
         return _probe_seam_error(model, tile_size, overlap, blend)
-    key = digest([model_fingerprint(module), str(tile_size), str(overlap), blend, "probe 1"])
+    key = digest([model_fingerprint(module, graph), str(tile_size), str(overlap), blend,
+                  "probe 1"])  # fmt: skip
     stored = read_entry("seams", key, ".json")
     if stored is not None:
         return json.loads(stored)["error"]
