@@ -27,6 +27,7 @@ import xarray as xr
 from holoviews.operation.datashader import regrid
 
 from seamline.components.errors import unexpected_errors
+from seamline.components.fit_width import grows, wrapping_row
 from seamline.components.map_axes import map_axes, map_frame
 from seamline.components.scene_view import default_rgb_bands, rgb_composite
 from seamline.core.data.io import band_names, valid_mask
@@ -424,10 +425,10 @@ class DriftView(pn.viewable.Viewer):
         drift = regrid(hv.DynamicMap(pn.bind(self.map_element, index))).opts(
             yaxis=None, **frame
         )
-        # Two fixed-size panes: a holoviews Layout here rendered at 0 px inside the
-        # template's Tabs. Axes are not linked: Panel would link them to every x/y plot of
-        # the page, the other sections' scene included, on another grid.
-        return pn.Row(
+        # Two fixed-size panes (one above the other in a narrow window): a holoviews Layout
+        # here rendered at 0 px inside the template's Tabs. Axes are not linked: Panel would
+        # link them to every x/y plot of the page, the other sections' scene included.
+        return wrapping_row(
             pn.pane.HoloViews(scene, width=width + 110, height=height + 70, linked_axes=False),
             pn.pane.HoloViews(drift, width=width + 90, height=height + 70, linked_axes=False),
         )
@@ -470,21 +471,17 @@ class DriftView(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.viewable.Viewable:
         """Controls on the left; score, date slider, maps, class shares and re-fit right."""
-        details = pn.Row(
-            pn.Column(self._shares_pane, sizing_mode="stretch_width"),
+        details = wrapping_row(
+            grows(pn.Column(self._shares_pane, sizing_mode="stretch_width"), 300),
             pn.Card(self._refit_pane, title="Re-fit response", width=420),
+        )
+        content = pn.Column(
+            pn.pane.Markdown("### Drift monitoring", margin=(0, 10)),
+            self._score_pane,
+            self._slider,
+            self._date_pane,
+            self._maps_pane,
+            details,
             sizing_mode="stretch_width",
         )
-        return pn.Row(
-            pn.Column(self.controls(), width=280),
-            pn.Column(
-                pn.pane.Markdown("### Drift monitoring", margin=(0, 10)),
-                self._score_pane,
-                self._slider,
-                self._date_pane,
-                self._maps_pane,
-                details,
-                sizing_mode="stretch_width",
-            ),
-            sizing_mode="stretch_width",
-        )
+        return wrapping_row(pn.Column(self.controls(), width=280), grows(content, 460))

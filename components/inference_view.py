@@ -23,6 +23,7 @@ import xarray as xr
 from holoviews.operation.datashader import regrid
 
 from seamline.components.errors import unexpected_errors
+from seamline.components.fit_width import grows, map_width_probe, wrapping_row
 from seamline.components.inference_state import (
     SETTINGS,
     InferenceState,
@@ -100,9 +101,11 @@ class InferenceView(pn.viewable.Viewer):
     figures, seam diagnostic and the session's runs table and chart."""
 
     state = param.ClassSelector(class_=InferenceState)
+    map_width = param.Integer(default=560, doc="The widest class map frame (the column's width).")
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
+        self._width = map_width_probe(self)
         self._button = pn.widgets.Button(
             name="Run inference", button_type="primary", disabled=self.state.param.running
         )
@@ -242,12 +245,12 @@ class InferenceView(pn.viewable.Viewer):
         # "first" samples one class per screen pixel (nearest, as GIS viewers show classes):
         # never a blend of ids, and 4x faster than "mode" on a 2048^2 map.
         image = regrid(hv.DynamicMap(self._classes, streams=stream("result")), aggregator="first")
-        image = image.opts(**map_frame(state.scene, max_width=560, max_height=480))
+        image = image.opts(**map_frame(state.scene, max_width=self.map_width, max_height=480))
         grid = hv.DynamicMap(self._grid, streams=stream("result", "show_grid"))
         polygons = hv.DynamicMap(self._polygons, streams=stream("outlines"))
         return image * grid * polygons
 
-    @param.depends("state.scene")
+    @param.depends("state.scene", "map_width")
     def _class_map_pane(self) -> pn.pane.HoloViews:
         # Runs on one scene update the figure in place; a new scene gets a new figure, framed
         # to it (regrid's zoom range and the axes of the previous scene would hide it), with
@@ -365,8 +368,6 @@ class InferenceView(pn.viewable.Viewer):
             sizing_mode="stretch_width",
         )
         runs = pn.Card(self.runs_view(), title="Runs of this session", sizing_mode="stretch_width")
-        return pn.Row(
-            pn.Column(self.controls(), width=300),
-            pn.Column(self.figures(), self.class_map(), seams, runs, sizing_mode="stretch_width"),
-            sizing_mode="stretch_width",
-        )
+        content = pn.Column(self._width, self.figures(), self.class_map(), seams, runs,
+                            sizing_mode="stretch_width")  # fmt: skip
+        return wrapping_row(pn.Column(self.controls(), width=300), grows(content, 420))

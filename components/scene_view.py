@@ -10,6 +10,7 @@ import param
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
+from seamline.components.fit_width import map_width_probe
 from seamline.components.map_axes import map_axes, map_frame
 from seamline.core.data.io import band_names, valid_mask
 from seamline.core.prepare.scene import align_aoi
@@ -49,6 +50,11 @@ class SceneView(pn.viewable.Viewer):
     scene = param.ClassSelector(class_=xr.DataArray, doc="A (band, y, x) scene with a CRS.")
     aoi = param.ClassSelector(class_=gpd.GeoDataFrame, allow_None=True, doc="Optional AOI.")
     title = param.String(default="Scene")
+    map_width = param.Integer(default=580, doc="The widest map frame (the column's width).")
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self._width = map_width_probe(self)
 
     @param.depends("scene")
     def metadata(self) -> dict[str, str]:
@@ -91,11 +97,11 @@ class SceneView(pn.viewable.Viewer):
         """Datashader-regridded composite (re-rendered on zoom) under the AOI outline, framed
         to the current scene at 1:1."""
         composite = regrid(hv.DynamicMap(self.image)).opts(
-            title=self.title, **map_frame(self.scene)
+            title=self.title, **map_frame(self.scene, max_width=self.map_width)
         )
         return composite * hv.DynamicMap(self.outline).opts(color="#ffcc00", line_width=2)
 
-    @param.depends("scene", "title")
+    @param.depends("scene", "title", "map_width")
     def _map(self) -> pn.pane.HoloViews:
         # A new scene gets a new figure: regrid's zoom range, the axes and the title of the
         # previous scene would otherwise frame the new one (a blank map, DataError in the log).
@@ -110,6 +116,6 @@ class SceneView(pn.viewable.Viewer):
         )
 
     def __panel__(self) -> pn.viewable.Viewable:
-        """The map, its metadata list below it: beside it, a fixed-width map left the list
-        no room at 900 px, where it was drawn over the map."""
-        return pn.Column(self._map, self._metadata_pane, sizing_mode="stretch_width")
+        """The map, as wide as the column allows, its metadata list below it: beside it, a
+        fixed-width map left the list no room at 900 px, where it was drawn over the map."""
+        return pn.Column(self._width, self._map, self._metadata_pane, sizing_mode="stretch_width")

@@ -7,6 +7,7 @@ import panel as pn
 import pytest
 from shapely.geometry import box
 
+from seamline.components.fit_width import MAP_CHROME, MIN_FRAME
 from seamline.components.map_axes import map_axes, map_frame
 from seamline.components.scene_view import SceneView, default_rgb_bands, rgb_composite
 from seamline.core.demo.data import sentinel2_aoi, sentinel2_sample
@@ -47,7 +48,7 @@ def test_view_follows_scene_and_aoi_params():
 def test_panel_renders_a_bokeh_model():
     aoi = gpd.GeoDataFrame(geometry=[box(600500, 4698500, 601500, 4699500)], crs="EPSG:32719")
     root = pn.panel(SceneView(scene=sentinel2_sample(), aoi=aoi)).get_root()
-    assert root is not None and len(root.children) == 2
+    assert len(root.children) == 3 and len(_figures(root)) == 1  # width probe, map, metadata
 
 
 @pytest.mark.parametrize("crs, labels, formatter", [
@@ -106,3 +107,20 @@ def test_a_new_scene_gets_a_new_figure_framed_to_it():
     rendered = hv.render(view.plot())
     assert (rendered.x_range.start, rendered.x_range.end) == pytest.approx((left, right))
     assert (rendered.y_range.start, rendered.y_range.end) == pytest.approx((bottom, top))
+
+
+def test_the_map_is_framed_to_the_width_its_column_has():
+    """A 580 px frame overflowed a 900 px window (a 540 px column): the browser's width of
+    the column sets the frame, 1:1 kept, and a wide column keeps the cap."""
+    view = SceneView(scene=sentinel2_sample(), title="Sentinel-2 demo")  # 300 x 200 px, 3:2
+    root = pn.panel(view).get_root()
+    (wide,) = _figures(root)
+    assert view.map_width == 580 and wide.frame_width == 580  # before the browser says
+    view._width.available = 540  # what the browser measured in a 900 px window
+    (narrow,) = _figures(root)
+    assert view.map_width == 540 - MAP_CHROME == narrow.frame_width
+    assert narrow.frame_width / narrow.frame_height == pytest.approx(3 / 2, rel=0.01)
+    view._width.available = 100  # narrower than any map: the smallest frame (it scrolls)
+    assert view.map_width == MIN_FRAME
+    view._width.available = 1560
+    assert view.map_width == 580  # never wider than the cap

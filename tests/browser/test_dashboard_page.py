@@ -78,6 +78,25 @@ class Visit:
         return path
 
 
+@contextmanager
+def opened(url: str, viewport: tuple[int, int]) -> Iterator[tuple[object, list[str]]]:
+    """``url`` in headless Chromium at ``viewport`` (width, height) once its first figure is
+    drawn, and the list the page's errors go to."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport=dict(zip(("width", "height"), viewport, strict=True)))
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.locator(".bk-Figure").first.wait_for(timeout=90_000)
+        try:
+            yield page, errors
+        finally:
+            browser.close()
+
+
 @pytest.fixture
 def visit(served, tmp_path):
     """The served dashboard opened at 1366 x 768, console errors and outside requests logged."""
@@ -163,6 +182,28 @@ def test_drift_slider_changes_the_shown_date(visit):
     assert before != after and before[:10] < after[:10]  # a later date is shown
 
 
+def test_the_drift_section_fits_a_small_window(served, tmp_path):
+    """At 900 x 700 the drift section goes below its controls and its maps one above the
+    other: squeezed beside the controls its text was one letter wide and its maps cut off."""
+    with opened(served, (900, 700)) as (page, errors):
+        page.locator(".bk-tab", has_text="Monitor drift").click()
+        page.get_by_role("button", name="Run monitoring").click()
+        page.get_by_text(re.compile(r"\d{4}-\d{2}-\d{2}.* · events: ")).first.wait_for(
+            timeout=120_000
+        )
+        figures, boxes, deadline = page.locator(".bk-Figure"), [], time.time() + 60
+        while len(boxes) < 4 and time.time() < deadline:  # score, scene, drift, class shares
+            page.wait_for_timeout(1000)
+            boxes = [b for b in (figures.nth(i).bounding_box() for i in range(figures.count()))
+                     if b and b["width"] > 0]  # fmt: skip
+        page.screenshot(path=str(tmp_path / "drift_900.png"), full_page=True)
+        assert len(boxes) >= 4
+        assert all(b["x"] + b["width"] <= 900 for b in boxes), boxes
+        heading = page.get_by_text("Drift monitoring", exact=True).bounding_box()
+        assert heading["width"] > 100  # a heading on one line, not a letter a line
+        assert errors == []
+
+
 def _pixels(locator):
     """A figure's screenshot as an (h, w, 3) int array."""
     import io
@@ -186,12 +227,11 @@ def _map(page):
     return figures.nth(max(shown)[1])
 
 
-@pytest.mark.parametrize("viewport", [(1280, 800), (1920, 1080)])
+@pytest.mark.parametrize("viewport", [(900, 700), (1280, 800), (1920, 1080)])
 def test_every_scene_source_draws_its_maps(served, tmp_path, viewport):
     """Off the default view: a synthetic scene and an upload in another CRS each get a map
-    framed to them (the blank-map defect kept the demo's axes), and so does the class map."""
-    from playwright.sync_api import sync_playwright
-
+    framed to them (the blank-map defect kept the demo's axes), and so does the class map,
+    each inside the window (a fixed 580 px frame was cut off in a 900 px one)."""
     from seamline.core.data.io import write_raster
     from seamline.core.demo.synthetic import make_scene
 
@@ -199,14 +239,7 @@ def test_every_scene_source_draws_its_maps(served, tmp_path, viewport):
         make_scene(300, 200, crs="EPSG:4326", origin=(12.0, 46.0), resolution=0.0001, seed=2)[0],
         tmp_path / "field.tif",
     )
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport=dict(zip(("width", "height"), viewport, strict=True)))
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(served)
-        page.locator(".bk-Figure").first.wait_for(timeout=90_000)
-
+    with opened(served, viewport) as (page, errors):
         page.get_by_role("button", name="Synthetic").click()
         page.get_by_text("1024 x 1024 px").first.wait_for(timeout=60_000)
         page.wait_for_timeout(1500)
@@ -219,6 +252,8 @@ def test_every_scene_source_draws_its_maps(served, tmp_path, viewport):
         page.get_by_text("Predicted classes").first.wait_for(timeout=120_000)
         page.wait_for_timeout(1500)
         assert _painted(_map(page)) > 0.5
+        box = _map(page).bounding_box()
+        assert box["x"] + box["width"] <= viewport[0]
 
         page.get_by_role("button", name="Upload").click()
         page.locator("input[type=file]").first.set_input_files(str(upload))
@@ -231,7 +266,6 @@ def test_every_scene_source_draws_its_maps(served, tmp_path, viewport):
         page.screenshot(path=str(tmp_path / f"upload_{viewport[0]}.png"), full_page=True)
         assert _painted(_map(page)) > 0.5
         assert errors == []
-        browser.close()
 
 
 def test_a_model_that_is_not_ours_from_the_command_line(tmp_path):
@@ -317,8 +351,6 @@ def test_a_url_on_an_allowed_host_is_a_scene_source(tmp_path):
     """`seamline serve --allow-remote-host`: the URL source opens a COG served over HTTP
     (its map drawn, at a small viewport), and a URL that redirects is one sentence that
     leaves the scene in place."""
-    from playwright.sync_api import sync_playwright
-
     from seamline.core.data.io import write_raster
     from seamline.core.demo.synthetic import make_scene
     from tests.rangeserver import serving as serving_files
@@ -326,14 +358,8 @@ def test_a_url_on_an_allowed_host_is_a_scene_source(tmp_path):
     scene = make_scene(240, 320, crs="EPSG:32633", origin=(465000.0, 5080000.0), seed=3)[0]
     write_raster(scene, tmp_path / "site.tif", driver="COG")
     with serving_files(tmp_path) as files, serving("--allow-remote-host", files.host) as url, \
-            sync_playwright() as p:  # fmt: skip
+            opened(url, (900, 700)) as (page, errors):  # fmt: skip
         files.redirects["/moved.tif"] = files.url("site.tif")
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 900, "height": 700})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url)
-        page.locator(".bk-Figure").first.wait_for(timeout=90_000)
         page.get_by_role("button", name="URL", exact=True).click()
         page.get_by_text(f"Hosts allowed: {files.host}").wait_for(timeout=30_000)
         field = page.get_by_placeholder(f"https://{files.host}/scene.tif")
@@ -352,4 +378,3 @@ def test_a_url_on_an_allowed_host_is_a_scene_source(tmp_path):
         page.screenshot(path=str(tmp_path / "url_source.png"), full_page=True)
         assert page.get_by_text("320 x 240 px").count() >= 1  # the scene stays
         assert errors == []
-        browser.close()
