@@ -5,9 +5,10 @@ BF16 is native, INT8 on ONNX Runtime) timed per tile with its GFLOP/s, its share
 this CPU reaches in a large matmul at that precision, its agreement with FP32 and its build
 cost, for the demo U-Net and a third-party model (MONAI's BasicUNet, random weights), and
 what auto picks. Part 2: ``seamline predict`` on a SIZE^2 x 6 GeoTIFF (tile 512, overlap
-64), each in a fresh process, same run: FP32, auto with a cold cache, auto warm (twice:
+64), each in a fresh process, same run: FP32 with a cold cache (its seam probe is measured
+and kept) and warm (the baseline), auto with a cold cache, auto warm (twice:
 the second run uses the build cost the first one observed), ``--precision int8`` twice,
-and a saved INT8 ``.onnx``; then FP32 and auto on larger rasters (``--also``, default
+and a saved INT8 ``.onnx`` twice (the second is compared); then FP32 and auto on larger rasters (``--also``, default
 8192^2: is memory flat?); wall time, predict's own seconds, the time in the forward pass
 (tiles x its p50) and the rest, peak RSS. Prints JSON, then a short table.
 
@@ -86,13 +87,15 @@ def end_to_end(size: int, workdir: Path | None, cache: Path) -> dict:
                                        cache=False), tmp / "demo_int8.onnx")  # fmt: skip
         tiling = ["--tile-size", "512", "--overlap", "64"]
         runs = {}
-        for label, extra in (
+        for label, extra in (  # FP32 twice: its first run fills the seam probe's cache entry
+            ("fp32, cold cache", ["--precision", "fp32"]),
             ("fp32", ["--precision", "fp32"]),
             ("auto, cold cache", []),
             ("auto, warm", []),
             ("auto, warm again", []),
             ("int8, first call", ["--precision", "int8"]),
             ("int8, second call", ["--precision", "int8"]),
+            ("saved .onnx, first", ["--model", str(onnx)]),  # its seam probe measured
             ("saved int8 .onnx", ["--model", str(onnx)]),
         ):
             runs[label] = run_predict([str(scene), str(tmp / "out.tif"), *tiling, *extra], env)
