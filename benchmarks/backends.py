@@ -6,11 +6,11 @@ this CPU reaches in a large matmul at that precision, its agreement with FP32 an
 cost, for the demo U-Net and a third-party model (MONAI's BasicUNet, random weights), and
 what auto picks. Part 2: ``seamline predict`` on a SIZE^2 x 6 GeoTIFF (tile 512, overlap
 64), each in a fresh process, same run: FP32 with a cold cache (its seam probe is measured
-and kept) and warm (the baseline), auto with a cold cache, auto warm (twice:
-the second run uses the build cost the first one observed), ``--precision int8`` twice,
-and a saved INT8 ``.onnx`` twice (the second is compared); then FP32 and auto on larger rasters (``--also``, default
-8192^2: is memory flat?); wall time, predict's own seconds, the time in the forward pass
-(tiles x its p50) and the rest, peak RSS. Prints JSON, then a short table.
+and kept) and warm (the baseline), auto with a cold cache, auto warm (twice: the second run
+uses the build cost the first one observed), ``--precision int8`` twice, and a saved INT8
+``.onnx`` twice (the second is compared); then FP32 and auto on larger rasters (``--also``,
+default 8192^2: is memory flat?); wall time, predict's own seconds, the time in the forward
+pass (tiles x its p50) and the rest, peak RSS. Prints JSON, then a short table.
 
 Not a test: it takes minutes. Usage: ``python benchmarks/backends.py [--size 4096]``.
 """
