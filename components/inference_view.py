@@ -155,8 +155,8 @@ class InferenceView(pn.viewable.Viewer):
             self._seam_plots[:] = [pn.pane.Alert(str(exc), alert_type="danger")]
             return
         x0, x1, y0, y1 = report.window
-        # Two 220 px frames side by side fit beside the controls at 1280 px: no toolbars, and
-        # the right map shares the left one's y axis labels.
+        # Two 220 px frames side by side fit beside the controls at 1280 px (one above the
+        # other in a narrower column): no toolbars, the right map shares the left one's y axis.
         frame = {"frame_width": 220, "frame_height": 220, "xlim": (x0, x1), "ylim": (y0, y1),
                  "toolbar": None, **map_axes(state.scene.rio.crs)}  # fmt: skip
         plots = []
@@ -169,7 +169,7 @@ class InferenceView(pn.viewable.Viewer):
             grid = grid_outline(state.grid(tiling), state.scene).opts(line_color="black")
             plots.append((image * grid).opts(title=title, **frame, **extra))
         self._seam_plots[:] = [
-            pn.Row(*[pn.pane.HoloViews(p, linked_axes=False) for p in plots]),
+            wrapping_row(*[pn.pane.HoloViews(p, linked_axes=False) for p in plots]),
             pn.pane.Markdown(report.sentence(), sizing_mode="stretch_width"),
         ]
 
