@@ -114,6 +114,10 @@ def run_predict(args: argparse.Namespace) -> dict:
                   device=device_label(str(device)))  # fmt: skip
     if precision == "auto":
         report["backend"] = _backend_summary(choice, model)
+        if choice is not None and not args.no_cache and args.scheduler is None:
+            from seamline.core.optimise.auto import learn_job
+
+            learn_job(choice, report["seconds"], report["tiles"])  # for the next job's pick
     if args.vector:
         report["vector"] = vectorize_cli.vectorize(args.output, args.vector)
     return report

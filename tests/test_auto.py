@@ -95,6 +95,31 @@ def test_a_backend_that_disagrees_with_fp32_is_never_chosen(demo, tiles, monkeyp
     assert choice.backend == "fp32"
 
 
+def test_a_job_teaches_auto_what_its_backend_costs_per_tile(monkeypatch, tmp_path):
+    """A backend's forward alone ranked them wrongly: INT8's calls in flight overlap the rest
+    of a job, a compiled module's job runs it in turn (AMD EPYC, 4096^2: 49 against 58 ms a
+    tile in the job, 36 against 39 alone). Each job's cost is learned for the next pick."""
+    monkeypatch.setenv("SEAMLINE_CACHE_DIR", str(tmp_path))
+    rows = (
+        auto.Measurement("fp32", 120.0, 1.0, 2.0, 1.0, True, warm_build_s=2.0),
+        auto.Measurement("bf16+compile", 38.0, 1.0, 7.0, 1.0, True, warm_build_s=0.1),
+        auto.Measurement("int8", 40.0, 1.0, 8.0, 1.0, True, warm_build_s=0.5),
+    )
+    table = auto.Choice("int8", "", rows, 512, 1, "cpu", "cpu", 15.0, key="k")
+    auto._store(table)
+    assert auto._read_choice("k").best_for(81).backend == "bf16+compile"  # by forwards alone
+    ran = replace(table, backend="bf16+compile")
+    assert auto.learn_job(ran, 81 * 0.058, 81).best_for(81).backend == "int8"  # 58 ms a tile
+    # the job's choice may carry its own build (a calibration): the stored table keeps 0.5 s
+    calibrating = replace(table, measurements=(*rows[:2], replace(rows[2], warm_build_s=8.0)))
+    stored = auto.learn_job(replace(calibrating, backend="int8"), 81 * 0.049, 81)
+    int8 = next(m for m in stored.measurements if m.backend == "int8")
+    assert int8.job_ms_per_tile == pytest.approx(49.0) and int8.warm_build_s == 0.5
+    assert stored.best_for(81).backend == "int8"  # 0.5 + 81 x 49 ms < 0.1 + 81 x 58 ms
+    assert auto.learn_job(ran, 0.01, 4) == ran  # a small job teaches nothing
+    assert auto.learn_job(replace(ran, key="unknown"), 5.0, 81).key == "unknown"  # no entry
+
+
 def test_a_small_job_does_not_pay_a_compiled_backends_build():
     rows = (
         auto.Measurement("fp32", 80.0, 1.0, 0.1, 1.0, True, warm_build_s=0.1),
@@ -180,7 +205,7 @@ def test_a_module_with_calls_in_flight_is_timed_as_jobs_run_it(monkeypatch):
             return self.forward, 2
 
     module = TwoAtATime()
-    monkeypatch.setattr(auto, "_seconds", lambda run, device: (run(), 1.0)[1])  # 1 s a round
+    monkeypatch.setattr(auto, "wall_seconds", lambda run, device: (run(), 1.0)[1])  # 1 s a round
     ms = auto._timed(replace(load_model("demo"), module=module), torch.zeros(2, 6, 8, 8), 1)
     assert module.peak == 2  # two batches at a time, as the stream runs them
     assert ms == 500.0  # a round's time over the two tiles it ran
@@ -246,8 +271,12 @@ def test_cli_predict_auto_measures_once_then_reads_the_cache(tmp_path, capsys, m
     assert main(argv) == 0
     out, err = capsys.readouterr()
     second = json.loads(out)["backend"]
-    assert "measuring" not in err
-    assert second["from_cache"] and second["name"] == first["name"]
+    assert "measuring" not in err and second["from_cache"]
+    learned = auto.cached_choice(load_model("demo"), tile_size=96, backends=EAGER)
+    rows = {m.backend: m for m in learned.measurements}
+    assert rows[first["name"]].job_ms_per_tile > 0  # the first job taught its cost per tile
+    if second["name"] == first["name"]:  # else auto tried the other one, as taught
+        assert "ms a tile in its last job" in second["reason"]
     assert main([*argv, "--no-cache"]) == 0
     assert not json.loads(capsys.readouterr().out)["backend"]["from_cache"]
     small = write_raster(make_scene(64, 64, seed=6)[0], tmp_path / "small.tif")

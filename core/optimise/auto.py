@@ -32,6 +32,7 @@ from seamline.core.errors import InvalidArgumentError
 from seamline.core.hardware import bf16_is_native, cpu_info, device_label
 from seamline.core.models.modelio import SegmentationModel, with_precision
 from seamline.core.optimise.backends import compiled, forget_compiled, use_inductor_cache
+from seamline.core.optimise.flops import peak_gflops, tile_gflop, wall_seconds
 from seamline.core.optimise.quantize import calibration_tiles, quantize, quantized_before
 from seamline.core.predict.stream import place_module
 
@@ -47,6 +48,7 @@ __all__ = [
     "cached_choice",
     "candidates",
     "choose_backend",
+    "learn_job",
     "peak_gflops",
     "tile_gflop",
 ]
@@ -109,10 +111,13 @@ class Measurement:
     kept: bool
     note: str = ""
     warm_build_s: float = 0.0  # what a later process pays to build it, caches warm
+    job_ms_per_tile: float | None = None  # per tile in the last job it ran (learn_job)
 
     def job_seconds(self, tiles: float) -> float:
-        """Build (warm) plus ``tiles`` forward passes."""
-        return self.warm_build_s + tiles * self.ms_per_tile / 1000
+        """Build (warm) plus ``tiles`` tiles: as the last job it ran cost per tile (reading,
+        blending and writing included), else as its forward pass alone (an optimistic
+        figure: such a backend is tried in the next job that it would win, and learned)."""
+        return self.warm_build_s + tiles * (self.job_ms_per_tile or self.ms_per_tile) / 1000
 
 
 @dataclass(frozen=True)
@@ -164,60 +169,6 @@ class Choice:
         """The inverse of :meth:`to_dict`."""
         rows = tuple(Measurement(**row) for row in data["measurements"])
         return cls(**data | {"measurements": rows})
-
-
-def tile_gflop(model: SegmentationModel, tile_size: int,
-               device: torch.device | str = "cpu") -> float:  # fmt: skip
-    """GFLOP of one tile's forward pass (multiply-adds counted as 2), by torch's counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, len(model.bands), tile_size, tile_size, device=device)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model.module(x)
-    return counter.get_total_flops() / 1e9
-
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def peak_gflops(precision: str, *, side: int = 2048,
-                device: torch.device | str = "cpu") -> float | None:  # fmt: skip
-    """The device's measured matmul throughput at ``precision`` (GFLOP/s, best of 5 square
-    matmuls of ``side``); None where there is no such matmul (INT8 without ``_int_mm``).
-    A convolution can beat it (its data stays in cache); on a busy machine it reads low.
-    On CUDA, FP32 is measured as convolutions run it (cuDNN's TF32 setting)."""
-    device = torch.device(device)
-    if precision == "int8":
-        if not hasattr(torch, "_int_mm"):
-            return None
-        a = torch.randint(-8, 8, (side, side), dtype=torch.int8, device=device)
-        run = lambda: torch._int_mm(a, a)  # noqa: E731
-    else:
-        a = torch.randn(side, side, dtype=_DTYPES[precision], device=device)
-        run = lambda: a @ a  # noqa: E731
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
-    try:
-        run()
-        best = min(_seconds(run, device) for _ in range(5))
-    except RuntimeError:
-        return None
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    return 2 * side**3 / best / 1e9
-
-
-def _seconds(run, device: torch.device | str = "cpu") -> float:
-    """Wall seconds of ``run()``; on CUDA, with the device's queued work finished first
-    and last (kernels run asynchronously)."""
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    run()
-    if cuda:
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def build_backend(
@@ -276,7 +227,7 @@ def _timed(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> float:
 
         for _ in range(2):
             run()
-        times = [_seconds(run, x.device) for _ in range(RUNS)]
+        times = [wall_seconds(run, x.device) for _ in range(RUNS)]
     return 1000 * statistics.median(times) / (calls * len(x))
 
 
@@ -323,8 +274,10 @@ def _reason(choice: Choice, backend: Backend, tiles: int | None) -> str:
     """Why ``backend`` was picked from ``choice``'s table, in one line."""
     row = next(m for m in choice.measurements if m.backend == backend.name)
     fp32 = next(m for m in choice.measurements if m.backend == "fp32")
+    last = row.job_ms_per_tile
+    learned = f", {last:.1f} ms a tile in its last job" if last else ""
     job = "per tile" if tiles is None else (
-        f"for {tiles} tiles, {row.warm_build_s:.1f} s build included")  # fmt: skip
+        f"for {tiles} tiles, {row.warm_build_s:.1f} s build included{learned}")  # fmt: skip
     return (f"{backend.name}: {row.ms_per_tile:.1f} ms per {choice.tile_size} px tile, fastest "
             f"{job} ({fp32.ms_per_tile / row.ms_per_tile:.1f}x FP32 eager per tile), classes "
             f"equal to FP32's on {row.agreement:.2%} of the calibration pixels")
@@ -417,6 +370,25 @@ def auto_backend(
         if cache:
             _store(choice)
     return built, replace(choice, backend=backend.name, reason=_reason(choice, backend, tiles))
+
+
+def learn_job(choice: Choice, seconds: float, tiles: int) -> Choice:
+    """``choice`` with what its backend just cost per tile in a job of ``tiles`` tiles that
+    took ``seconds`` (the tiled prediction of a file: reading, blending and writing
+    included), kept in its disk cache entry for the next job's pick. A backend's forward
+    alone ranked them wrongly: INT8's calls in flight overlap the rest of a job, which runs
+    in turn with a compiled module (AMD EPYC with AVX-512, 4096^2: 49 against 58 ms a tile
+    in the job, 36 against 39 alone). Jobs of fewer than :data:`AUTO_MIN_TILES` tiles teach
+    nothing (their fixed costs dominate). The stored table is updated, not ``choice``,
+    which may carry this job's own build cost (a calibration)."""
+    stored = _read_choice(choice.key) if tiles >= AUTO_MIN_TILES and seconds > 0 else None
+    if stored is None:
+        return choice
+    rows = tuple(replace(m, job_ms_per_tile=1000 * seconds / tiles)
+                 if m.backend == choice.backend else m for m in stored.measurements)  # fmt: skip
+    learned = replace(stored, measurements=rows)
+    _store(learned)
+    return learned
 
 
 def _with_build_seconds(choice: Choice, backend: Backend, seconds: float) -> Choice:
