@@ -117,6 +117,15 @@ def test_a_job_teaches_auto_what_its_backend_costs_per_tile(monkeypatch, tmp_pat
     assert int8.job_ms_per_tile == pytest.approx(49.0) and int8.warm_build_s == 0.5
     assert stored.best_for(81).backend == "int8"  # 0.5 + 81 x 49 ms < 0.1 + 81 x 58 ms
     assert auto.learn_job(ran, 0.01, 4) == ran  # a small job teaches nothing
+    # eager BF16 (49 ms alone) is not tried on its forward alone: its kind (in turn) took
+    # 58 / 38 of its forwards in bf16+compile's job, so 361 tiles cost it ~27 s, not ~19 s
+    eager = auto.Measurement("bf16", 49.0, 1.0, 1.1, 1.0, True, warm_build_s=1.1)
+    bf16c = next(m for m in stored.measurements if m.backend == "bf16+compile")
+    without_int8 = replace(stored, measurements=(stored.measurements[0], bf16c, eager))
+    assert eager.job_seconds(361) < bf16c.job_seconds(361)  # by its forward alone
+    assert without_int8.job_overhead(eager) == pytest.approx(58 / 38)
+    assert without_int8.best_for(361).backend == "bf16+compile"
+    assert stored.job_overhead(int8) == pytest.approx(49 / 40)  # its own kind: in flight
     assert auto.learn_job(replace(ran, key="unknown"), 5.0, 81).key == "unknown"  # no entry
 
 

@@ -113,11 +113,12 @@ class Measurement:
     warm_build_s: float = 0.0  # what a later process pays to build it, caches warm
     job_ms_per_tile: float | None = None  # per tile in the last job it ran (learn_job)
 
-    def job_seconds(self, tiles: float) -> float:
+    def job_seconds(self, tiles: float, overhead: float = 1.0) -> float:
         """Build (warm) plus ``tiles`` tiles: as the last job it ran cost per tile (reading,
-        blending and writing included), else as its forward pass alone (an optimistic
-        figure: such a backend is tried in the next job that it would win, and learned)."""
-        return self.warm_build_s + tiles * (self.job_ms_per_tile or self.ms_per_tile) / 1000
+        blending and writing included), else as its forward pass times ``overhead`` (what
+        jobs of its kind cost over their forwards: :meth:`Choice.job_overhead`)."""
+        per_tile = self.job_ms_per_tile or self.ms_per_tile * overhead
+        return self.warm_build_s + tiles * per_tile / 1000
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,17 @@ class Choice:
                 if m.kept and (compiled or not BACKENDS[m.backend].compile)]  # fmt: skip
         if math.isinf(tiles):  # an endless job (a server): the build does not count
             return min(kept, key=lambda m: m.ms_per_tile)
-        return min(kept, key=lambda m: m.job_seconds(tiles))
+        return min(kept, key=lambda m: m.job_seconds(tiles, self.job_overhead(m)))
+
+    def job_overhead(self, row: Measurement) -> float:
+        """How much longer than their forwards jobs of ``row``'s kind took per tile, the least
+        of those that taught one (1 where none did). INT8's calls in flight overlap the rest
+        of a job; the others run it in turn: eager BF16 cost 81 ms a tile in a job against
+        49 alone, and tried on its forward alone it cost an 8192^2 job 11 s (AMD EPYC)."""
+        in_flight = BACKENDS[row.backend].precision == "int8"
+        ratios = [m.job_ms_per_tile / m.ms_per_tile for m in self.measurements
+                  if m.job_ms_per_tile and (BACKENDS[m.backend].precision == "int8") == in_flight]
+        return min(ratios, default=1.0)
 
     def to_dict(self) -> dict:
         """JSON-ready."""
