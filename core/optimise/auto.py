@@ -395,9 +395,7 @@ def learn_job(choice: Choice, seconds: float, tiles: int) -> Choice:
     stored = _read_choice(choice.key) if tiles >= AUTO_MIN_TILES and seconds > 0 else None
     if stored is None:
         return choice
-    rows = tuple(replace(m, job_ms_per_tile=1000 * seconds / tiles)
-                 if m.backend == choice.backend else m for m in stored.measurements)  # fmt: skip
-    learned = replace(stored, measurements=rows)
+    learned = _with_row(stored, choice.backend, job_ms_per_tile=1000 * seconds / tiles)
     _store(learned)
     return learned
 
@@ -405,7 +403,12 @@ def learn_job(choice: Choice, seconds: float, tiles: int) -> Choice:
 def _with_build_seconds(choice: Choice, backend: Backend, seconds: float) -> Choice:
     """``choice`` with ``backend``'s warm build cost set to ``seconds`` (one just observed:
     the measuring process can miss what a new one pays)."""
-    rows = tuple(replace(m, warm_build_s=seconds) if m.backend == backend.name else m
+    return _with_row(choice, backend.name, warm_build_s=seconds)
+
+
+def _with_row(choice: Choice, backend: str, **figures) -> Choice:
+    """``choice`` with ``figures`` changed in ``backend``'s row of its table."""
+    rows = tuple(replace(m, **figures) if m.backend == backend else m
                  for m in choice.measurements)  # fmt: skip
     return replace(choice, measurements=rows)
 
