@@ -37,7 +37,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -63,9 +62,6 @@ from seamline.core.predict.plan import DEFAULT_TILE_SIZE, choose_overlap, choose
 from seamline.core.predict.scene import predict_scene
 from seamline.core.predict.tiling import Blend, predict_tiled
 from seamline.core.prepare.scene import read_allowed_scene
-
-if TYPE_CHECKING:
-    from seamline.core.optimise.auto import Choice
 
 __all__ = ["create_app", "MAX_TILE_SIZE", "OPEN_PATHS"]
 
@@ -145,30 +141,6 @@ async def _read_body(request: Request, budget: InputBudget, *, source: str = "up
         budget.check_bytes(size, source=source, fix=fix)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _auto(
-    model: str | SegmentationModel,
-    tile_size: int | None,
-    trust_model: bool,
-    calibration: xr.DataArray | None,
-) -> tuple[SegmentationModel, Choice | None]:
-    """The model at the fastest eager backend that agrees with FP32 (``--precision auto``).
-    A server's job never ends, so the fastest per tile; compiled backends are left out: a
-    request at another tile size would recompile (seconds) while every client waits."""
-    from seamline.core.demo.train import demo_calibration
-    from seamline.core.models.modelio import load_model
-    from seamline.core.optimise.auto import auto_backend
-
-    loaded = load_model(model, trust_model=trust_model)
-    if loaded.precision != "fp32":  # a quantized .onnx runs as it is
-        return loaded, None
-    fp32 = MODELS.get(model, precision="fp32", device="cpu", trust_model=trust_model)
-    scene = calibration if calibration is not None else demo_calibration(fp32)
-    built, choice = auto_backend(fp32, scene, tile_size=choose_tile_size(fp32, tile_size),
-                                 allow_compile=False)  # fmt: skip
-    log.info("--precision auto: %s", choice.reason)
-    return built, choice
 
 
 def _check_tiling(options: dict) -> None:
@@ -292,13 +264,15 @@ def create_app(
     quiet_undecodable_gdal_messages()
     no_huge_page_advice()  # steady latency: see its docstring
     digest = hashlib.sha256(token.encode()).digest() if token else None
-    if precision == "auto":
-        ready, choice = _auto(model, tile_size, trust_model, calibration)
+    own = None if calibration is None else lambda _model: calibration
+    if precision == "auto":  # a server's job never ends: the fastest eager backend per tile
+        ready, choice = MODELS.auto(model, tile_size=tile_size, trust_model=trust_model,
+                                    calibration=own)  # fmt: skip
+        if choice is not None:
+            log.info("--precision auto: %s", choice.reason)
     else:
-        ready, choice = MODELS.get(
-            model, precision=precision, device="cpu", trust_model=trust_model,
-            calibration=None if calibration is None else lambda _model: calibration,
-        ), None  # fmt: skip
+        ready, choice = MODELS.get(model, precision=precision, device="cpu",
+                                   trust_model=trust_model, calibration=own), None  # fmt: skip
     defaults["tile_size"] = tile_size = choose_tile_size(ready, tile_size)
     defaults["overlap"] = choose_overlap(ready, tile_size, blend, overlap)
     if tile_size > MAX_TILE_SIZE:  # a .pt2 exported for one tile side

@@ -1,10 +1,14 @@
-"""Run once when ``panel serve --setup`` starts: pay imports, numba JIT and the INT8 model
-before visitors do.
+"""Run once when ``panel serve --setup`` starts: pay imports, numba JIT, the auto choice and
+the INT8 model before visitors do.
 
-Every model the server offers is loaded, and the first one's INT8 build (quantization with
-its default calibration, ~4 s for the demo model) goes into the
+Every model the server offers is loaded. The first one's Precision auto (the page's default)
+is measured at the page's default tile size, once per machine (the disk cache: 12 s for the
+demo model at 256 px on a 2-core AMD EPYC, 0.1-0.5 s at later starts), and built; its INT8
+build (quantization with its default calibration, ~4 s for the demo model) goes into the
 process-wide cache the sessions share, with the two sessions tiled inference runs it on:
-the first INT8 run of a session then costs its prediction, not the quantization.
+the first run of a session then costs its prediction, not a measurement or a quantization.
+A model without a default calibration (not the demo's bands) is measured on the first scene
+a visitor runs it on.
 
 datashader compiles a regrid kernel per dtype and aggregator on first use, ~1 s each. Compiled
 here: the RGB composites, and float32 maps with ``first`` (the class map: without it the first
@@ -19,6 +23,7 @@ from holoviews.operation.datashader import regrid
 
 import seamline.components.scene_view  # noqa: F401  (imports panel, holoviews, core)
 from seamline.app.models import MODELS, models_from_env
+from seamline.components.inference_state import InferenceState
 from seamline.core.errors import SeamlineError
 
 hv.extension("bokeh")
@@ -33,9 +38,13 @@ for _element, _aggregator in (
 
 for _spec in models_from_env():
     MODELS.get(_spec)  # `seamline serve` has checked that each loads
-try:  # the first model's INT8 build, where the default calibration fits its bands
-    _int8 = MODELS.get(models_from_env()[0], precision="int8").module
-except SeamlineError:
-    _int8 = None  # the page says why when someone asks for INT8
-if hasattr(_int8, "parallel_forward"):  # an ONNX Runtime model: its sessions built now
-    _int8.parallel_forward()
+_first = models_from_env()[0]
+_tile = InferenceState.param.tile_size.default
+for _build in (lambda: MODELS.auto(_first, tile_size=_tile)[0],
+               lambda: MODELS.get(_first, precision="int8")):  # fmt: skip
+    try:  # where the default calibration fits the model's bands
+        _module = _build().module
+    except SeamlineError:
+        continue  # the page says why when someone asks for it
+    if hasattr(_module, "parallel_forward"):  # an ONNX Runtime model: its sessions built now
+        _module.parallel_forward()

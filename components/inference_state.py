@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import param
 import torch
@@ -24,7 +25,7 @@ from seamline.core.errors import SeamlineError
 from seamline.core.predict.plan import plan_overlap
 from seamline.core.predict.tiling import Blend, TileGrid
 from seamline.core.serve.cache import ModelCache
-from seamline.core.serve.runs import RunResult, RunSettings, run_inference
+from seamline.core.serve.runs import ON_CALIBRATION_TILES, RunResult, RunSettings, run_inference
 from seamline.core.vector.polygonize import polygonize
 
 __all__ = ["InferenceState", "RunCancelled", "readable_runs", "READABLE", "RUN_COLUMNS", "SETTINGS"]
@@ -43,6 +44,8 @@ RUN_COLUMNS = [
     "size_mb",
     "agreement_fp32",
 ]
+KEPT_COLUMNS = [*RUN_COLUMNS, "agreement_on"]
+"""The runs table's columns: those shown, and what the agreement was measured on."""
 READABLE = {
     "run": ("Run", None),
     "backend": ("Backend", None),
@@ -66,6 +69,10 @@ def readable_runs(runs: pd.DataFrame) -> pd.DataFrame:
         if decimals is not None:
             values = pd.to_numeric(shown[column])
             shown[column] = [("-" if pd.isna(v) else f"{v:.{decimals}f}") for v in values]
+    on_tiles = runs["agreement_on"] == ON_CALIBRATION_TILES  # auto's, not on this scene
+    shown["agreement_fp32"] = shown["agreement_fp32"].astype(str) + np.where(
+        on_tiles, " (calibration tiles)", ""
+    )
     return shown.rename(columns={k: header for k, (header, _) in READABLE.items()})
 
 
@@ -80,7 +87,7 @@ class InferenceState(param.Parameterized):
     overlap = param.Integer(default=32, bounds=(0, 256), label="Overlap (px)")
     blend = param.Selector(objects=[b.value for b in Blend], default="cosine", label="Blend")
     batch_size = param.Integer(default=1, bounds=(1, 32), label="Batch size")
-    precision = param.Selector(objects=["fp32", "bf16", "int8", "auto"], default="fp32",
+    precision = param.Selector(objects=["auto", "fp32", "bf16", "int8"], default="auto",
                                label="Precision",
                                doc="auto: the fastest backend that agrees with FP32 here.")
     device = param.Selector(objects=DEVICES, default="cpu", label="Device")
@@ -93,7 +100,7 @@ class InferenceState(param.Parameterized):
     scene = param.ClassSelector(class_=xr.DataArray, doc="The scene to predict.")
     model = param.String(doc="The model to predict with: a name or a model file.")
     result = param.ClassSelector(class_=RunResult, allow_None=True)
-    runs = param.DataFrame(default=pd.DataFrame(columns=RUN_COLUMNS))
+    runs = param.DataFrame(default=pd.DataFrame(columns=KEPT_COLUMNS))
     running = param.Boolean(default=False)
     done_tiles = param.Integer(default=0)
     total_tiles = param.Integer(default=0)
@@ -147,7 +154,7 @@ class InferenceState(param.Parameterized):
     @param.depends("scene", "model", watch=True)
     def _new_scene(self) -> None:
         self._results.clear()
-        self.param.update(result=None, runs=pd.DataFrame(columns=RUN_COLUMNS), message="")
+        self.param.update(result=None, runs=pd.DataFrame(columns=KEPT_COLUMNS), message="")
 
     def _progress(self, done: int, total: int) -> None:
         if self._cancel.is_set():  # called between batches: the run stops here
@@ -168,13 +175,16 @@ class InferenceState(param.Parameterized):
         and scene. A non-FP32 run is compared with an FP32 run of the scene for the agreement:
         the one with the same tiling if cached, else any cached one (tiling is seam-free, so
         it changes next to nothing), else one with the same tiling, run first (``as_reference``:
-        it keeps the phase its caller set)."""
+        it keeps the phase its caller set). An ``auto`` run, the default, waits for no FP32
+        run: it is compared with a cached one, else carries the agreement auto measured."""
         settings = settings or self.settings()
         key = (id(self.scene), settings)  # cleared when the scene or the model changes
         if key not in self._results:
             reference, steps = None, 1
-            if settings.precision != "fp32":
-                cached = self._cached_fp32()
+            cached = self._cached_fp32()
+            if settings.precision == "auto":  # no FP32 run for it: the agreement is auto's own
+                reference = cached[-1].classes if cached else None
+            elif settings.precision != "fp32":
                 steps = 1 if cached else 2
                 self.phase = "FP32 reference 1/2" if steps == 2 else ""
                 started = time.perf_counter()
@@ -185,15 +195,19 @@ class InferenceState(param.Parameterized):
                 self.phase = f"{settings.precision.upper()} {steps}/{steps}"
             self._results[key] = run_inference(
                 self.scene, settings, self.cache, model=self.model, reference=reference,
-                progress=self._progress,
+                progress=self._progress, notify=self._measuring,
             )
         return self._results[key]
 
+    def _measuring(self, what: str) -> None:
+        self.phase = f"Auto: {what}"
+
     def _cached_fp32(self) -> list[RunResult]:
+        """This scene's runs that ran FP32 (asked for, or picked by auto)."""
         return [
             result
-            for (scene, run), result in self._results.items()
-            if scene == id(self.scene) and run.precision == "fp32"
+            for (scene, _), result in self._results.items()
+            if scene == id(self.scene) and result.backend == "fp32"
         ]
 
     def _fp32_reference(self, settings: RunSettings, cached: list[RunResult]) -> xr.DataArray:
@@ -225,7 +239,7 @@ class InferenceState(param.Parameterized):
         """Show ``result`` and add it to the runs table (once per parameter set)."""
         runs = self.runs
         if result.settings.label() not in set(runs["run"]):
-            row = pd.DataFrame([{k: result.row()[k] for k in RUN_COLUMNS}])
+            row = pd.DataFrame([{k: result.row()[k] for k in KEPT_COLUMNS}])
             runs = row if runs.empty else pd.concat([runs, row], ignore_index=True)
         self.param.update(result=result, runs=runs, message="")
 

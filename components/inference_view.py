@@ -32,7 +32,7 @@ from seamline.components.inference_state import (
 from seamline.components.map_axes import map_axes, map_frame
 from seamline.core.errors import SeamlineError
 from seamline.core.predict.tiling import TileGrid
-from seamline.core.serve.runs import RunResult
+from seamline.core.serve.runs import ON_CALIBRATION_TILES, RunResult
 from seamline.core.serve.seams import NAIVE, seam_report
 
 
@@ -83,6 +83,13 @@ def figure_html(name: str, value: str) -> str:
         f'<div class="seamline-figure"><div style="font-size:12px;color:#555">{name}</div>'
         f'<div style="font-size:22px;font-weight:600">{value}</div></div>'
     )
+
+
+def auto_reason(result: RunResult | None) -> str:
+    """What auto picked and why, for a run at Precision auto ("" for the others)."""
+    if result is None or not result.reason:
+        return ""
+    return f"**Precision auto** picked {result.reason}."
 
 
 def legend(names: list[str], colors: list[str]) -> str:
@@ -305,7 +312,11 @@ class InferenceView(pn.viewable.Viewer):
             return pn.pane.HTML(pn.bind(html, result), width=150, margin=(4, 8))
 
         def agreement(r: RunResult) -> str:
-            return "-" if r.agreement_fp32 is None else f"{100 * r.agreement_fp32:.2f} %"
+            if r.agreement_fp32 is None:
+                return "-"
+            on_tiles = r.agreement_on == ON_CALIBRATION_TILES  # auto's: no FP32 run of the scene
+            note = '<div style="font-size:12px">on calibration tiles</div>' if on_tiles else ""
+            return f"{100 * r.agreement_fp32:.2f} %{note}"
 
         def waited(waited: float | None, reference: float | None) -> str:
             note = "" if reference is None else f" (FP32 reference {reference:.2f} s)"
@@ -322,6 +333,8 @@ class InferenceView(pn.viewable.Viewer):
             cell("Backend", lambda r: r.backend),
             cell("Model size", lambda r: f"{r.size_mb:.2f} MB"),
             cell("Agreement with fp32", agreement),
+            pn.pane.Markdown(pn.bind(auto_reason, result), sizing_mode="stretch_width",
+                             margin=(0, 10)),  # fmt: skip
             visible=pn.bind(lambda r: r is not None, result),
         )
 

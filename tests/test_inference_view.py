@@ -10,14 +10,14 @@ import pandas as pd
 import panel as pn
 import pytest
 
-from seamline.components.inference_state import InferenceState, readable_runs
+from seamline.components.inference_state import KEPT_COLUMNS, InferenceState, readable_runs
 from seamline.components.inference_view import InferenceView, grid_outline, legend
 from seamline.components.scene_picker import ScenePicker
 from seamline.core.demo.synthetic import make_scene
 from seamline.core.demo.train import demo_calibration
 from seamline.core.errors import SeamlineError
 from seamline.core.serve.cache import ModelCache
-from seamline.core.serve.runs import RunSettings, run_inference
+from seamline.core.serve.runs import ON_CALIBRATION_TILES, RunSettings, run_inference
 from seamline.core.serve.seams import away_from_edge, seam_report
 from tests.conftest import write_tif
 
@@ -29,7 +29,9 @@ def cache():
 
 @pytest.fixture
 def state(cache):
-    return InferenceState(cache, model="demo", scene=make_scene(192, 160, seed=7)[0], tile_size=128)
+    """The page at FP32 (its default is auto, tested on its own below)."""
+    return InferenceState(cache, model="demo", scene=make_scene(192, 160, seed=7)[0], tile_size=128,
+                          precision="fp32")  # fmt: skip
 
 
 def test_run_shows_figures_and_caches_per_parameter_set(state):
@@ -283,14 +285,19 @@ def test_the_class_map_is_marked_stale_when_a_control_changes(state):
 def test_the_runs_table_reads_as_a_person_would():
     runs = pd.DataFrame([{"run": "int8 t256 o32 cosine b1", "backend": "int8", "seconds": 1.23456,
                           "tile_ms_p50": 12.345, "tile_ms_p95": 20.0, "megapixels_per_s": 3.3333,
-                          "size_mb": 0.1234, "agreement_fp32": 0.99721}])  # fmt: skip
+                          "size_mb": 0.1234, "agreement_fp32": 0.99721,
+                          "agreement_on": "scene"}])  # fmt: skip
     shown = readable_runs(runs)
     assert list(shown.columns) == ["Run", "Backend", "Prediction (s)", "Tile p50 (ms)",
                                    "Tile p95 (ms)", "Mpx/s", "Model (MB)",
                                    "Agreement with FP32 (%)"]  # fmt: skip
     assert shown.iloc[0].tolist()[2:] == ["1.23", "12.3", "20.0", "3.33", "0.12", "99.72"]
-    runs.loc[0, "agreement_fp32"] = None  # an FP32 run has no agreement
+    runs.loc[0, "agreement_on"] = ON_CALIBRATION_TILES  # auto's, with no FP32 run of the scene
+    assert readable_runs(runs).iloc[0, -1] == "99.72 (calibration tiles)"
+    runs.loc[0, ["agreement_fp32", "agreement_on"]] = None, ""  # an FP32 run has no agreement
     assert readable_runs(runs).iloc[0, -1] == "-"
+    empty = readable_runs(pd.DataFrame(columns=KEPT_COLUMNS))  # the page before a run
+    assert empty.empty and list(empty.columns) == list(shown.columns)
 
 
 def test_an_uploaded_aoi_is_applied_and_uploads_decode_off_the_event_loop(tmp_path):
@@ -345,6 +352,7 @@ def test_auto_runs_the_measured_backend_and_the_page_says_which(state, monkeypat
 
     eager = [auto.BACKENDS["fp32"], auto.BACKENDS["int8"]]
     monkeypatch.setattr(auto, "candidates", lambda device="cpu": eager)
+    state.cache = ModelCache(calibration=demo_calibration)  # no auto choice built yet
     fp32 = state.run()
     assert fp32.backend == "fp32"
     state.precision = "auto"
@@ -354,6 +362,50 @@ def test_auto_runs_the_measured_backend_and_the_page_says_which(state, monkeypat
     assert picked.agreement_fp32 is not None and picked.agreement_fp32 >= 0.98
     assert list(state.runs["backend"]) == ["fp32", choice.backend]
     assert readable_runs(state.runs)["Backend"].tolist() == ["fp32", choice.backend]
+
+
+def test_the_page_defaults_to_auto_and_waits_for_no_fp32_run(cache):
+    """Precision auto is the page's default (#20): its run is the fastest backend that
+    agrees with FP32 and runs alone; the agreement shown is the one auto measured on its
+    calibration tiles until an FP32 run of the scene exists, then the scene's."""
+    state = InferenceState(cache, model="demo", scene=make_scene(192, 160, seed=7)[0],
+                           tile_size=128)  # fmt: skip
+    phases = []
+    state.param.watch(lambda e: phases.append(e.new), "phase")
+    assert state.precision == "auto"
+    picked = state.run()
+    assert len(state._results) == 1 and state.reference_seconds is None  # no FP32 run
+    shown_phases = [p for p in phases if p]  # measuring, unless another test measured first
+    assert shown_phases[0] == "AUTO 1/1"
+    assert all(p.startswith("Auto: measuring ") for p in shown_phases[1:])
+    _, choice = cache.auto("demo", tile_size=128)
+    assert picked.backend == choice.backend and picked.reason == choice.reason
+    assert picked.agreement_on == ON_CALIBRATION_TILES
+    assert picked.agreement_fp32 == next(m.agreement for m in choice.measurements
+                                         if m.backend == choice.backend) >= 0.995  # fmt: skip
+    view = InferenceView(state=state)
+    shown = " ".join(str(pane.object) for pane in view.figures())
+    assert "on calibration tiles" in shown and f"picked {choice.reason}" in shown
+    state.precision = "fp32"
+    fp32 = state.run()
+    state.param.update(precision="auto", overlap=48)  # an FP32 run of the scene exists now
+    again = state.run()
+    assert again.agreement_on == "scene" and again.reason == choice.reason
+    same = again.classes.values == fp32.classes.values
+    assert again.agreement_fp32 == pytest.approx(same.mean())
+
+
+def test_an_auto_run_that_picked_fp32_is_the_reference_of_the_others(cache, monkeypatch):
+    import seamline.core.optimise.auto as auto
+
+    monkeypatch.setattr(auto, "candidates", lambda device="cpu": [auto.BACKENDS["fp32"]])
+    state = InferenceState(ModelCache(calibration=demo_calibration), model="demo",
+                           scene=make_scene(192, 160, seed=7)[0], tile_size=128)  # fmt: skip
+    picked = state.run()
+    assert picked.backend == "fp32" and picked.agreement_fp32 == 1.0
+    state.precision = "int8"
+    state.run()
+    assert len(state._results) == 2 and state.reference_seconds is None  # no FP32 run added
 
 
 def test_the_seams_are_judged_away_from_the_scene_edge(cache):

@@ -20,7 +20,9 @@ from seamline.core.models.modelio import (
     with_precision,
 )
 from seamline.core.models.registry import PRECISIONS
+from seamline.core.optimise.auto import Choice, auto_backend
 from seamline.core.optimise.quantize import quantize
+from seamline.core.predict.plan import choose_tile_size
 
 __all__ = ["ModelCache", "Calibration"]
 
@@ -59,6 +61,7 @@ class ModelCache:
         trusted: tuple[str, ...] = (),
     ) -> None:
         self._models: dict[tuple, SegmentationModel] = {}
+        self._auto: dict[tuple, tuple[SegmentationModel, Choice | None]] = {}
         self._lock = threading.Lock()
         self.freeze = freeze
         self.calibration = calibration
@@ -85,17 +88,69 @@ class ModelCache:
                 f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
             )
         check_precision_device(precision, device)
-        name = spec.name if isinstance(spec, SegmentationModel) else str(spec)
-        key = (name, precision, str(device))
+        key = (_name(spec), precision, str(device))
         with self._lock:  # held while building: two sessions never quantize twice
             if key not in self._models:
-                trust = trust_model or (isinstance(spec, str) and spec in self.trusted)
-                model = load_model(spec, trust_model=trust)
+                model = self._load(spec, trust_model)
                 self._models[key] = _prepare(model, precision, calibration or self.calibration)
-                if self.freeze:
-                    gc.collect()
-                    gc.freeze()
+                self._frozen()
             return self._models[key]
+
+    def auto(
+        self,
+        spec: str | SegmentationModel,
+        *,
+        tile_size: int | None = None,
+        batch_size: int = 1,
+        device: str = "cpu",
+        calibration: Calibration | None = None,
+        trust_model: bool = False,
+        notify: Callable[[str], None] | None = None,
+    ) -> tuple[SegmentationModel, Choice | None]:
+        """``spec`` at the backend ``--precision auto`` picks for a server or a page, and that
+        choice: the fastest eager backend per tile that agrees with FP32 (their jobs never
+        end; a compiled one would recompile for each new tile size while every client
+        waits). Measured once per machine (the disk cache; ``notify`` hears when a measurement
+        starts, up to a minute), built once per process, tile and batch size. Calibrated as
+        INT8 is: on ``calibration(model)``, else the cache's default calibration. A model that
+        is not FP32 (a quantized ``.onnx``) runs as it is (choice None). ``tile_size`` None:
+        the model's own (:func:`~seamline.core.predict.plan.choose_tile_size`)."""
+        check_precision_device("fp32", device)
+        key = (_name(spec), tile_size, batch_size, str(device))
+        with self._lock:  # two sessions never measure twice
+            if key not in self._auto:
+                fp32 = (_name(spec), "fp32", str(device))
+                model = self._models.get(fp32) or self._load(spec, trust_model)
+                if model.precision != "fp32":
+                    self._auto[key] = model, None
+                    return self._auto[key]
+                self._models[fp32] = model
+                source = calibration or self.calibration
+                if source is None:
+                    raise InvalidArgumentError(
+                        f"--precision auto needs calibration data for model {model.name!r}: "
+                        f"pass a scene with its bands ({', '.join(model.bands)})."
+                    )
+                self._auto[key] = auto_backend(
+                    model, source(model), tile_size=choose_tile_size(model, tile_size),
+                    batch_size=batch_size, device=device, allow_compile=False, notify=notify,
+                )  # fmt: skip
+                self._frozen()
+            return self._auto[key]
+
+    def _load(self, spec: str | SegmentationModel, trust_model: bool) -> SegmentationModel:
+        trust = trust_model or (isinstance(spec, str) and spec in self.trusted)
+        return load_model(spec, trust_model=trust)
+
+    def _frozen(self) -> None:
+        """After a build: its long-lived objects out of the cyclic collector's reach."""
+        if self.freeze:
+            gc.collect()
+            gc.freeze()
+
+
+def _name(spec: str | SegmentationModel) -> str:
+    return spec.name if isinstance(spec, SegmentationModel) else str(spec)
 
 
 def _prepare(

@@ -21,8 +21,16 @@ from seamline.core.predict.scene import predict_scene
 from seamline.core.predict.tiling import pick_device
 from seamline.core.serve.cache import ModelCache
 
-__all__ = ["RunSettings", "RunResult", "run_inference", "UNTILED_MAX_PIXELS"]
+__all__ = [
+    "RunSettings",
+    "RunResult",
+    "run_inference",
+    "ON_CALIBRATION_TILES",
+    "UNTILED_MAX_PIXELS",
+]
 
+ON_CALIBRATION_TILES = "calibration tiles"
+"""``RunResult.agreement_on`` of an auto run compared with no FP32 run of its scene."""
 UNTILED_MAX_PIXELS = 2048 * 2048
 """Largest scene the seam report runs untiled (the whole raster in one forward pass)."""
 
@@ -66,7 +74,9 @@ class RunResult:
     megapixels_per_s: float
     size_mb: float
     agreement_fp32: float | None = None
+    agreement_on: str = ""  # "scene", or ON_CALIBRATION_TILES
     backend: str = ""  # what ran: the precision, or the backend auto picked
+    reason: str = ""  # why auto picked it, in one line
 
     def row(self) -> dict:
         """One row of the runs table."""
@@ -81,20 +91,8 @@ class RunResult:
             "megapixels_per_s": self.megapixels_per_s,
             "size_mb": self.size_mb,
             "agreement_fp32": self.agreement_fp32,
+            "agreement_on": self.agreement_on,
         }
-
-
-def _auto(cache: ModelCache, model: str, scene: xr.DataArray, settings: RunSettings):
-    """The model at the backend ``--precision auto`` picks for a page: the fastest eager one
-    that agrees with FP32 (measured once per model, tile and machine, calibrated on this
-    scene; compiled ones left out, as the service does: a new tile size would recompile)."""
-    from seamline.core.optimise.auto import auto_backend
-
-    fp32 = cache.get(model, precision="fp32", device=settings.device)
-    ready, _ = auto_backend(fp32, scene, tile_size=settings.tile_size,
-                            batch_size=settings.batch_size, device=settings.device,
-                            allow_compile=False)  # fmt: skip
-    return ready
 
 
 def _backend_name(model) -> str:
@@ -111,19 +109,27 @@ def run_inference(
     model: str,
     reference: xr.DataArray | None = None,
     progress: Callable[[int, int], None] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Predict ``scene`` with ``settings``; the model comes warm from ``cache``.
-    ``reference``, an FP32 class map of the same scene, gives the pixel agreement.
+    ``reference``, an FP32 class map of the same scene, gives the pixel agreement; without
+    one, an ``auto`` run gives the agreement its choice measured on calibration tiles.
+    ``notify`` hears when ``auto`` starts measuring the backends (once per machine).
 
     An INT8 model is calibrated on the model's default calibration scenes: the model
     ``seamline quantize`` and ``serve-api`` make, the same for every scene and session of a
     process (so it can be built at server start). On the Sentinel-2 demo scene it agrees with
     FP32 on 99.72 % of pixels, against 99.68 % when calibrated on that scene itself."""
     pick_device(settings.device)  # an unknown device is a clear error before any work
+    # INT8 and auto calibrate on the cache's default calibration for the demo model, on the
+    # scene they predict for a model without calibration data of its own
+    own = None if model == "demo" and cache.calibration else lambda _model: scene
+    choice = None
     if settings.precision == "auto":
-        ready = _auto(cache, model, scene, settings)
-    else:  # INT8 of a model without its own calibration calibrates on the scene it predicts
-        own = None if model == "demo" else lambda _model: scene
+        ready, choice = cache.auto(model, tile_size=settings.tile_size, device=settings.device,
+                                   batch_size=settings.batch_size, calibration=own,
+                                   notify=notify)  # fmt: skip
+    else:
         ready = cache.get(model, precision=settings.precision, device=settings.device,
                           calibration=own)  # fmt: skip
     timer = TileTimer()
@@ -132,10 +138,15 @@ def run_inference(
         ready, scene, progress=progress, timing=timer.record, **settings.tiling()
     )
     seconds = time.perf_counter() - start
-    agreement = None
+    backend = _backend_name(ready)
+    agreement, agreement_on = None, ""
     if reference is not None:
         valid = classes.values != classes.rio.nodata
         agreement = float((classes.values == reference.values)[valid].mean())
+        agreement_on = "scene"
+    elif choice is not None:
+        agreement_on = ON_CALIBRATION_TILES
+        agreement = next(m.agreement for m in choice.measurements if m.backend == backend)
     return RunResult(
         settings=settings,
         classes=classes,
@@ -144,6 +155,8 @@ def run_inference(
         megapixels_per_s=scene.sizes["y"] * scene.sizes["x"] / 1e6 / seconds,
         size_mb=model_size_bytes(ready) / 2**20,
         agreement_fp32=agreement,
-        backend=_backend_name(ready),
+        agreement_on=agreement_on,
+        backend=backend,
+        reason="" if choice is None else choice.reason,
         **timer.summary(),
     )

@@ -130,6 +130,21 @@ def test_page_renders_air_gapped_without_errors(visit):
     assert shot.stat().st_size > 20_000
 
 
+def test_the_default_run_is_auto_and_says_what_it_picked(visit):
+    """Precision auto is the page's default (#20): the server measured it at start, so the
+    first Run predicts at once with the backend auto picked, says which and why, and shows
+    the agreement auto measured (no FP32 reference run of the scene)."""
+    page = visit.page
+    page.locator(".bk-tab", has_text="Predict & optimise").click()
+    page.get_by_role("button", name="Run inference").click()
+    reason = page.get_by_text(re.compile(r"Precision auto picked \w+"))
+    reason.wait_for(timeout=60_000)
+    assert "fastest per tile" in reason.inner_text()
+    assert page.get_by_text("on calibration tiles").first.is_visible()
+    assert page.get_by_text("FP32 reference").count() == 0 and visit.errors == []
+    visit.shot("auto.png")
+
+
 def test_run_inference_from_the_page_updates_map_and_figures(visit):
     import geopandas as gpd
 
@@ -310,9 +325,10 @@ def test_run_is_locked_while_in_flight_and_cancel_stops_it(visit):
     cancel = page.get_by_role("button", name="Cancel")
     cancel.wait_for(timeout=30_000)
     assert run.is_disabled()
-    page.get_by_text("FP32 1/1").wait_for(timeout=30_000)  # the phase is named
+    # the phase is named: auto at 128 px tiles was not measured at server start
+    page.get_by_text(re.compile("^(AUTO 1/1|Auto: measuring)")).wait_for(timeout=30_000)
     cancel.click()
-    page.get_by_text("Run cancelled").wait_for(timeout=30_000)
+    page.get_by_text("Run cancelled").wait_for(timeout=60_000)  # after a measurement
     assert run.is_enabled() and cancel.is_hidden()
     assert page.get_by_text("Predicted classes").count() == 0  # nothing half-done is shown
     visit.shot("cancelled.png")
