@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import seamline.core.optimise.auto as auto
+import seamline.core.optimise.flops as flops
 import seamline.core.optimise.quantize as quantize_module
 from seamline.app.cli import main
 from seamline.core.data.io import write_raster
@@ -171,15 +172,15 @@ def test_int8s_warm_build_is_its_cached_graph_not_its_calibration(demo, tiles):
 
 def test_int8_pays_its_calibration_on_a_scene_it_was_not_calibrated_on(demo, tiles,
                                                                         monkeypatch):  # fmt: skip
-    """A cached table where INT8 is fastest and cheap to load: a scene whose INT8 graph is
-    in the cache runs INT8; a new scene would calibrate (its first build, here 1000 s), so
-    the job runs FP32 instead."""
+    """A cached table where INT8 is fastest and cheap to load, whose own INT8 graph left the
+    disk cache: a scene whose INT8 graph is in the cache runs INT8; a new scene would
+    calibrate (its first build, here 1000 s), so the job runs FP32 instead."""
     measured = choose_backend(demo, tiles, tile_size=64, backends=EAGER)
     rows = {"fp32": replace(next(m for m in measured.measurements if m.backend == "fp32"),
                             ms_per_tile=10.0, build_s=0.0, warm_build_s=0.0, kept=True),
             "int8": replace(next(m for m in measured.measurements if m.backend == "int8"),
                             ms_per_tile=1.0, build_s=1000.0, warm_build_s=0.01, kept=True)}
-    table = replace(measured, measurements=tuple(rows.values()), from_cache=True)
+    table = replace(measured, measurements=tuple(rows.values()), from_cache=True, int8_graph="")
     monkeypatch.setattr(auto, "cached_choice", lambda *args, **kwargs: table)
     monkeypatch.setattr(auto, "_store", lambda choice: None)  # the crafted table stays here
     seen, new = (make_scene(256, 256, seed=s)[0] for s in (61, 62))
@@ -214,8 +215,8 @@ def test_a_module_with_calls_in_flight_is_timed_as_jobs_run_it(monkeypatch):
             return self.forward, 2
 
     module = TwoAtATime()
-    monkeypatch.setattr(auto, "wall_seconds", lambda run, device: (run(), 1.0)[1])  # 1 s a round
-    ms = auto._timed(replace(load_model("demo"), module=module), torch.zeros(2, 6, 8, 8), 1)
+    monkeypatch.setattr(flops, "wall_seconds", lambda run, device: (run(), 1.0)[1])  # 1 s a round
+    ms = flops.ms_per_tile(replace(load_model("demo"), module=module), torch.zeros(2, 6, 8, 8), 1)
     assert module.peak == 2  # two batches at a time, as the stream runs them
     assert ms == 500.0  # a round's time over the two tiles it ran
 
@@ -258,6 +259,37 @@ def test_a_cached_int8_graph_is_read_without_importing_onnx(demo, tiles, tmp_pat
     again = quantize(demo, mine)
     assert again.metadata["quantization"]["fp32_layers"] == first.metadata["quantization"][
         "fp32_layers"]  # fmt: skip
+
+
+def test_auto_runs_its_int8_graph_on_a_new_scene_without_calibrating(demo, monkeypatch):
+    """Auto's INT8 is calibrated once per model and tile size, on the scene it first measured
+    on: a job on another scene reads, hashes and calibrates no tiles (it recalibrated on each
+    new scene, 6-8 s, and read its tiles in every process, ~0.5 s at 4096^2). A graph that
+    left the disk cache is calibrated again on the job's scene and kept for the next jobs."""
+    from seamline.core.diskcache import cache_dir
+
+    monkeypatch.setattr(auto, "candidates", lambda device="cpu": EAGER)
+    monkeypatch.setattr(auto, "ms_per_tile", lambda model, tiles, batch: (
+        1.0 if model.precision == "int8" else 100.0))  # INT8 picked, whatever this CPU does
+    first, choice = auto_backend(demo, make_scene(160, 160, seed=31)[0], tile_size=80)
+    assert choice.backend == "int8" and choice.int8_graph
+    stored = auto.cached_choice(demo, tile_size=80, backends=EAGER)
+    assert stored.int8_graph == choice.int8_graph
+
+    def unused(*args, **kwargs):
+        raise AssertionError("auto's INT8 graph comes from the disk cache")
+
+    with monkeypatch.context() as patch:
+        for module, name in ((auto, "calibration_tiles"), (auto, "quantized_before"),
+                             (quantize_module, "_quantized_onnx")):  # fmt: skip
+            patch.setattr(module, name, unused)
+        other, again = auto_backend(demo, make_scene(160, 160, seed=32)[0], tile_size=80)
+    assert again.backend == "int8" and other.module.onnx_bytes == first.module.onnx_bytes
+    (cache_dir() / "int8" / f"{choice.int8_graph}.onnx").unlink()  # the graph is gone
+    rebuilt, _ = auto_backend(demo, make_scene(160, 160, seed=33)[0], tile_size=80)
+    assert rebuilt.precision == "int8" and not rebuilt.metadata["quantization"]["from_cache"]
+    kept = auto.cached_choice(demo, tile_size=80, backends=EAGER).int8_graph
+    assert kept == rebuilt.metadata["quantization"]["key"] != choice.int8_graph
 
 
 def test_auto_skips_measuring_for_a_small_job_and_reports_why(demo):

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -32,8 +30,19 @@ from seamline.core.errors import InvalidArgumentError
 from seamline.core.hardware import bf16_is_native, cpu_info, device_label
 from seamline.core.models.modelio import SegmentationModel, with_precision
 from seamline.core.optimise.backends import compiled, forget_compiled, use_inductor_cache
-from seamline.core.optimise.flops import peak_gflops, tile_gflop, wall_seconds
-from seamline.core.optimise.quantize import calibration_tiles, quantize, quantized_before
+from seamline.core.optimise.flops import (
+    classes_of,
+    input_format,
+    ms_per_tile,
+    peak_gflops,
+    tile_gflop,
+)
+from seamline.core.optimise.quantize import (
+    calibration_tiles,
+    quantize,
+    quantized_before,
+    quantized_graph,
+)
 from seamline.core.predict.stream import place_module
 
 __all__ = [
@@ -55,8 +64,6 @@ __all__ = [
 
 MIN_AGREEMENT = 0.995
 """Share of calibration pixels whose class must equal FP32's for a backend to be kept."""
-RUNS = 5
-"""Timed forward passes per candidate (after two warm-ups); the median is kept."""
 CHOICE_VERSION = 4  # 4: INT8 timed with its calls in flight, as jobs run it; its warm build
 AUTO_MIN_TILES = 16
 """Scenes with fewer tiles than this run FP32 unless a choice was made before on the machine."""
@@ -136,6 +143,7 @@ class Choice:
     from_cache: bool = False
     peaks: dict = field(default_factory=dict)
     key: str = ""  # its disk cache entry
+    int8_graph: str = ""  # the INT8 graph's disk cache key: calibrated once, for every job
 
     def table(self) -> list[dict]:
         """One row per backend: its figures, speed-up over FP32 eager and share of the peak
@@ -205,43 +213,6 @@ def build_backend(
     return built
 
 
-def _memory_format(model: SegmentationModel) -> torch.memory_format:
-    """The layout the tiling engine feeds ``model`` (ONNX Runtime takes NCHW only)."""
-    if getattr(model.module, "channels_last", True):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _forward(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> torch.Tensor:
-    """Class ids of ``tiles`` (run ``batch`` at a time, as the tiling engine feeds them)."""
-    fmt = _memory_format(model)
-    with torch.inference_mode():
-        out = [model.module(tiles[i : i + batch].contiguous(memory_format=fmt)).float().argmax(1)
-               for i in range(0, len(tiles), batch)]  # fmt: skip
-    return torch.cat(out)
-
-
-def _timed(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> float:
-    """Median milliseconds per tile of ``RUNS`` forward passes of one batch (2 warm-ups), as
-    the tile stream runs it: with ``parallel_forward`` (INT8 on ONNX Runtime), that many in
-    flight (AMD EPYC, AVX-512, 2 threads: 47 ms per 512 px tile alone, 37 ms two at once)."""
-    x = tiles[:batch].contiguous(memory_format=_memory_format(model))
-    forward, calls = (model.module.parallel_forward() if hasattr(model.module, "parallel_forward")
-                      else (model.module, 1))  # fmt: skip
-    with torch.inference_mode(), ThreadPoolExecutor(calls) as pool:
-
-        def run() -> None:  # a batch per call in flight, as the tile stream keeps them
-            if calls == 1:
-                forward(x)  # in this thread: inference mode and autocast are per thread
-            else:
-                list(pool.map(forward, [x] * calls))
-
-        for _ in range(2):
-            run()
-        times = [wall_seconds(run, x.device) for _ in range(RUNS)]
-    return 1000 * statistics.median(times) / (calls * len(x))
-
-
 def _device_name(device: torch.device | str) -> str:
     """``device`` as tensors name it (``cuda`` -> ``cuda:0``): one cache entry per device."""
     device = torch.device(device)
@@ -277,7 +248,7 @@ def _warm_build_seconds(model, backend, calibration, batch_size, device, tiles,
     start = time.perf_counter()
     built = build_backend(model, backend, calibration=calibration, batch_size=batch_size,
                           device=device, cache=cache)  # fmt: skip
-    _forward(built, tiles[:batch_size], batch_size)
+    classes_of(built, tiles[:batch_size], batch_size)
     return time.perf_counter() - start
 
 
@@ -353,30 +324,39 @@ def auto_backend(
             notify(f"measuring {len(backends)} backends for model {model.name!r} at "
                    f"{tile_size} px tiles, once on this machine (a minute at most; "
                    "--precision fp32 skips it)")  # fmt: skip
-        start = time.perf_counter()
         calibration = calibration_tiles(scene, model, tile_size=tile_size)
         choice = choose_backend(model, calibration, tile_size=tile_size, batch_size=batch_size,
-                                device=device, cache=cache, backends=backends,
-                                calibration_s=time.perf_counter() - start)  # fmt: skip
+                                device=device, cache=cache, backends=backends)  # fmt: skip
     job = float("inf") if tiles is None else tiles
     backend = BACKENDS[choice.best_for(job, compiled=allow_compile).backend]
     start = time.perf_counter()
-    if backend.precision == "int8":
-        if calibration is None:  # only INT8 reads the scene again
+    # INT8 as calibrated when it was measured (on the first scene, for every later one): no
+    # tiles read, hashed or calibrated again (0.5 s a process at 4096^2, 6-8 s a new scene)
+    built = None
+    if backend.precision == "int8" and cache and choice.int8_graph:
+        built = quantized_graph(model, choice.int8_graph)
+    if built is None:
+        if backend.precision == "int8":  # its graph left the cache: calibrate on this scene
             calibration = calibration_tiles(scene, model, tile_size=tile_size)
-        if cache and not quantized_before(model, calibration):  # a scene not calibrated on:
-            int8 = next(m for m in choice.measurements if m.backend == backend.name)
-            choice = _with_build_seconds(choice, backend, int8.build_s)  # this job calibrates
-            backend = BACKENDS[choice.best_for(job, compiled=allow_compile).backend]
-    use_inductor_cache()
-    built = build_backend(model, backend, calibration=calibration, batch_size=batch_size,
-                          device=device, cache=cache)  # fmt: skip
-    # Learn what a new process pays: a compiled package loaded (or compiled again), an INT8
-    # graph read from the cache with the calibration tiles that key it (not a calibration).
-    int8_graph = built.metadata.get("quantization")
-    if (int8_graph["from_cache"] if int8_graph else backend.compile) and choice.from_cache:
+            if cache and not quantized_before(model, calibration):
+                int8 = next(m for m in choice.measurements if m.backend == backend.name)
+                choice = _with_build_seconds(choice, backend, int8.build_s)  # it calibrates
+                backend = BACKENDS[choice.best_for(job, compiled=allow_compile).backend]
+        use_inductor_cache()
+        built = build_backend(model, backend, calibration=calibration, batch_size=batch_size,
+                              device=device, cache=cache)  # fmt: skip
+    # Keep an INT8 graph calibrated here for the next jobs (in the stored table: this choice
+    # may carry this job's calibration); else learn what a new process pays to build its
+    # backend: a compiled package loaded (or compiled again), the INT8 graph read.
+    quantized = built.metadata.get("quantization")
+    graph = quantized["key"] if quantized and cache else None
+    if graph and graph != choice.int8_graph:
+        if (stored := _read_choice(choice.key)) is not None:
+            _store(replace(stored, int8_graph=graph))
+        choice = replace(choice, int8_graph=graph)
+    elif (quantized["from_cache"] if quantized else backend.compile) and choice.from_cache:
         probe = torch.zeros(batch_size, len(model.bands), tile_size, tile_size, device=device)
-        _forward(built, probe, batch_size)
+        classes_of(built, probe, batch_size)
         choice = _with_build_seconds(choice, backend, time.perf_counter() - start)
         if cache:
             _store(choice)
@@ -428,12 +408,12 @@ def choose_backend(
     device: torch.device | str = "cpu",
     cache: bool = True,
     backends: list[Backend] | None = None,
-    calibration_s: float = 0.0,
 ) -> Choice:
     """The fastest of ``backends`` (default :func:`candidates`) whose classes agree with FP32
     on at least :data:`MIN_AGREEMENT` of ``calibration``'s pixels (normalised tiles
     ``(n, bands, tile_size, tile_size)``), measured here or read from the disk cache.
-    ``calibration_s``: reading those tiles, which INT8 pays in every process (they key it)."""
+    INT8 is calibrated on ``calibration`` once: its graph's cache key is kept in the choice,
+    and later jobs run that graph whatever scene they predict."""
     if model.precision != "fp32":
         raise InvalidArgumentError(
             f"--precision auto starts from the FP32 model, and {model.name!r} is "
@@ -448,10 +428,10 @@ def choose_backend(
     use_inductor_cache()
     tiles = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32)).to(device)
     if isinstance(model.module, torch.nn.Module):  # on the device, in the tiles' layout
-        place_module(model.module, tiles.device, _memory_format(model))
-    reference = _forward(model, tiles, batch_size)
+        place_module(model.module, tiles.device, input_format(model))
+    reference = classes_of(model, tiles, batch_size)
     gflop = tile_gflop(model, tile_size, device)
-    rows = []
+    rows, int8_graph = [], ""
     for backend in backends:
         start = time.perf_counter()
         try:
@@ -459,17 +439,17 @@ def choose_backend(
                                   batch_size=batch_size, device=device, cache=cache)  # fmt: skip
             if built.precision != backend.precision:  # e.g. INT8 left FP32 (not exportable)
                 raise RuntimeError(f"it stayed {built.precision}")
-            classes = _forward(built, tiles, batch_size)  # also the compile, for compiled ones
+            classes = classes_of(built, tiles, batch_size)  # also the compile, for compiled ones
         except Exception as exc:  # noqa: BLE001 -- any backend may fail on a foreign model
             rows.append(Measurement(backend.name, float("nan"), float("nan"), 0.0, float("nan"),
                                     False, f"failed: {type(exc).__name__}"))  # fmt: skip
             continue
         build_s = time.perf_counter() - start
         warm = _warm_build_seconds(model, backend, calibration, batch_size, device, tiles, cache)
-        if warm is not None and backend.precision == "int8":
-            warm += calibration_s
         warm = build_s if warm is None else warm
-        ms = _timed(built, tiles, batch_size)
+        if backend.precision == "int8":
+            int8_graph = built.metadata["quantization"]["key"] or ""
+        ms = ms_per_tile(built, tiles, batch_size)
         agreement = float((classes == reference).float().mean())
         kept = agreement >= MIN_AGREEMENT
         note = "" if kept else f"agrees on {agreement:.2%} < {MIN_AGREEMENT:.1%}"
@@ -478,7 +458,8 @@ def choose_backend(
     precisions = ("fp32", "bf16", "int8") if device == "cpu" else ("fp32", "bf16", "fp16")
     peaks = {p: peak_gflops(p, device=device) for p in precisions}
     choice = Choice("fp32", "", tuple(rows), tile_size, batch_size, device,
-                    device_label(device), gflop, peaks=peaks, key=key)  # fmt: skip
+                    device_label(device), gflop, peaks=peaks, key=key,
+                    int8_graph=int8_graph)  # fmt: skip
     best = BACKENDS[choice.best_for(float("inf")).backend]
     choice = replace(choice, backend=best.name, reason=_reason(choice, best, None))
     if cache:

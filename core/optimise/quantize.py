@@ -313,7 +313,25 @@ def quantize(
             QuantizationWarning,
             stacklevel=2,
         )
-    module = OnnxModule(int8, align=model.align)
+    return _int8_model(model, int8, key=key, from_cache=cached, fp32_layers=left,
+                       per_channel=per_channel, calibration_tiles=len(tiles))  # fmt: skip
+
+
+def quantized_graph(model: SegmentationModel, key: str) -> SegmentationModel | None:
+    """``model`` as the INT8 graph :func:`quantize` kept in the disk cache under ``key`` (its
+    ``metadata["quantization"]["key"]``), without reading or hashing calibration tiles; None
+    when the cache no longer has it."""
+    int8 = read_entry("int8", key, ".onnx")
+    if int8 is None or model.precision != "fp32":
+        return None
+    left = _cached_fp32_layers(int8, key)
+    return _int8_model(model, int8, key=key, from_cache=True, fp32_layers=left)
+
+
+def _int8_model(model: SegmentationModel, int8: bytes, *, key: str | None, from_cache: bool,
+                fp32_layers: list[str], per_channel: bool = True,
+                calibration_tiles: int | None = None) -> SegmentationModel:  # fmt: skip
+    """``model`` running the INT8 graph ``int8`` on ONNX Runtime, with how it was made."""
     meta = {
         **model.metadata,
         "quantization": {
@@ -321,11 +339,13 @@ def quantize(
             "format": "QDQ",
             "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
             "activations": "uint8",
-            "calibration_tiles": int(len(tiles)),
-            "from_cache": cached,
-            "fp32_layers": left,
+            "calibration_tiles": calibration_tiles,
+            "from_cache": from_cache,
+            "fp32_layers": fp32_layers,
+            "key": key,
         },
     }
+    module = OnnxModule(int8, align=model.align)
     return replace(model, module=module, precision="int8", metadata=meta)
 
 
