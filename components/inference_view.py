@@ -8,6 +8,7 @@ runs in a worker thread; :class:`InferenceView` is the thin view over it.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -86,10 +87,31 @@ def figure_html(name: str, value: str) -> str:
 
 
 def auto_reason(result: RunResult | None) -> str:
-    """What auto picked and why, for a run at Precision auto ("" for the others)."""
-    if result is None or not result.reason:
+    """What auto picked and why, with the table it picked from folded below ("" for a run
+    at another precision)."""
+    if result is None or result.choice is None:
         return ""
-    return f"**Precision auto** picked {result.reason}."
+    choice = result.choice
+    rows = "\n".join(_measured_row(row) for row in choice.table())
+    return (
+        f"**Precision auto** picked {choice.reason}.\n\n<details><summary>What auto measured "
+        f"on this machine ({choice.cpu}, {choice.tile_size} px tiles)</summary>\n\n"
+        "| backend | ms per tile | vs FP32 | GFLOP/s | % of peak | agrees with FP32 | kept |\n"
+        "|---|---|---|---|---|---|---|\n"
+        f"{rows}\n\n</details>"
+    )
+
+
+def _measured_row(row: dict) -> str:
+    """One backend of auto's table as a Markdown row (no figures where it failed to build)."""
+    name = f"**{row['backend']}**" if row["chosen"] else row["backend"]
+    figures = ["-"] * 5
+    if not math.isnan(row["ms_per_tile"]):
+        peak = row["percent_of_peak"]
+        figures = [f"{row['ms_per_tile']:.1f}", f"{row['speedup']:.1f}x", f"{row['gflops']:.0f}",
+                   "-" if peak is None else f"{peak:.0f}", f"{100 * row['agreement']:.2f} %"]
+    kept = "yes" if row["kept"] else f"no: {row['note']}"
+    return "| " + " | ".join([name, *figures, kept]) + " |"
 
 
 def legend(names: list[str], colors: list[str]) -> str:

@@ -379,18 +379,21 @@ def test_the_page_defaults_to_auto_and_waits_for_no_fp32_run(cache):
     assert shown_phases[0] == "AUTO 1/1"
     assert all(p.startswith("Auto: measuring ") for p in shown_phases[1:])
     _, choice = cache.auto("demo", tile_size=128)
-    assert picked.backend == choice.backend and picked.reason == choice.reason
+    assert picked.backend == choice.backend and picked.choice == choice
     assert picked.agreement_on == ON_CALIBRATION_TILES
     assert picked.agreement_fp32 == next(m.agreement for m in choice.measurements
                                          if m.backend == choice.backend) >= 0.995  # fmt: skip
     view = InferenceView(state=state)
     shown = " ".join(str(pane.object) for pane in view.figures())
     assert "on calibration tiles" in shown and f"picked {choice.reason}" in shown
+    for row in choice.table():  # the table auto picked from, its pick in bold
+        name = f"**{row['backend']}**" if row["chosen"] else row["backend"]
+        assert f"| {name} | {row['ms_per_tile']:.1f} |" in shown
     state.precision = "fp32"
     fp32 = state.run()
     state.param.update(precision="auto", overlap=48)  # an FP32 run of the scene exists now
     again = state.run()
-    assert again.agreement_on == "scene" and again.reason == choice.reason
+    assert again.agreement_on == "scene" and again.choice == choice
     same = again.classes.values == fp32.classes.values
     assert again.agreement_fp32 == pytest.approx(same.mean())
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import xarray as xr
 
+from seamline.core.optimise.auto import Choice
 from seamline.core.optimise.latency import model_size_bytes
 from seamline.core.predict.blocks import TileTimer
 from seamline.core.predict.scene import predict_scene
@@ -76,7 +77,7 @@ class RunResult:
     agreement_fp32: float | None = None
     agreement_on: str = ""  # "scene", or ON_CALIBRATION_TILES
     backend: str = ""  # what ran: the precision, or the backend auto picked
-    reason: str = ""  # why auto picked it, in one line
+    choice: Choice | None = None  # what auto measured and why it picked this backend
 
     def row(self) -> dict:
         """One row of the runs table."""
@@ -157,6 +158,6 @@ def run_inference(
         agreement_fp32=agreement,
         agreement_on=agreement_on,
         backend=backend,
-        reason="" if choice is None else choice.reason,
+        choice=choice,
         **timer.summary(),
     )

@@ -142,6 +142,10 @@ def test_the_default_run_is_auto_and_says_what_it_picked(visit):
     assert "fastest per tile" in reason.inner_text()
     assert page.get_by_text("on calibration tiles").first.is_visible()
     assert page.get_by_text("FP32 reference").count() == 0 and visit.errors == []
+    page.get_by_text("What auto measured on this machine").click()  # the table it picked from
+    header = page.get_by_role("columnheader", name="% of peak")
+    header.wait_for(timeout=10_000)
+    assert page.get_by_role("cell", name="fp32", exact=True).is_visible()
     visit.shot("auto.png")
 
 
