@@ -85,6 +85,7 @@ def run_predict(args: argparse.Namespace) -> dict:
             tiles=tiles, batch_size=batch_size, device=device, cache=not args.no_cache,
             allow_compile=args.scheduler is None,  # compiled modules stay in this process
             notify=lambda text: print(f"seamline predict: {text}", file=sys.stderr),
+            calibrate=args.calibration is not None,
         )  # fmt: skip
     elif precision == "int8" and model.precision != "int8":
         from seamline.core.optimise.quantize import quantize
@@ -237,10 +238,12 @@ def add_predict_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
                    "activations stay in cache, and memory stays low), 8 on a GPU")
     p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                    help="auto (default): the fastest backend agreeing with FP32 on 99.5%% of "
-                   "pixels, measured once per model, tile and machine and cached; int8 "
-                   "quantizes an fp32 model, calibrated on the input scene")
+                   "pixels, measured once per model, tile and machine and cached (its INT8 "
+                   "calibrated once, on the first scene measured); int8 quantizes an fp32 "
+                   "model, calibrated on the input scene")
     p.add_argument("--calibration", metavar="SCENE",
-                   help="calibrate auto and int8 on this scene instead of the input")
+                   help="calibrate int8, and auto's INT8 for this and later jobs, on this "
+                   "scene instead")
     p.add_argument("--no-cache", action="store_true",
                    help="measure and quantize again, ignoring (and not writing) the disk cache")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

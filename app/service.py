@@ -267,7 +267,7 @@ def create_app(
     own = None if calibration is None else lambda _model: calibration
     if precision == "auto":  # a server's job never ends: the fastest eager backend per tile
         ready, choice = MODELS.auto(model, tile_size=tile_size, trust_model=trust_model,
-                                    calibration=own)  # fmt: skip
+                                    calibration=own, calibrate=own is not None)  # fmt: skip
         if choice is not None:
             log.info("--precision auto: %s", choice.reason)
     else:

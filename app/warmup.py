@@ -7,8 +7,8 @@ demo model at 256 px on a 2-core AMD EPYC, 0.1-0.5 s at later starts), and built
 build (quantization with its default calibration, ~4 s for the demo model) goes into the
 process-wide cache the sessions share, with the two sessions tiled inference runs it on:
 the first run of a session then costs its prediction, not a measurement or a quantization.
-A model without a default calibration (not the demo's bands) is measured on the first scene
-a visitor runs it on.
+Another model than the demo's (which has no default calibration) is measured on the first
+scene a visitor runs it on.
 
 datashader compiles a regrid kernel per dtype and aggregator on first use, ~1 s each. Compiled
 here: the RGB composites, and float32 maps with ``first`` (the class map: without it the first

@@ -290,6 +290,23 @@ def test_auto_runs_its_int8_graph_on_a_new_scene_without_calibrating(demo, monke
     assert rebuilt.precision == "int8" and not rebuilt.metadata["quantization"]["from_cache"]
     kept = auto.cached_choice(demo, tile_size=80, backends=EAGER).int8_graph
     assert kept == rebuilt.metadata["quantization"]["key"] != choice.int8_graph
+    # --calibration SCENE: calibrated on it although the table keeps a graph, checked
+    # against FP32 on its tiles, and kept for the next jobs
+    own, _ = auto_backend(demo, make_scene(160, 160, seed=34)[0], tile_size=80, calibrate=True)
+    stored = auto.cached_choice(demo, tile_size=80, backends=EAGER)
+    assert own.precision == "int8" and stored.int8_graph == own.metadata["quantization"]["key"]
+    assert stored.int8_graph != kept
+    int8_row = next(m for m in stored.measurements if m.backend == "int8")
+    assert int8_row.kept and int8_row.agreement >= auto.MIN_AGREEMENT
+    # a recalibrated graph that disagrees with FP32 leaves INT8 out: the next fastest runs
+    monkeypatch.setattr(auto, "MIN_AGREEMENT", 1.01)
+    fallback, picked = auto_backend(demo, make_scene(160, 160, seed=35)[0], tile_size=80,
+                                    calibrate=True)  # fmt: skip
+    assert fallback.precision == "fp32" and picked.backend == "fp32"
+    stored = auto.cached_choice(demo, tile_size=80, backends=EAGER)
+    int8_row = next(m for m in stored.measurements if m.backend == "int8")
+    assert not int8_row.kept and int8_row.note.startswith("recalibrated: agrees on")
+    assert stored.int8_graph == own.metadata["quantization"]["key"]  # the last good one
 
 
 def test_auto_skips_measuring_for_a_small_job_and_reports_why(demo):
@@ -379,3 +396,52 @@ def test_fp16_is_for_cuda_and_refused_on_a_cpu_in_one_sentence(tmp_path, capsys)
     assert not out.exists()
     with pytest.raises(Exception, match="FP16 runs on a CUDA GPU"):
         ModelCache().get("demo", precision="fp16", device="cpu")
+
+
+def test_a_page_measuring_auto_holds_no_other_session_up(monkeypatch):
+    """ModelCache.auto builds once per model and tile size; while it measures (up to a
+    minute) other entries are served (the shared lock held every session up), and callers
+    of the same entry wait for the one build."""
+    import threading
+
+    import seamline.core.serve.cache as cache_module
+    from seamline.core.serve.cache import ModelCache
+
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow_measure(model, scene, **kwargs):
+        calls.append(kwargs["tile_size"])
+        started.set()
+        assert release.wait(30)
+        return model, None
+
+    monkeypatch.setattr(cache_module, "auto_backend", slow_measure)
+    cache = ModelCache(calibration=lambda model: None)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.auto("demo", tile_size=64)))
+               for _ in range(2)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    assert started.wait(30)
+    assert cache.get("demo", precision="bf16").precision == "bf16"  # served meanwhile
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert calls == [64] and len(results) == 2 and results[0] is results[1]  # built once
+
+
+def test_auto_runs_fp32_and_says_why_where_it_cannot_measure(monkeypatch):
+    import seamline.core.serve.cache as cache_module
+    from seamline.core.errors import SeamlineWarning
+    from seamline.core.serve.cache import ModelCache
+
+    def fails(model, scene, **kwargs):
+        raise RuntimeError("FlopCounterMode cannot count this module")
+
+    monkeypatch.setattr(cache_module, "auto_backend", fails)
+    cache = ModelCache(calibration=lambda model: None)
+    with pytest.warns(SeamlineWarning, match="could not measure model 'demo'.*FlopCounter"):
+        model, choice = cache.auto("demo", tile_size=64)
+    assert model.precision == "fp32" and choice is None
+    monkeypatch.setattr(cache_module, "auto_backend", lambda model, scene, **kwargs: (model, None))
+    assert cache.auto("demo", tile_size=64)[0] is model  # tried again, not kept as failed

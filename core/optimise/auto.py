@@ -64,7 +64,7 @@ __all__ = [
 
 MIN_AGREEMENT = 0.995
 """Share of calibration pixels whose class must equal FP32's for a backend to be kept."""
-CHOICE_VERSION = 4  # 4: INT8 timed with its calls in flight, as jobs run it; its warm build
+CHOICE_VERSION = 5  # 5: auto's INT8 graph kept (Choice.int8_graph): its warm build reads no tiles
 AUTO_MIN_TILES = 16
 """Scenes with fewer tiles than this run FP32 unless a choice was made before on the machine."""
 
@@ -301,6 +301,7 @@ def auto_backend(
     cache: bool = True,
     allow_compile: bool = True,
     notify: Callable[[str], None] | None = None,
+    calibrate: bool = False,
 ) -> tuple[SegmentationModel, Choice | None]:
     """``model`` as the backend that finishes a job of ``tiles`` tiles first (None: a
     server's endless job, the fastest per tile), from the table :func:`choose_backend`
@@ -310,7 +311,11 @@ def auto_backend(
     table measured before on this machine if there is one, else FP32 (choice None).
     ``allow_compile=False`` measures and picks eager backends only (a compiled module does
     not travel to dask workers, and a server would recompile per requested tile size).
-    ``notify`` is told, in a phrase, when a measurement starts (it takes up to a minute)."""
+    ``notify`` is told, in a phrase, when a measurement starts (it takes up to a minute).
+    INT8 runs the graph the table keeps (calibrated once, on the scene first measured on)
+    unless ``calibrate`` (the caller's own calibration scene) or the graph left the cache:
+    then it is calibrated on ``scene``, checked against FP32 on those tiles, and kept for
+    later jobs if it agrees (else INT8 leaves the table and the next backend runs)."""
     if model.precision != "fp32":
         return model, None
     backends = [b for b in candidates(device) if allow_compile or not b.compile]
@@ -333,10 +338,10 @@ def auto_backend(
     # INT8 as calibrated when it was measured (on the first scene, for every later one): no
     # tiles read, hashed or calibrated again (0.5 s a process at 4096^2, 6-8 s a new scene)
     built = None
-    if backend.precision == "int8" and cache and choice.int8_graph:
+    if backend.precision == "int8" and cache and choice.int8_graph and not calibrate:
         built = quantized_graph(model, choice.int8_graph)
     if built is None:
-        if backend.precision == "int8":  # its graph left the cache: calibrate on this scene
+        if backend.precision == "int8":  # calibrated on this scene
             calibration = calibration_tiles(scene, model, tile_size=tile_size)
             if cache and not quantized_before(model, calibration):
                 int8 = next(m for m in choice.measurements if m.backend == backend.name)
@@ -351,9 +356,19 @@ def auto_backend(
     quantized = built.metadata.get("quantization")
     graph = quantized["key"] if quantized and cache else None
     if graph and graph != choice.int8_graph:
-        if (stored := _read_choice(choice.key)) is not None:
-            _store(replace(stored, int8_graph=graph))
-        choice = replace(choice, int8_graph=graph)
+        sample = torch.from_numpy(calibration).to(device)
+        agreement = float((classes_of(built, sample, batch_size)
+                           == classes_of(model, sample, batch_size)).float().mean())  # fmt: skip
+        kept = agreement >= MIN_AGREEMENT
+        row = {"agreement": agreement, "kept": kept,
+               "note": "" if kept else f"recalibrated: agrees on {agreement:.2%}"}  # fmt: skip
+        keep = {"int8_graph": graph} if kept else {}
+        _store(_with_row(replace(_read_choice(choice.key) or choice, **keep), backend.name, **row))
+        if not kept:  # the stored table no longer has INT8: the next fastest runs
+            return auto_backend(model, scene, tile_size=tile_size, tiles=tiles,
+                                batch_size=batch_size, device=device,
+                                allow_compile=allow_compile)  # fmt: skip
+        choice = _with_row(replace(choice, **keep), backend.name, **row)
     elif (quantized["from_cache"] if quantized else backend.compile) and choice.from_cache:
         probe = torch.zeros(batch_size, len(model.bands), tile_size, tile_size, device=device)
         classes_of(built, probe, batch_size)

@@ -11,7 +11,7 @@ import threading
 import warnings
 from collections.abc import Callable
 
-from seamline.core.errors import InvalidArgumentError
+from seamline.core.errors import InvalidArgumentError, SeamlineWarning
 from seamline.core.hardware import bf16_is_native
 from seamline.core.models.modelio import (
     SegmentationModel,
@@ -39,8 +39,9 @@ class ModelCache:
 
     ``calibration`` makes the INT8 tiles when a model is first quantized: a callable
     returning a scene or normalised tiles (it is only called on a miss), given to
-    :meth:`get` or, as the default for every model, to the cache. Thread-safe; one
-    instance per process is the intended use (the dashboard and the server share it).
+    :meth:`get` or, as the default for every model, to the cache. Thread-safe: callers of
+    one entry wait for its build, callers of others do not; one instance per process is the
+    intended use (the dashboard and the server share it).
 
     ``trusted`` names model files the operator trusts to run code when loaded (as
     ``trust_model`` does for one :meth:`get`).
@@ -62,7 +63,8 @@ class ModelCache:
     ) -> None:
         self._models: dict[tuple, SegmentationModel] = {}
         self._auto: dict[tuple, tuple[SegmentationModel, Choice | None]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held briefly: the dictionaries
+        self._building: dict[tuple, threading.Lock] = {}  # held while one entry builds
         self.freeze = freeze
         self.calibration = calibration
         self.trusted = frozenset(trusted)
@@ -89,12 +91,8 @@ class ModelCache:
             )
         check_precision_device(precision, device)
         key = (_name(spec), precision, str(device))
-        with self._lock:  # held while building: two sessions never quantize twice
-            if key not in self._models:
-                model = self._load(spec, trust_model)
-                self._models[key] = _prepare(model, precision, calibration or self.calibration)
-                self._frozen()
-            return self._models[key]
+        return self._once(self._models, key, lambda: _prepare(
+            self._load(spec, trust_model), precision, calibration or self.calibration))
 
     def auto(
         self,
@@ -104,6 +102,7 @@ class ModelCache:
         batch_size: int = 1,
         device: str = "cpu",
         calibration: Calibration | None = None,
+        calibrate: bool = False,
         trust_model: bool = False,
         notify: Callable[[str], None] | None = None,
     ) -> tuple[SegmentationModel, Choice | None]:
@@ -111,32 +110,60 @@ class ModelCache:
         choice: the fastest eager backend per tile that agrees with FP32 (their jobs never
         end; a compiled one would recompile for each new tile size while every client
         waits). Measured once per machine (the disk cache; ``notify`` hears when a measurement
-        starts, up to a minute), built once per process, tile and batch size. Calibrated as
-        INT8 is: on ``calibration(model)``, else the cache's default calibration. A model that
-        is not FP32 (a quantized ``.onnx``) runs as it is (choice None). ``tile_size`` None:
-        the model's own (:func:`~seamline.core.predict.plan.choose_tile_size`)."""
+        starts, up to a minute), built once per process, tile and batch size; sessions asking
+        for other models meanwhile do not wait. Calibrated on ``calibration(model)``, else the
+        cache's default calibration; ``calibrate``: INT8 calibrates on it even where the
+        table keeps a graph (an operator's own calibration scene). A model that is not FP32
+        (a quantized ``.onnx``) runs as it is (choice None). ``tile_size`` None: the model's
+        own (:func:`~seamline.core.predict.plan.choose_tile_size`). Where the measurement
+        fails (a foreign model, a scene too small to calibrate on) FP32 runs, with a warning
+        saying why, and the next call tries again."""
         check_precision_device("fp32", device)
-        key = (_name(spec), tile_size, batch_size, str(device))
-        with self._lock:  # two sessions never measure twice
-            if key not in self._auto:
-                fp32 = (_name(spec), "fp32", str(device))
-                model = self._models.get(fp32) or self._load(spec, trust_model)
-                if model.precision != "fp32":
-                    self._auto[key] = model, None
-                    return self._auto[key]
-                self._models[fp32] = model
-                source = calibration or self.calibration
-                if source is None:
-                    raise InvalidArgumentError(
-                        f"--precision auto needs calibration data for model {model.name!r}: "
-                        f"pass a scene with its bands ({', '.join(model.bands)})."
-                    )
-                self._auto[key] = auto_backend(
-                    model, source(model), tile_size=choose_tile_size(model, tile_size),
-                    batch_size=batch_size, device=device, allow_compile=False, notify=notify,
-                )  # fmt: skip
-                self._frozen()
-            return self._auto[key]
+        fp32_key = (_name(spec), "fp32", str(device))
+
+        def build() -> tuple[SegmentationModel, Choice | None]:
+            model = self._models.get(fp32_key) or self._load(spec, trust_model)
+            if model.precision != "fp32":
+                return model, None
+            model = self._once(self._models, fp32_key, lambda: model)
+            source = calibration or self.calibration
+            if source is None:
+                raise InvalidArgumentError(
+                    f"--precision auto needs calibration data for model {model.name!r}: "
+                    f"pass a scene with its bands ({', '.join(model.bands)})."
+                )
+            scene, tile = source(model), choose_tile_size(model, tile_size)
+            try:
+                return auto_backend(model, scene, tile_size=tile, batch_size=batch_size,
+                                    device=device, allow_compile=False, notify=notify,
+                                    calibrate=calibrate)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 -- any step may fail on a foreign model
+                raise _NotMeasured(str(exc)) from exc
+
+        key = ("auto", _name(spec), tile_size, batch_size, str(device))
+        try:
+            return self._once(self._auto, key, build)
+        except _NotMeasured as failed:  # not kept: the next call measures again
+            warnings.warn(f"--precision auto could not measure model {_name(spec)!r} "
+                          f"({failed}): it runs FP32.", SeamlineWarning, stacklevel=2)  # fmt: skip
+            return self.get(spec, device=device, trust_model=trust_model), None
+
+    def _once(self, store: dict, key: tuple, build: Callable[[], object]):
+        """``store[key]``, made by ``build()`` once: callers of one key wait for its build,
+        callers of the others do not (a minute's measurement held every session up)."""
+        with self._lock:
+            if key in store:
+                return store[key]
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                if key in store:  # built while this caller waited
+                    return store[key]
+            value = build()
+            with self._lock:
+                store[key] = value
+            self._frozen()
+            return value
 
     def _load(self, spec: str | SegmentationModel, trust_model: bool) -> SegmentationModel:
         trust = trust_model or (isinstance(spec, str) and spec in self.trusted)
@@ -147,6 +174,10 @@ class ModelCache:
         if self.freeze:
             gc.collect()
             gc.freeze()
+
+
+class _NotMeasured(Exception):
+    """Auto's measurement of a model failed (its cause chained): the model runs FP32."""
 
 
 def _name(spec: str | SegmentationModel) -> str:
