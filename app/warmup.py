@@ -37,7 +37,7 @@ for _element, _aggregator in (
     hv.render(regrid(_element, aggregator=_aggregator, width=32, height=32, dynamic=False))
 
 for _spec in models_from_env():
-    MODELS.get(_spec)  # `seamline serve` has checked that each loads
+    MODELS.get(_spec, precision=None)  # `seamline serve` has checked that each loads
 _first = models_from_env()[0]
 _tile = InferenceState.param.tile_size.default
 for _build in (lambda: MODELS.auto(_first, tile_size=_tile)[0],

@@ -136,7 +136,8 @@ class InferenceState(param.Parameterized):
     def _covering_overlap(self) -> None:
         """Start each model at the overlap that covers its receptive field (tiles agree with
         an untiled run); the person may change it, and hears why when that shows seams."""
-        overlap, _ = plan_overlap(self.cache.get(self.model), self.tile_size, self.blend)
+        model = self.cache.get(self.model, precision=None)
+        overlap, _ = plan_overlap(model, self.tile_size, self.blend)
         self._auto_overlap = min(overlap, self.param.overlap.bounds[1])
         self.overlap = self._auto_overlap
 
@@ -148,7 +149,7 @@ class InferenceState(param.Parameterized):
 
     @param.depends("model", "tile_size", "blend", "overlap", watch=True)
     def _seam_check(self) -> None:
-        model = self.cache.get(self.model)
+        model = self.cache.get(self.model, precision=None)
         self.seams = " ".join(plan_overlap(model, self.tile_size, self.blend, self.overlap)[1])
 
     @param.depends("scene", "model", watch=True)
@@ -182,8 +183,9 @@ class InferenceState(param.Parameterized):
         if key not in self._results:
             reference, steps = None, 1
             cached = self._cached_fp32()
-            if settings.precision == "auto":  # no FP32 run for it: the agreement is auto's own
-                reference = cached[-1].classes if cached else None
+            quantized = self.cache.get(self.model, precision=None).precision != "fp32"
+            if settings.precision == "auto" or quantized:  # no FP32 run for them: auto's own
+                reference = cached[-1].classes if cached else None  # agreement, or none
             elif settings.precision != "fp32":
                 steps = 1 if cached else 2
                 self.phase = "FP32 reference 1/2" if steps == 2 else ""
@@ -295,5 +297,5 @@ class InferenceState(param.Parameterized):
             settings.tile_size,
             settings.overlap,
             Blend.parse(settings.blend),
-            self.cache.get(self.model).align,
+            self.cache.get(self.model, precision=None).align,
         )

@@ -58,7 +58,7 @@ class ModelPicker(pn.viewable.Viewer):
     def describe(self) -> dict[str, str]:
         """Name, bands, classes and tiling geometry of the chosen model."""
         try:
-            model = self.cache.get(self.model)
+            model = self.cache.get(self.model, precision=None)
         except SeamlineError as exc:
             return {"Model": model_label(self.model), "Error": str(exc)}
         return {

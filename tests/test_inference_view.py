@@ -425,3 +425,43 @@ def test_the_seams_are_judged_away_from_the_scene_edge(cache):
     inner = away_from_edge((200, 300), 23)
     assert inner.sum() == (200 - 46) * (300 - 46) and not inner[:23].any() and inner[23, 23]
     assert away_from_edge((30, 30), 23).sum() == 0  # all within the radius of an edge
+
+
+def test_a_quantized_onnx_model_runs_on_the_page(tmp_path):
+    """A quantized .onnx model (bring your own INT8): the page loads it, runs it at auto
+    (as it is) and int8, with no FP32 reference to wait for, and FP32 is one sentence."""
+    from seamline.core.models.modelio import load_model
+    from seamline.core.optimise.quantize import quantize, save_quantized
+
+    path = save_quantized(quantize(load_model("demo"), make_scene(256, 256, seed=3)[0]),
+                          tmp_path / "mine.onnx")  # fmt: skip
+    state = InferenceState(ModelCache(), model=str(path), scene=make_scene(192, 160, seed=7)[0],
+                           tile_size=128)  # fmt: skip
+    auto = state.run()
+    assert auto.backend == "int8" and auto.choice is None and auto.agreement_fp32 is None
+    state.precision = "int8"
+    int8 = state.run()
+    assert int8.backend == "int8" and state.reference_seconds is None and state.message == ""
+    state.precision = "fp32"
+    assert state.run() is None
+    assert "is quantized (INT8): run it at int8 or auto" in state.message
+    assert "\n" not in state.message
+
+
+def test_the_server_warms_up_with_a_quantized_onnx_model(tmp_path):
+    """`seamline serve --model mine.onnx` failed at start ("model 'demo' is int8; load it
+    again"): its warm-up asked for the FP32 model."""
+    import os
+    import subprocess
+    import sys
+
+    from seamline.app.cli_args import MODELS_ENV
+    from seamline.core.models.modelio import load_model
+    from seamline.core.optimise.quantize import quantize, save_quantized
+
+    path = save_quantized(quantize(load_model("demo"), make_scene(256, 256, seed=3)[0]),
+                          tmp_path / "mine.onnx")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", "import seamline.app.warmup"],
+                          env=os.environ | {MODELS_ENV: str(path)}, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -76,15 +76,23 @@ class ModelCache:
         self,
         spec: str | SegmentationModel,
         *,
-        precision: str = "fp32",
+        precision: str | None = "fp32",
         device: str = "cpu",
         calibration: Calibration | None = None,
         trust_model: bool = False,
     ) -> SegmentationModel:
-        """The model ``spec`` at ``precision``, loaded and prepared on first use.
+        """The model ``spec`` at ``precision``, loaded and prepared on first use; ``None``:
+        as its file is (FP32, or a quantized ``.onnx`` model's INT8), for what needs only
+        its bands, classes and geometry.
 
         ``trust_model`` lets a model file run code when loaded (see
         :func:`seamline.core.models.modelio.load_model`)."""
+        if precision is None:
+            model = self._once(self._models, (_name(spec), None, str(device)),
+                               lambda: self._load(spec, trust_model))  # fmt: skip
+            with self._lock:  # the same object serves a later call at its precision
+                self._models.setdefault((_name(spec), model.precision, str(device)), model)
+            return model
         if precision not in PRECISIONS:
             raise InvalidArgumentError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
@@ -192,6 +200,11 @@ def _prepare(
     """``model`` at ``precision``; INT8 calibrates on ``calibration(model)``."""
     if precision == model.precision:
         return model
+    if model.precision != "fp32":  # a quantized .onnx model has no FP32 weights to run
+        raise InvalidArgumentError(
+            f"Model {model.name!r} is quantized ({model.precision.upper()}): run it at "
+            f"{model.precision} or auto, or pass its FP32 model for {precision}."
+        )
     if precision == "int8":
         if calibration is None:
             raise InvalidArgumentError(

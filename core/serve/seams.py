@@ -90,10 +90,11 @@ def away_from_edge(shape: tuple[int, int], radius: int) -> np.ndarray:
 def seam_report(
     scene: xr.DataArray, settings: RunSettings, cache: ModelCache, *, model: str
 ) -> SeamReport:
-    """Predict ``scene`` at FP32 with the naive tiling (:data:`NAIVE`), with ``settings``,
-    and, up to :data:`~seamline.core.serve.runs.UNTILED_MAX_PIXELS`, untiled; compare them
-    on the valid pixels :func:`away_from_edge` by the model's receptive radius."""
-    fp32 = cache.get(model, device=settings.device)
+    """Predict ``scene`` (at FP32, or a quantized model's own precision) with the naive
+    tiling (:data:`NAIVE`), with ``settings``, and, up to
+    :data:`~seamline.core.serve.runs.UNTILED_MAX_PIXELS`, untiled; compare them on the valid
+    pixels :func:`away_from_edge` by the model's receptive radius."""
+    fp32 = cache.get(model, precision=None, device=settings.device)
     x = model_input(fp32, scene)
     valid = valid_mask(scene)
     logits = {
