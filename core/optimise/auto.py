@@ -357,11 +357,9 @@ def auto_backend(
     graph = quantized["key"] if quantized and cache else None
     if graph and graph != choice.int8_graph:
         sample = torch.from_numpy(calibration).to(device)
-        agreement = float((classes_of(built, sample, batch_size)
-                           == classes_of(model, sample, batch_size)).float().mean())  # fmt: skip
-        kept = agreement >= MIN_AGREEMENT
-        row = {"agreement": agreement, "kept": kept,
-               "note": "" if kept else f"recalibrated: agrees on {agreement:.2%}"}  # fmt: skip
+        row = _judged(classes_of(built, sample, batch_size), classes_of(model, sample, batch_size),
+                      "recalibrated: agrees")  # fmt: skip
+        kept = row["kept"]
         keep = {"int8_graph": graph} if kept else {}
         _store(_with_row(replace(_read_choice(choice.key) or choice, **keep), backend.name, **row))
         if not kept:  # the stored table no longer has INT8: the next fastest runs
@@ -406,6 +404,15 @@ def _with_row(choice: Choice, backend: str, **figures) -> Choice:
     rows = tuple(replace(m, **figures) if m.backend == backend else m
                  for m in choice.measurements)  # fmt: skip
     return replace(choice, measurements=rows)
+
+
+def _judged(classes: torch.Tensor, reference: torch.Tensor, what: str = "agrees") -> dict:
+    """A backend's agreement with FP32's ``reference`` classes, whether that keeps it, and
+    why not (a :class:`Measurement`'s ``agreement``, ``kept`` and ``note``)."""
+    agreement = float((classes == reference).float().mean())
+    kept = agreement >= MIN_AGREEMENT
+    note = "" if kept else f"{what} on {agreement:.2%} < {MIN_AGREEMENT:.1%}"
+    return {"agreement": agreement, "kept": kept, "note": note}
 
 
 def _store(choice: Choice) -> None:
@@ -465,11 +472,9 @@ def choose_backend(
         if backend.precision == "int8":
             int8_graph = built.metadata["quantization"]["key"] or ""
         ms = ms_per_tile(built, tiles, batch_size)
-        agreement = float((classes == reference).float().mean())
-        kept = agreement >= MIN_AGREEMENT
-        note = "" if kept else f"agrees on {agreement:.2%} < {MIN_AGREEMENT:.1%}"
-        rows.append(Measurement(backend.name, ms, agreement, build_s, gflop / ms * 1000, kept,
-                                note, warm_build_s=warm))  # fmt: skip
+        judged = _judged(classes, reference)
+        rows.append(Measurement(backend.name, ms, build_s=build_s, gflops=gflop / ms * 1000,
+                                warm_build_s=warm, **judged))  # fmt: skip
     precisions = ("fp32", "bf16", "int8") if device == "cpu" else ("fp32", "bf16", "fp16")
     peaks = {p: peak_gflops(p, device=device) for p in precisions}
     choice = Choice("fp32", "", tuple(rows), tile_size, batch_size, device,

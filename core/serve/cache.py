@@ -130,10 +130,10 @@ class ModelCache:
         fp32_key = (_name(spec), "fp32", str(device))
 
         def build() -> tuple[SegmentationModel, Choice | None]:
-            model = self._models.get(fp32_key) or self._load(spec, trust_model)
+            model = self._models.get(fp32_key) or self.get(
+                spec, precision=None, device=device, trust_model=trust_model)
             if model.precision != "fp32":
                 return model, None
-            model = self._once(self._models, fp32_key, lambda: model)
             source = calibration or self.calibration
             if source is None:
                 raise InvalidArgumentError(
