@@ -39,6 +39,7 @@ def test_run_shows_figures_and_caches_per_parameter_set(state):
     assert state.result is first and first.classes.shape == (192, 160)
     assert first.tiles == len(state.grid()) and first.megapixels_per_s > 0
     assert first.tile_ms_p95 >= first.tile_ms_p50 > 0 and first.agreement_fp32 is None
+    assert 0 < first.forward_s < first.seconds  # the model's calls, within the run
     assert state.run() is first and len(state.runs) == 1  # same choices: cached, one row
     state.overlap = 48
     second = state.run()

@@ -111,6 +111,7 @@ def test_predict_cli_with_aoi_prints_json_and_writes_cog(tmp_path, capsys):
     for key in ("tiles", "seconds", "megapixels_per_s", "tile_ms_p50", "tile_ms_p95",
                 "peak_rss_mb"):
         assert key in report
+    assert 0 < report["forward_s"] < report["seconds"]  # the model's calls, within the run
     with rasterio.open(out) as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         classes = ds.read(1)

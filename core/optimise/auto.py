@@ -118,10 +118,10 @@ class Measurement:
     kept: bool
     note: str = ""
     warm_build_s: float = 0.0  # what a later process pays to build it, caches warm
-    job_ms_per_tile: float | None = None  # per tile in the last job it ran (learn_job)
+    job_ms_per_tile: float | None = None  # per tile in the fastest job it ran (learn_job)
 
     def job_seconds(self, tiles: float, overhead: float = 1.0) -> float:
-        """Build (warm) plus ``tiles`` tiles: as the last job it ran cost per tile (reading,
+        """Build (warm) plus ``tiles`` tiles: as the fastest job it ran cost per tile (reading,
         blending and writing included), else as its forward pass times ``overhead`` (what
         jobs of its kind cost over their forwards: :meth:`Choice.job_overhead`)."""
         per_tile = self.job_ms_per_tile or self.ms_per_tile * overhead
@@ -257,7 +257,7 @@ def _reason(choice: Choice, backend: Backend, tiles: int | None) -> str:
     row = next(m for m in choice.measurements if m.backend == backend.name)
     fp32 = next(m for m in choice.measurements if m.backend == "fp32")
     last = row.job_ms_per_tile
-    learned = f", {last:.1f} ms a tile in its last job" if last else ""
+    learned = f", {last:.1f} ms a tile in its fastest job" if last else ""
     job = "per tile" if tiles is None else (
         f"for {tiles} tiles, {row.warm_build_s:.1f} s build included{learned}")  # fmt: skip
     return (f"{backend.name}: {row.ms_per_tile:.1f} ms per {choice.tile_size} px tile, fastest "
@@ -383,12 +383,17 @@ def learn_job(choice: Choice, seconds: float, tiles: int) -> Choice:
     alone ranked them wrongly: INT8's calls in flight overlap the rest of a job, which runs
     in turn with a compiled module (AMD EPYC with AVX-512, 4096^2: 49 against 58 ms a tile
     in the job, 36 against 39 alone). Jobs of fewer than :data:`AUTO_MIN_TILES` tiles teach
-    nothing (their fixed costs dominate). The stored table is updated, not ``choice``,
-    which may carry this job's own build cost (a calibration)."""
+    nothing (their fixed costs dominate). The fastest job a backend ran is kept: a job
+    slowed by other work on the machine would otherwise rank its backend last for good (auto
+    runs no other backend to learn it was the machine). The stored table is updated, not
+    ``choice``, which may carry this job's own build cost (a calibration)."""
     stored = _read_choice(choice.key) if tiles >= AUTO_MIN_TILES and seconds > 0 else None
     if stored is None:
         return choice
-    learned = _with_row(stored, choice.backend, job_ms_per_tile=1000 * seconds / tiles)
+    known = next((m.job_ms_per_tile for m in stored.measurements
+                  if m.backend == choice.backend), None)  # fmt: skip
+    per_tile = min(1000 * seconds / tiles, known or math.inf)
+    learned = _with_row(stored, choice.backend, job_ms_per_tile=per_tile)
     _store(learned)
     return learned
 

@@ -58,11 +58,13 @@ class TileTimer:
         self.tile_seconds += [seconds / tiles] * tiles
 
     def summary(self) -> dict[str, float]:
-        """Tile latency p50/p95 in ms."""
+        """Tile latency p50/p95 in ms, and the seconds the run spent in the model's calls
+        (``forward_s``: with calls in flight together, each call's share)."""
         if not self.tile_seconds:
-            return {"tile_ms_p50": float("nan"), "tile_ms_p95": float("nan")}
+            return {"tile_ms_p50": float("nan"), "tile_ms_p95": float("nan"), "forward_s": 0.0}
         p50, p95 = np.percentile(self.tile_seconds, [50, 95]) * 1000
-        return {"tile_ms_p50": float(p50), "tile_ms_p95": float(p95)}
+        return {"tile_ms_p50": float(p50), "tile_ms_p95": float(p95),
+                "forward_s": float(sum(self.tile_seconds))}  # fmt: skip
 
 
 def model_input(model: SegmentationModel, scene: xr.DataArray) -> np.ndarray:

@@ -146,12 +146,13 @@ def stream_tiles(
         return True
 
     run = done = 0
-    with torch.inference_mode(), _forward_pool(model, -(-total // batch_size)) as (submit, calls):
+    batches_in_run = -(-total // batch_size)
+    with torch.inference_mode(), _forward_pool(model, batches_in_run) as (submit, calls, depth):
         # One buffer per batch in flight, filled in the model's memory format: one copy per
         # tile, no allocation per batch.
         bands = prepare.bands if prepare is not None else strips.tile(first).shape[0]
         buffers = [torch.empty((min(batch_size, total), bands, t, t), device=dev,
-                               memory_format=fmt) for _ in range(calls)]  # fmt: skip
+                               memory_format=fmt) for _ in range(depth)]  # fmt: skip
         pending: deque[tuple[np.ndarray, Future]] = deque()
 
         def accumulate() -> None:
@@ -174,9 +175,9 @@ def stream_tiles(
                 strips.release_before(i)
                 pending.append((np.array(batch), submit(tiles[: len(batch)])))
                 run, batches, batch = run + len(batch), batches + 1, []
-                if len(pending) == calls:  # the next buffer is still in flight
+                if len(pending) == depth:  # the next buffer is still in flight
                     accumulate()
-                tiles = buffers[batches % calls]
+                tiles = buffers[batches % depth]
         while pending:
             accumulate()
         rows.finish()
@@ -346,14 +347,21 @@ def divide_rows(scores: torch.Tensor, a: int, divisors: list) -> torch.Tensor:
 @contextmanager
 def _forward_pool(
     model: Callable[[torch.Tensor], torch.Tensor], batches: int
-) -> Iterator[tuple[Callable[[torch.Tensor], Future], int]]:
-    """``(submit, calls)``: ``submit(tiles)`` gives a future of the model's float32 NCHW
-    output and the call's seconds, and ``calls`` is how many to keep in flight (at most
-    ``batches``). A model with ``parallel_forward()`` (e.g.
+) -> Iterator[tuple[Callable[[torch.Tensor], Future], int, int]]:
+    """``(submit, calls, depth)``: ``submit(tiles)`` gives a future of the model's float32
+    NCHW output and the call's seconds; ``calls`` run together and ``depth`` batches are kept
+    in flight (at most ``batches``).
+
+    A model with ``parallel_forward()`` (e.g.
     :meth:`seamline.core.models.onnx.OnnxModule.parallel_forward`) runs on that many threads
-    when there are ``batches`` > 1 to share; any other runs in the caller's thread (a torch
-    module's own intra-op threads already use the cores: two of them would only contend), as
-    does a lone batch (a served tile: one call on all cores is the lowest latency).
+    when there are ``batches`` > 1 to share, with one batch more in flight: a call that
+    finishes starts the waiting batch at once, while the caller blends and writes (AMD EPYC,
+    2 cores, 4096^2 INT8: the sessions waited ~0.37 s each for the next tile while a finished
+    tile row was written, predict 3.9-4.0 s; with the batch waiting 3.8 s). Any other model
+    runs in the caller's thread (a torch module's own intra-op threads already use the
+    cores: a call on a worker thread beside the caller's blending was no faster, its kernels
+    slowed by as much as the overlap gained), as does a lone batch (a served tile: one call
+    on all cores is the lowest latency).
     """
     parallel = batches > 1 and hasattr(model, "parallel_forward")
     forward, calls = model.parallel_forward() if parallel else (model, 1)
@@ -374,7 +382,7 @@ def _forward_pool(
             future.set_result(run(tiles))
             return future
 
-        yield run_here, 1
+        yield run_here, 1, 1
         return
     with ThreadPoolExecutor(calls, thread_name_prefix="seamline-tile") as pool:
-        yield (lambda tiles: pool.submit(run, tiles)), calls
+        yield (lambda tiles: pool.submit(run, tiles)), calls, min(calls + 1, batches)

@@ -72,6 +72,7 @@ class RunResult:
     tiles: int
     tile_ms_p50: float
     tile_ms_p95: float
+    forward_s: float  # the model's calls (the rest: normalising, blending, class ids)
     megapixels_per_s: float
     size_mb: float
     agreement_fp32: float | None = None
@@ -89,6 +90,7 @@ class RunResult:
             "tiles": self.tiles,
             "tile_ms_p50": self.tile_ms_p50,
             "tile_ms_p95": self.tile_ms_p95,
+            "forward_s": self.forward_s,
             "megapixels_per_s": self.megapixels_per_s,
             "size_mb": self.size_mb,
             "agreement_fp32": self.agreement_fp32,
