@@ -28,6 +28,7 @@ from seamline.app.cli_args import (
     add_remote_host_flag,
     add_trust_model_flag,
     band_list,
+    batch_size_arg,
     input_budget,
     print_json,
     stac_input,
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "calibration scene, or the demo's labelled held-out scenes)")  # fmt: skip
     p.add_argument("--out", metavar="PATH.onnx", help="save the INT8 model (+ .json sidecar)")
     p.add_argument("--tile-size", type=tile_size_arg, default=256)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=batch_size_arg, default=4)
     p.add_argument("--runs", type=int, default=30, help="timed runs (>= 30; warm-up excluded)")
     p.set_defaults(func=_cmd_quantize)
 
@@ -327,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "bf16", "int8"],
                    help="default: fp32 bf16 int8 (fp16 runs on a CUDA GPU)")
     p.add_argument("--tile-size", type=tile_size_arg, default=256)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=batch_size_arg, default=1)
     p.add_argument("--runs", type=int, default=30, help="timed runs (>= 30; warm-up excluded)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--backends", action="store_true",

@@ -18,6 +18,7 @@ __all__ = [
     "add_remote_host_flag",
     "add_trust_model_flag",
     "band_list",
+    "batch_size_arg",
     "MIN_TILE_SIZE",
     "tile_size_arg",
     "DEFAULT_MODEL",
@@ -72,6 +73,17 @@ def tile_size_arg(text: str) -> int:
     if side < MIN_TILE_SIZE:
         raise argparse.ArgumentTypeError(f"a tile is at least {MIN_TILE_SIZE} px, got {side}")
     return side
+
+
+def batch_size_arg(text: str) -> int:
+    """Tiles per forward pass from the command line: a whole number of at least 1."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a whole number of tiles, got {text!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"a batch is at least 1 tile, got {size}")
+    return size
 
 
 def band_list(text: str) -> list[str]:

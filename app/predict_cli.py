@@ -19,12 +19,13 @@ from seamline.app.cli_args import (
     add_assets_arg,
     add_trust_model_flag,
     band_list,
+    batch_size_arg,
     input_budget,
     print_json,
     tile_size_arg,
 )
 from seamline.app.drift_cli import check_history
-from seamline.core.errors import InvalidArgumentError
+from seamline.core.errors import InvalidArgumentError, SeamlineError
 from seamline.core.models.registry import PRECISIONS
 
 
@@ -58,6 +59,7 @@ def run_predict(args: argparse.Namespace) -> dict:
                            fix="rewrite it tiled (gdal_translate -co TILED=YES), or lift the "
                            "limit with --no-input-limits")  # fmt: skip
     model = load_model(args.model, model_class=args.model_class, trust_model=args.trust_model)
+    aoi = open_aoi(args.aoi, layer=args.aoi_layer) if args.aoi else None
     precision = args.precision
     if precision == "auto" and model.precision != "fp32":  # a quantized .onnx runs as it is
         precision = model.precision
@@ -75,18 +77,29 @@ def run_predict(args: argparse.Namespace) -> dict:
     # Calibrated on tiles sampled across the scene being predicted (only they are read).
     calibration = (open_raster(args.calibration, band_names=args.band_names)
                    if args.calibration else scene)  # fmt: skip
-    choice = None
+    choice, why = None, ""  # why: what auto ran without a choice, and why
     if precision == "auto":
-        from seamline.core.optimise.auto import auto_backend
+        from seamline.core.optimise.auto import AUTO_MIN_TILES, auto_backend, not_measured
 
-        tile_size, tiles = _job_tiles(model, scene, args)
-        model, choice = auto_backend(
-            model, calibration, tile_size=tile_size,
-            tiles=tiles, batch_size=batch_size, device=device, cache=not args.no_cache,
-            allow_compile=args.scheduler is None,  # compiled modules stay in this process
-            notify=lambda text: print(f"seamline predict: {text}", file=sys.stderr),
-            calibrate=args.calibration is not None,
-        )  # fmt: skip
+        tile_size, tiles = _job_tiles(model, scene, aoi, args)
+        why = (f"model {model.name!r} is {model.precision}: run as it is"
+               if model.precision != "fp32" else
+               f"{tiles} tile{'s' * (tiles != 1)} < {AUTO_MIN_TILES}, not worth measuring for: "
+               f"FP32 ran (`seamline bench --backends --tile-size {tile_size}` measures once, "
+               "for later jobs)")  # fmt: skip
+        try:
+            model, choice = auto_backend(
+                model, calibration, tile_size=tile_size,
+                tiles=tiles, batch_size=batch_size, device=device, cache=not args.no_cache,
+                allow_compile=args.scheduler is None,  # compiled modules stay in this process
+                notify=lambda text: print(f"seamline predict: {text}", file=sys.stderr),
+                calibrate=args.calibration is not None,
+            )  # fmt: skip
+        except SeamlineError:  # the user's input (e.g. a calibration scene): one sentence
+            raise
+        except Exception as exc:  # noqa: BLE001 -- any measuring step may fail on a model
+            why = not_measured(model.name, exc)
+            print(f"seamline predict: warning: {why}", file=sys.stderr)
     elif precision == "int8" and model.precision != "int8":
         from seamline.core.optimise.quantize import quantize
 
@@ -100,11 +113,10 @@ def run_predict(args: argparse.Namespace) -> dict:
         model = model.with_module(fast, precision=model.precision)
     profile = _drift_profile(args, model) if args.baseline else None
     report = _file_predictor(args.scheduler, args.block_size)(
-        args.input, args.output, model=model,
-        aoi=open_aoi(args.aoi, layer=args.aoi_layer) if args.aoi else None,
-        probabilities=args.probabilities, cog=args.cog,
-        band_names=args.band_names, tile_size=args.tile_size, overlap=args.overlap,
-        blend=args.blend, batch_size=batch_size, device=device,
+        args.input, args.output, model=model, aoi=aoi,
+        probabilities=args.probabilities, cog=args.cog, band_names=args.band_names,
+        tile_size=args.tile_size, overlap=args.overlap, blend=args.blend,
+        batch_size=batch_size, device=device,
         **({"resume": True} if args.resume else {}),
         **({"observe": profile} if profile is not None else {}),
     )  # fmt: skip
@@ -114,7 +126,7 @@ def run_predict(args: argparse.Namespace) -> dict:
                   peak_rss_mb=peak_rss_bytes() / 2**20, cpu=cpu_info()["capability"],
                   device=device_label(str(device)))  # fmt: skip
     if precision == "auto":
-        report["backend"] = _backend_summary(choice, model)
+        report["backend"] = _backend_summary(choice, model, why)
         if choice is not None and not args.no_cache and args.scheduler is None:
             from seamline.core.optimise.auto import learn_job
 
@@ -165,12 +177,16 @@ def _record_drift(args: argparse.Namespace, profile) -> dict:
         "db": args.db, "gather_s": profile.seconds}
 
 
-def _job_tiles(model, scene, args: argparse.Namespace) -> tuple[int, int]:
-    """The tile side predict will use and how many tiles one grid over ``scene`` needs (what
-    --precision auto weighs a compiled backend's build against)."""
+def _job_tiles(model, scene, aoi, args: argparse.Namespace) -> tuple[int, int]:
+    """The tile side predict will use and how many tiles one grid over ``scene`` (its window
+    around the ``aoi``) needs: what --precision auto weighs a compiled backend's build
+    against, and whether the job is worth measuring for."""
     from seamline.core.predict.plan import choose_tile_size, plan_overlap
     from seamline.core.predict.tiling import Blend, TileGrid
+    from seamline.core.prepare.scene import align_aoi, crop_to_aoi
 
+    if aoi is not None:
+        scene = crop_to_aoi(scene, align_aoi(aoi, scene.rio.crs))
     tile_size = choose_tile_size(model, args.tile_size)
     overlap, _ = plan_overlap(model, tile_size, args.blend, args.overlap)
     grid = TileGrid(scene.sizes["y"], scene.sizes["x"], tile_size, overlap,
@@ -178,12 +194,11 @@ def _job_tiles(model, scene, args: argparse.Namespace) -> tuple[int, int]:
     return tile_size, len(grid)
 
 
-def _backend_summary(choice, model) -> dict:
-    """What ``--precision auto`` ran and why, for predict's JSON."""
+def _backend_summary(choice, model, why: str) -> dict:
+    """What ``--precision auto`` ran and why (``why`` where it made no choice), for predict's
+    JSON."""
     if choice is None:
-        return {"name": model.precision, "from_cache": False,
-                "reason": "a small scene, or a model that is not FP32: run as it is, nothing "
-                "measured (`seamline bench --backends` measures)"}  # fmt: skip
+        return {"name": model.precision, "from_cache": False, "reason": why}
     return {"name": choice.backend, "from_cache": choice.from_cache, "reason": choice.reason}
 
 
@@ -233,7 +248,7 @@ def add_predict_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
         "field: 2x its radius for crop, 4x for the weighted blends)",
     )
     p.add_argument("--blend", default="cosine", help="crop, linear, cosine or gaussian")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=batch_size_arg, default=None,
                    help="tiles per forward pass; default 1 on CPU (measured fastest: the "
                    "activations stay in cache, and memory stays low), 8 on a GPU")
     p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",

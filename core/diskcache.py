@@ -10,11 +10,20 @@ written (a read-only home) only costs the work again. Location: ``$SEAMLINE_CACH
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "cache_dir", "digest", "model_fingerprint", "read_entry", "write_entry"]
+__all__ = [
+    "CACHE_ENV",
+    "cache_dir",
+    "digest",
+    "model_fingerprint",
+    "read_entry",
+    "read_json_entry",
+    "write_entry",
+]
 
 CACHE_ENV = "SEAMLINE_CACHE_DIR"
 
@@ -59,6 +68,16 @@ def read_entry(kind: str, key: str, suffix: str) -> bytes | None:
     try:
         return (cache_dir() / kind / f"{key}{suffix}").read_bytes()
     except OSError:
+        return None
+
+
+def read_json_entry(kind: str, key: str, suffix: str = ".json") -> object | None:
+    """The JSON value stored under ``kind/key + suffix``, or None when there is none or it is
+    damaged (not JSON: a disk that filled, a hand edit): measured or built again."""
+    stored = read_entry(kind, key, suffix)
+    try:
+        return None if stored is None else json.loads(stored)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
         return None
 
 

@@ -344,7 +344,8 @@ def test_cli_predict_auto_measures_once_then_reads_the_cache(tmp_path, capsys, m
     assert not json.loads(capsys.readouterr().out)["backend"]["from_cache"]
     small = write_raster(make_scene(64, 64, seed=6)[0], tmp_path / "small.tif")
     assert main(["predict", str(small), str(tmp_path / "s.tif"), "--tile-size", "128"]) == 0
-    assert "nothing measured" in json.loads(capsys.readouterr().out)["backend"]["reason"]
+    reason = json.loads(capsys.readouterr().out)["backend"]["reason"]
+    assert "1 tile < 16, not worth measuring" in reason and "--tile-size 128" in reason
     code = main(["predict", str(source), str(tmp_path / "x.tif"), "--backend", "compile"])
     assert code == 2 and "--backend compile picks a backend by hand" in capsys.readouterr().err
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seamline.core.diskcache import model_fingerprint, read_entry, write_entry
+from seamline.core.diskcache import model_fingerprint, read_json_entry, write_entry
 
 __all__ = ["ModelGeometry", "cached_geometry", "measure_geometry", "non_local_layers"]
 
@@ -158,12 +158,11 @@ def cached_geometry(
     disk cache (:mod:`seamline.core.diskcache`), keyed by the model file's bytes (``source``)
     or its weights."""
     key = f"{model_fingerprint(module, source)}-{bands}-{probe}"
-    stored = read_entry("geometry", key, ".json")
-    if stored is not None:
+    fields = read_json_entry("geometry", key)
+    if fields is not None:
         try:
-            fields = json.loads(stored)
             return ModelGeometry(**fields | {"non_local": tuple(fields["non_local"])})
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError):  # an entry of another version
             pass
     geometry = measure_geometry(module, bands, probe=probe)
     write_entry("geometry", key, ".json", json.dumps(geometry.to_dict()).encode())

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from seamline.core.diskcache import digest, model_fingerprint, read_entry, write_entry
+from seamline.core.data.files import first_line
+from seamline.core.diskcache import digest, model_fingerprint, read_json_entry, write_entry
 from seamline.core.errors import InvalidArgumentError
 from seamline.core.hardware import bf16_is_native, cpu_info, device_label
 from seamline.core.models.modelio import SegmentationModel, with_precision
@@ -58,6 +59,7 @@ __all__ = [
     "candidates",
     "choose_backend",
     "learn_job",
+    "not_measured",
     "peak_gflops",
     "tile_gflop",
 ]
@@ -258,8 +260,8 @@ def _reason(choice: Choice, backend: Backend, tiles: int | None) -> str:
     fp32 = next(m for m in choice.measurements if m.backend == "fp32")
     last = row.job_ms_per_tile
     learned = f", {last:.1f} ms a tile in its fastest job" if last else ""
-    job = "per tile" if tiles is None else (
-        f"for {tiles} tiles, {row.warm_build_s:.1f} s build included{learned}")  # fmt: skip
+    build = f", {row.warm_build_s:.1f} s build included" if row.warm_build_s >= 0.05 else ""
+    job = "per tile" if tiles is None else f"for {tiles} tile{'s' * (tiles != 1)}{build}{learned}"
     return (f"{backend.name}: {row.ms_per_tile:.1f} ms per {choice.tile_size} px tile, fastest "
             f"{job} ({fp32.ms_per_tile / row.ms_per_tile:.1f}x FP32 eager per tile), classes "
             f"equal to FP32's on {row.agreement:.2%} of the calibration pixels")
@@ -281,11 +283,11 @@ def cached_choice(
 
 def _read_choice(key: str) -> Choice | None:
     """The choice stored under ``key``, or None."""
-    stored = read_entry("backends", key, ".json")
+    stored = read_json_entry("backends", key)
     if stored is None:
         return None
     try:
-        return Choice.from_dict(json.loads(stored) | {"from_cache": True})
+        return Choice.from_dict(stored | {"from_cache": True})
     except (ValueError, TypeError, KeyError):
         return None  # an entry of another version: measured again
 
@@ -326,9 +328,10 @@ def auto_backend(
     calibration = None
     if choice is None:
         if notify is not None:
+            once = "once on this machine" if cache else "not kept: --no-cache"
             notify(f"measuring {len(backends)} backends for model {model.name!r} at "
-                   f"{tile_size} px tiles, once on this machine (a minute at most; "
-                   "--precision fp32 skips it)")  # fmt: skip
+                   f"{tile_size} px tiles, {once} (a minute at most; --precision fp32 skips "
+                   "it)")  # fmt: skip
         calibration = calibration_tiles(scene, model, tile_size=tile_size)
         choice = choose_backend(model, calibration, tile_size=tile_size, batch_size=batch_size,
                                 device=device, cache=cache, backends=backends)  # fmt: skip
@@ -347,7 +350,7 @@ def auto_backend(
                 int8 = next(m for m in choice.measurements if m.backend == backend.name)
                 choice = _with_build_seconds(choice, backend, int8.build_s)  # it calibrates
                 backend = BACKENDS[choice.best_for(job, compiled=allow_compile).backend]
-        use_inductor_cache()
+        use_inductor_cache(cache)
         built = build_backend(model, backend, calibration=calibration, batch_size=batch_size,
                               device=device, cache=cache)  # fmt: skip
     # Keep an INT8 graph calibrated here for the next jobs (in the stored table: this choice
@@ -396,6 +399,11 @@ def learn_job(choice: Choice, seconds: float, tiles: int) -> Choice:
     learned = _with_row(stored, choice.backend, job_ms_per_tile=per_tile)
     _store(learned)
     return learned
+
+
+def not_measured(name: str, exc: BaseException) -> str:
+    """The warning where auto could not measure model ``name`` (``exc`` says why)."""
+    return f"--precision auto could not measure model {name!r} ({first_line(exc)}): it runs FP32."
 
 
 def _with_build_seconds(choice: Choice, backend: Backend, seconds: float) -> Choice:
@@ -452,7 +460,7 @@ def choose_backend(
     stored = _read_choice(key) if cache else None  # the weights are hashed once
     if stored is not None:
         return stored
-    use_inductor_cache()
+    use_inductor_cache(cache)
     tiles = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32)).to(device)
     if isinstance(model.module, torch.nn.Module):  # on the device, in the tiles' layout
         place_module(model.module, tiles.device, input_format(model))

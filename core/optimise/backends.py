@@ -18,7 +18,9 @@ AOTInductor package 27 ms (18 s to build once, 0.01 s to load). Small batches wi
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -88,7 +90,7 @@ class Compiled(nn.Module):
         """The code for ``x``'s shape and how it was got."""
         if not self.cache:
             with tempfile.TemporaryDirectory() as folder:
-                return _package_runner(self.eager, x, Path(folder) / "model.pt2")
+                return _package_runner(self.eager, x, Path(folder) / "model.pt2", cache=False)
         if self._fingerprint is None:  # the weights are hashed once per module
             self._fingerprint = model_fingerprint(self.eager)
         path = cache_dir() / "compiled" / f"{_package_key(self._fingerprint, self.eager, x)}.pt2"
@@ -123,14 +125,15 @@ def _load_package(path: Path, device: torch.device) -> Callable[[torch.Tensor], 
     return lambda x: loader.run([x])[0]
 
 
-def _package_runner(module: nn.Module, x: torch.Tensor, path: Path) -> tuple[Callable, str]:
+def _package_runner(module: nn.Module, x: torch.Tensor, path: Path,
+                    cache: bool = True) -> tuple[Callable, str]:  # fmt: skip
     """``module`` exported at ``x``'s shape, compiled by AOTInductor into ``path`` (moved there
     whole: a concurrent reader sees a package or none) and loaded; ``torch.compile`` where it
     cannot be exported."""
     import torch._inductor
     import torch._inductor.config as inductor_config
 
-    use_inductor_cache()
+    use_inductor_cache(cache)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecations
@@ -148,9 +151,28 @@ def _package_runner(module: nn.Module, x: torch.Tensor, path: Path) -> tuple[Cal
         return torch.compile(module, dynamic=False, options={"freezing": True}), "jit"
 
 
-def use_inductor_cache() -> None:
-    """Keep inductor's working files beside Seamline's cache (unless the user chose a place)."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+def use_inductor_cache(cache: bool = True) -> None:
+    """Keep inductor's working files beside Seamline's cache (unless the user chose a place).
+    Where that folder cannot be made (a read-only home, a file in its way), or with ``cache``
+    False (``--no-cache``: nothing written there), in a folder of this process's own, removed
+    at exit: importing inductor makes its folder, and failed there with a traceback."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    folder = cache_dir() / "inductor"
+    if not (cache and _writable(folder)):
+        folder = Path(tempfile.mkdtemp(prefix="seamline-inductor-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+
+
+def _writable(folder: Path) -> bool:
+    """Whether ``folder`` exists or can be made, and this user can write in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return False
+    return True
 
 
 def compiled(

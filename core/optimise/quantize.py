@@ -35,7 +35,13 @@ import xarray as xr
 from torch import nn
 
 from seamline.core.data.files import atomic_path, decoding
-from seamline.core.diskcache import digest, model_fingerprint, read_entry, write_entry
+from seamline.core.diskcache import (
+    digest,
+    model_fingerprint,
+    read_entry,
+    read_json_entry,
+    write_entry,
+)
 from seamline.core.errors import (
     BandMismatchError,
     InvalidArgumentError,
@@ -179,9 +185,9 @@ class _Reader:
 def _cached_fp32_layers(int8: bytes, key: str | None) -> list[str]:
     """:func:`_fp32_layers` of the INT8 graph ``int8``, kept in the disk cache beside the
     graph under ``key`` (parsing it needs ``onnx``, whose import a cached graph avoids)."""
-    stored = read_entry("int8", key, ".layers.json") if key else None
-    if stored is not None:
-        return json.loads(stored)
+    stored = read_json_entry("int8", key, ".layers.json") if key else None
+    if isinstance(stored, list):  # else absent or damaged: parsed again
+        return stored
     import onnx
 
     left = _fp32_layers(onnx.load_from_string(int8).graph)
@@ -254,7 +260,7 @@ def quantized_before(model: SegmentationModel, tiles: np.ndarray, *,
     """Whether :func:`quantize` would find ``model``'s INT8 graph for these calibration tiles
     in the disk cache (and so calibrate nothing)."""
     tiles = np.asarray(tiles, dtype=np.float32)
-    return read_entry("int8", _artefact_key(model, tiles, per_channel), ".onnx") is not None
+    return _cached_graph(_artefact_key(model, tiles, per_channel)) is not None
 
 
 def quantize(
@@ -297,7 +303,7 @@ def quantize(
             f"({', '.join(model.bands)})."
         )
     key = _artefact_key(model, tiles, per_channel) if cache else None
-    int8 = read_entry("int8", key, ".onnx") if key else None
+    int8 = _cached_graph(key) if key else None
     cached = int8 is not None
     if int8 is None:
         int8 = _quantized_onnx(model, tiles, tile, per_channel)
@@ -321,11 +327,26 @@ def quantized_graph(model: SegmentationModel, key: str) -> SegmentationModel | N
     """``model`` as the INT8 graph :func:`quantize` kept in the disk cache under ``key`` (its
     ``metadata["quantization"]["key"]``), without reading or hashing calibration tiles; None
     when the cache no longer has it."""
-    int8 = read_entry("int8", key, ".onnx")
+    int8 = _cached_graph(key)
     if int8 is None or model.precision != "fp32":
         return None
     left = _cached_fp32_layers(int8, key)
     return _int8_model(model, int8, key=key, from_cache=True, fp32_layers=left)
+
+
+def _cached_graph(key: str) -> bytes | None:
+    """The INT8 graph kept in the disk cache under ``key``; None when there is none or ONNX
+    Runtime cannot read it (a truncated file: quantized again, not a failure every run)."""
+    int8 = read_entry("int8", key, ".onnx")
+    if int8 is None:
+        return None
+    import onnxruntime as ort
+
+    try:  # a session costs ~5 ms; its bytes parse as protobuf only when whole
+        ort.InferenceSession(int8, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 -- ONNX Runtime's own classes (InvalidProtobuf, Fail)
+        return None
+    return int8
 
 
 def _int8_model(model: SegmentationModel, int8: bytes, *, key: str | None, from_cache: bool,

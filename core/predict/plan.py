@@ -20,7 +20,7 @@ import weakref
 import numpy as np
 import torch
 
-from seamline.core.diskcache import digest, model_fingerprint, read_entry, write_entry
+from seamline.core.diskcache import digest, model_fingerprint, read_json_entry, write_entry
 from seamline.core.errors import InvalidArgumentError, SeamlineWarning
 from seamline.core.models.modelio import SegmentationModel
 from seamline.core.predict.tiling import Blend, predict_tiled, untiled
@@ -143,9 +143,9 @@ def _stored_seam_error(model: SegmentationModel, tile_size: int, overlap: int,
         return _probe_seam_error(model, tile_size, overlap, blend)
     key = digest([model_fingerprint(module, graph), str(tile_size), str(overlap), blend,
                   "probe 1"])  # fmt: skip
-    stored = read_entry("seams", key, ".json")
-    if stored is not None:
-        return json.loads(stored)["error"]
+    stored = read_json_entry("seams", key)
+    if isinstance(stored, dict) and "error" in stored:  # else absent or damaged: probed again
+        return stored["error"]
     error = _probe_seam_error(model, tile_size, overlap, blend)
     write_entry("seams", key, ".json", json.dumps({"error": error}).encode())
     return error

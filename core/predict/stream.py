@@ -54,19 +54,39 @@ Sink = Callable[[int, int, torch.Tensor], None]
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; anything else is passed to torch."""
+    """``auto`` picks cuda, then mps, then cpu; anything else is passed to torch, one sentence
+    when it is unknown or this machine does not have it."""
     if str(device) != "auto":
         try:
-            return torch.device(device)
+            chosen = torch.device(device)
         except RuntimeError:
             raise InvalidArgumentError(
                 f"Unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps."
             ) from None
+        _check_present(chosen)
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _check_present(device: torch.device) -> None:
+    """One sentence when this machine has no ``device`` (torch's own error was a traceback)."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            has = f"{count} CUDA GPU(s), cuda:0 to cuda:{count - 1}" if count else "no CUDA GPU"
+            raise InvalidArgumentError(
+                f"Device {str(device)!r} is not on this machine ({has}): use --device auto or "
+                "cpu."
+            )
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                       and torch.backends.mps.is_available()):  # fmt: skip
+        raise InvalidArgumentError(
+            "Device 'mps' is not on this machine (no Apple GPU): use --device auto or cpu."
+        )
 
 
 _PLACING = threading.Lock()

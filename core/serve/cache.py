@@ -20,7 +20,7 @@ from seamline.core.models.modelio import (
     with_precision,
 )
 from seamline.core.models.registry import PRECISIONS
-from seamline.core.optimise.auto import Choice, auto_backend
+from seamline.core.optimise.auto import Choice, auto_backend, not_measured
 from seamline.core.optimise.quantize import quantize
 from seamline.core.predict.plan import choose_tile_size
 
@@ -152,8 +152,7 @@ class ModelCache:
         try:
             return self._once(self._auto, key, build)
         except _NotMeasured as failed:  # not kept: the next call measures again
-            warnings.warn(f"--precision auto could not measure model {_name(spec)!r} "
-                          f"({failed}): it runs FP32.", SeamlineWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(not_measured(_name(spec), failed), SeamlineWarning, stacklevel=2)
             return self.get(spec, device=device, trust_model=trust_model), None
 
     def _once(self, store: dict, key: tuple, build: Callable[[], object]):
