@@ -100,6 +100,9 @@ def run_predict(args: argparse.Namespace) -> dict:
         except Exception as exc:  # noqa: BLE001 -- any measuring step may fail on a model
             why = not_measured(model.name, exc)
             print(f"seamline predict: warning: {why}", file=sys.stderr)
+        if args.calibration and choice is not None and choice.backend != "int8":
+            print(f"seamline predict: note: auto ran {choice.backend}, faster here than INT8: "
+                  "--calibration calibrated nothing.", file=sys.stderr)  # fmt: skip
     elif precision == "int8" and model.precision != "int8":
         from seamline.core.optimise.quantize import quantize
 

@@ -51,13 +51,14 @@ from seamline.core.data.files import quiet_undecodable_gdal_messages
 from seamline.core.data.io import geotiff_bytes, read_geotiff_bytes
 from seamline.core.data.limits import DEFAULT_BUDGET, RASTER_FIX, InputBudget
 from seamline.core.errors import (
+    BandMismatchError,
     HostNotAllowedError,
     InvalidArgumentError,
     SeamlineError,
     SizeLimitError,
 )
 from seamline.core.hardware import no_huge_page_advice
-from seamline.core.models.modelio import SegmentationModel
+from seamline.core.models.modelio import SegmentationModel, check_bands
 from seamline.core.predict.plan import DEFAULT_TILE_SIZE, choose_overlap, choose_tile_size
 from seamline.core.predict.scene import predict_scene
 from seamline.core.predict.tiling import Blend, predict_tiled
@@ -265,6 +266,11 @@ def create_app(
     no_huge_page_advice()  # steady latency: see its docstring
     digest = hashlib.sha256(token.encode()).digest() if token else None
     own = None if calibration is None else lambda _model: calibration
+    if calibration is not None:  # its bands before any work: auto fell back to FP32 and served
+        try:
+            check_bands(MODELS.get(model, precision=None, trust_model=trust_model), calibration)
+        except BandMismatchError as exc:
+            raise BandMismatchError(f"--calibration: {exc}") from None
     if precision == "auto":  # a server's job never ends: the fastest eager backend per tile
         ready, choice = MODELS.auto(model, tile_size=tile_size, trust_model=trust_model,
                                     calibration=own, calibrate=own is not None)  # fmt: skip

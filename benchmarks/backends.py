@@ -10,7 +10,8 @@ and kept) and warm (the baseline), auto with a cold cache, auto warm (twice: the
 uses the build cost the first one observed), ``--precision int8`` twice, and a saved INT8
 ``.onnx`` twice (the second is compared); then FP32 and auto on larger rasters (``--also``,
 default 8192^2: is memory flat?); wall time, predict's own seconds, the time in the forward
-pass and the rest, peak RSS. Prints JSON, then a short table.
+pass and the rest, peak RSS, and the share of pixels whose class equals FP32's (that
+size's FP32 map). Prints JSON, then a short table.
 
 The forward pass is the seconds the model's calls ran (predict's ``forward_s``: with calls in
 flight together, each call's share), so "rest" is the time no call ran: reading, normalising,
@@ -80,6 +81,20 @@ def run_predict(argv: list[str], env: dict) -> dict:
     }  # fmt: skip
 
 
+def agreement(out: Path, reference: Path) -> float:
+    """The share of valid pixels where the class map ``out`` equals FP32's ``reference``
+    (1.0 for FP32's own run), read block by block."""
+    import rasterio
+
+    same = valid = 0
+    with rasterio.open(out) as a, rasterio.open(reference) as b:
+        for _, window in a.block_windows(1):
+            x, y = a.read(1, window=window), b.read(1, window=window)
+            ok = y != b.nodata
+            same, valid = same + int((x == y)[ok].sum()), valid + int(ok.sum())
+    return same / valid
+
+
 def end_to_end(size: int, workdir: Path | None, cache: Path) -> dict:
     """Part 2 (see the module docstring); the disk cache in ``cache``."""
     from seamline.core.data.io import write_raster
@@ -94,7 +109,7 @@ def end_to_end(size: int, workdir: Path | None, cache: Path) -> dict:
         onnx = save_quantized(quantize(load_model("demo"), make_scene(1024, 1024, seed=3)[0],
                                        cache=False), tmp / "demo_int8.onnx")  # fmt: skip
         tiling = ["--tile-size", "512", "--overlap", "64"]
-        runs = {}
+        runs, reference = {}, tmp / "fp32.tif"
         for label, extra in (  # FP32 twice: its first run fills the seam probe's cache entry
             ("fp32, cold cache", ["--precision", "fp32"]),
             ("fp32", ["--precision", "fp32"]),
@@ -106,7 +121,9 @@ def end_to_end(size: int, workdir: Path | None, cache: Path) -> dict:
             ("saved .onnx, first", ["--model", str(onnx)]),  # its seam probe measured
             ("saved int8 .onnx", ["--model", str(onnx)]),
         ):
-            runs[label] = run_predict([str(scene), str(tmp / "out.tif"), *tiling, *extra], env)
+            out = reference if label.startswith("fp32") else tmp / "out.tif"  # the same map
+            runs[label] = run_predict([str(scene), str(out), *tiling, *extra], env)
+            runs[label]["agreement"] = agreement(out, reference)
         return runs
 
 
@@ -118,9 +135,13 @@ def larger_scene(size: int, workdir: Path | None, cache: Path) -> dict:
         scene = Path(tmp) / "big.tif"
         write_big_raster(scene, size)
         env = os.environ | {"SEAMLINE_CACHE_DIR": str(cache)}
-        argv = [str(scene), str(Path(tmp) / "out.tif"), "--tile-size", "512", "--overlap", "64"]
-        return {f"fp32 {size}^2": run_predict([*argv, "--precision", "fp32"], env),
-                f"auto {size}^2": run_predict(argv, env)}  # fmt: skip
+        tiling = ["--tile-size", "512", "--overlap", "64"]
+        fp32, auto = Path(tmp) / "fp32.tif", Path(tmp) / "auto.tif"
+        runs = {f"fp32 {size}^2": run_predict([str(scene), str(fp32), *tiling,
+                                               "--precision", "fp32"], env),
+                f"auto {size}^2": run_predict([str(scene), str(auto), *tiling], env)}
+        runs[f"auto {size}^2"]["agreement"] = agreement(auto, fp32)
+        return runs  # fmt: skip
 
 
 def main() -> None:
@@ -169,11 +190,12 @@ def print_runs(runs: dict) -> None:
     """Part 2 as a short table, each run against the one labelled ``fp32``."""
     fp32 = runs["fp32"]["wall_s"]
     print(f"{'run':<20}{'backend':<14}{'wall s':>8}{'vs FP32':>9}{'predict s':>10}"
-          f"{'forward s':>10}{'rest %':>8}{'at p50':>8}{'RSS MB':>8}")
+          f"{'forward s':>10}{'rest %':>8}{'at p50':>8}{'RSS MB':>8}{'agrees':>9}")
     for label, r in runs.items():
+        agrees = f"{r['agreement']:.2%}" if "agreement" in r else "-"
         print(f"{label:<20}{r['backend']:<14}{r['wall_s']:>8.1f}{fp32 / r['wall_s']:>8.2f}x"
               f"{r['predict_s']:>10.1f}{r['forward_s']:>10.1f}{100 * r['rest_share']:>7.0f}%"
-              f"{100 * r['rest_share_p50']:>7.0f}%{r['peak_rss_mb']:>8.0f}")
+              f"{100 * r['rest_share_p50']:>7.0f}%{r['peak_rss_mb']:>8.0f}{agrees:>9}")
 
 
 if __name__ == "__main__":

@@ -195,6 +195,10 @@ def test_int8_pays_its_calibration_on_a_scene_it_was_not_calibrated_on(demo, til
     assert built.metadata["quantization"]["from_cache"] is True
     built, choice = auto_backend(demo, new, tile_size=64, tiles=100, allow_compile=False)
     assert choice.backend == "fp32" and built.precision == "fp32"  # 1000 s > 100 x 10 ms
+    # --calibration asks for that calibration: its cost is the user's, INT8 runs calibrated
+    built, choice = auto_backend(demo, new, tile_size=64, tiles=100, allow_compile=False,
+                                 calibrate=True)  # fmt: skip
+    assert choice.backend == "int8" and not built.metadata["quantization"]["from_cache"]
 
 
 def test_a_module_with_calls_in_flight_is_timed_as_jobs_run_it(monkeypatch):

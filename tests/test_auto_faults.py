@@ -83,6 +83,19 @@ def test_predict_runs_fp32_and_says_why_where_auto_cannot_measure(scene, tmp_pat
     assert (tmp_path / "out.tif").is_file()
 
 
+def test_calibration_that_auto_does_not_use_is_said(scene, tmp_path, capsys, monkeypatch):
+    """--calibration calibrates auto's INT8: where another backend runs, nothing is
+    calibrated, and predict says so (it said nothing)."""
+    monkeypatch.setenv("SEAMLINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(auto, "candidates", lambda device="cpu": EAGER)
+    monkeypatch.setattr(auto, "ms_per_tile", lambda model, tiles, batch: (
+        100.0 if model.precision == "int8" else 1.0))  # FP32 picked, whatever this CPU does
+    code, report, err = _predict(capsys, scene, tmp_path / "out.tif", "--tile-size", "96",
+                                 "--calibration", scene)  # fmt: skip
+    assert code == 0 and report["backend"]["name"] == "fp32"
+    assert "auto ran fp32, faster here than INT8: --calibration calibrated nothing." in err
+
+
 def test_damaged_cache_entries_are_built_again_not_failures(scene, tmp_path, capsys,
                                                            monkeypatch):  # fmt: skip
     """A truncated INT8 graph, a garbage layer list or seam probe: each failed every later
@@ -144,3 +157,13 @@ def test_a_batch_size_below_one_is_refused_before_any_work(scene, tmp_path, caps
         main(["predict", str(scene), str(tmp_path / "out.tif"), "--batch-size", size])
     assert exit_.value.code == 2 and "--batch-size" in capsys.readouterr().err
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_serve_api_refuses_a_calibration_scene_without_the_models_bands():
+    """It started and served FP32 (auto's measurement failed on the scene, and fell back)."""
+    from seamline.app.service import create_app
+    from seamline.core.errors import BandMismatchError
+
+    three = make_scene(96, 96, seed=3)[0].isel(band=slice(0, 3))
+    with pytest.raises(BandMismatchError, match="^--calibration: "):
+        create_app("demo", precision="auto", calibration=three, token="t")

@@ -346,7 +346,7 @@ def auto_backend(
     if built is None:
         if backend.precision == "int8":  # calibrated on this scene
             calibration = calibration_tiles(scene, model, tile_size=tile_size)
-            if cache and not quantized_before(model, calibration):
+            if cache and not calibrate and not quantized_before(model, calibration):
                 int8 = next(m for m in choice.measurements if m.backend == backend.name)
                 choice = _with_build_seconds(choice, backend, int8.build_s)  # it calibrates
                 backend = BACKENDS[choice.best_for(job, compiled=allow_compile).backend]
