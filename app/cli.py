@@ -159,11 +159,11 @@ def _bench_backends(args: argparse.Namespace) -> None:
     scene = open_raster(args.calibration) if args.calibration else demo_calibration(model)
     tiles = calibration_tiles(scene, model, tile_size=args.tile_size)
     choice = choose_backend(model, tiles, tile_size=args.tile_size, batch_size=args.batch_size,
-                            cache=not args.no_cache)  # fmt: skip
+                            cache=not args.no_cache, remeasure=args.remeasure)  # fmt: skip
     if args.json:
         print_json({"backends": choice.to_dict(), "table": choice.table()})
         return
-    cached = " (from the cache: --no-cache measures again)" if choice.from_cache else ""
+    cached = " (from the cache: --remeasure measures again)" if choice.from_cache else ""
     print(f"seamline bench --backends: model {args.model}, tile {args.tile_size}, batch "
           f"{args.batch_size}, {choice.gflop_per_tile:.1f} GFLOP per tile, on {choice.cpu}"
           f"{cached}")
@@ -337,7 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", metavar="SCENE",
                    help="--backends: the scene whose tiles are timed and compared (default: "
                    "the demo model's calibration scene)")
-    p.add_argument("--no-cache", action="store_true", help="--backends: measure again")
+    p.add_argument("--no-cache", action="store_true",
+                   help="--backends: measure again, keeping nothing")
+    p.add_argument("--remeasure", action="store_true",
+                   help="--backends: measure again and keep the new table for --precision auto "
+                   "(one measured while the machine was busy stays until then)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("report", help="write the current figures as a self-contained HTML page")

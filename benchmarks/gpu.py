@@ -33,7 +33,7 @@ def gpu_info(device: str) -> dict:
     import torch
 
     from seamline.core.hardware import cpu_label
-    from seamline.core.optimise.auto import peak_gflops
+    from seamline.core.optimise.flops import peak_gflops
 
     peaks = {p: peak_gflops(p, side=8192 if device == "cuda" else 1024, device=device)
              for p in ("fp32", "bf16", "fp16")}  # fmt: skip

@@ -60,8 +60,6 @@ __all__ = [
     "choose_backend",
     "learn_job",
     "not_measured",
-    "peak_gflops",
-    "tile_gflop",
 ]
 
 MIN_AGREEMENT = 0.995
@@ -443,10 +441,12 @@ def choose_backend(
     device: torch.device | str = "cpu",
     cache: bool = True,
     backends: list[Backend] | None = None,
+    remeasure: bool = False,
 ) -> Choice:
     """The fastest of ``backends`` (default :func:`candidates`) whose classes agree with FP32
     on at least :data:`MIN_AGREEMENT` of ``calibration``'s pixels (normalised tiles
-    ``(n, bands, tile_size, tile_size)``), measured here or read from the disk cache.
+    ``(n, bands, tile_size, tile_size)``), measured here or read from the disk cache
+    (``remeasure``: measured again and kept in place of a table measured on a busy machine).
     INT8 is calibrated on ``calibration`` once: its graph's cache key is kept in the choice,
     and later jobs run that graph whatever scene they predict."""
     if model.precision != "fp32":
@@ -457,7 +457,7 @@ def choose_backend(
     device = _device_name(device)
     backends = backends or candidates(device)
     key = _key(model, tile_size, batch_size, device, [b.name for b in backends])
-    stored = _read_choice(key) if cache else None  # the weights are hashed once
+    stored = _read_choice(key) if cache and not remeasure else None  # weights hashed once
     if stored is not None:
         return stored
     use_inductor_cache(cache)
