@@ -82,9 +82,8 @@ def run_predict(args: argparse.Namespace) -> dict:
         from seamline.core.optimise.auto import AUTO_MIN_TILES, auto_backend, not_measured
 
         tile_size, tiles = _job_tiles(model, scene, aoi, args)
-        why = (f"model {model.name!r} is {model.precision}: run as it is"
-               if model.precision != "fp32" else
-               f"{tiles} tile{'s' * (tiles != 1)} < {AUTO_MIN_TILES}, not worth measuring for: "
+        # auto's model is FP32 here (a quantized one runs at its own precision, above)
+        why = (f"{tiles} tile{'s' * (tiles != 1)} < {AUTO_MIN_TILES}, not worth measuring for: "
                f"FP32 ran (`seamline bench --backends --tile-size {tile_size}` measures once, "
                "for later jobs)")  # fmt: skip
         try:

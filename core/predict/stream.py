@@ -67,9 +67,12 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
         return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device("mps" if _has_mps() else "cpu")
+
+
+def _has_mps() -> bool:
+    """Whether this machine has an Apple GPU torch can use."""
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def _check_present(device: torch.device) -> None:
@@ -82,8 +85,7 @@ def _check_present(device: torch.device) -> None:
                 f"Device {str(device)!r} is not on this machine ({has}): use --device auto or "
                 "cpu."
             )
-    elif device.type == "mps" and not (getattr(torch.backends, "mps", None)
-                                       and torch.backends.mps.is_available()):  # fmt: skip
+    elif device.type == "mps" and not _has_mps():
         raise InvalidArgumentError(
             "Device 'mps' is not on this machine (no Apple GPU): use --device auto or cpu."
         )
