@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import secrets
 import signal
@@ -418,6 +419,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if argv is None:  # the console script: the process ends next
+            # Python's last collections walk every object torch, xarray and dask made at
+            # import: frozen, they are skipped (0.45 -> 0.15 s of exit after `import torch`).
+            gc.freeze()
     return 0
 
 

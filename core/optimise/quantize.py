@@ -51,6 +51,7 @@ from seamline.core.errors import (
 from seamline.core.hardware import cpu_info
 from seamline.core.models.modelio import SegmentationModel, check_bands, eval_mode
 from seamline.core.models.onnx import OnnxModule
+from seamline.core.optimise.upsample import nearest_resizes_as_gathers
 from seamline.core.predict.blocks import model_input
 
 __all__ = [
@@ -122,6 +123,7 @@ def _export_onnx(module: nn.Module, bands: int, align: int, tile: int | None = N
     for node in proto.graph.node:  # exporter stack traces: size, and paths of this machine
         del node.metadata_props[:]
         node.doc_string = ""
+    nearest_resizes_as_gathers(proto)  # ONNX Runtime's INT8 Resize is slow (see upsample.py)
     return proto.SerializeToString()
 
 
@@ -216,7 +218,7 @@ def _artefact_key(model: SegmentationModel, tiles: np.ndarray, per_channel: bool
     return digest([
         model_fingerprint(model.module), np.ascontiguousarray(tiles, np.float32).tobytes(),
         str(tiles.shape), version("onnx"), version("onnxruntime"),
-        f"vnni={cpu_info()['avx512_vnni']} per_channel={per_channel}",
+        f"vnni={cpu_info()['avx512_vnni']} per_channel={per_channel} nearest=gather",
         str(model.metadata.get("tile_size")),
     ])  # fmt: skip
 
