@@ -26,9 +26,9 @@ from seamline.app.cli_args import (
     MODELS_ENV,
     TRUST_MODEL_ENV,
     add_assets_arg,
+    add_band_names_arg,
     add_remote_host_flag,
     add_trust_model_flag,
-    band_list,
     batch_size_arg,
     input_budget,
     print_json,
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=float, help="target pixel size in target CRS units")
     p.add_argument("--resampling", default="nearest", help="resampling when reprojecting")
     p.add_argument("--all-touched", action="store_true", help="keep every pixel the AOI touches")
-    p.add_argument("--band-names", type=band_list, help="comma-separated names, one per band")
+    add_band_names_arg(p)
     p.add_argument("--normalisation", choices=("zscore", "percentile"), default="zscore")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     p.add_argument("--no-input-limits", action="store_true",
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibrate on tiles of this scene (default: synthetic scenes in the "
                    "demo bands)")
     p.add_argument("--model-class", help="package.module:Class for a state dict")
-    p.add_argument("--band-names", type=band_list, help="comma-separated names, one per band")
+    add_band_names_arg(p, "the --calibration and --evaluate scenes")
     p.add_argument("--evaluate", action="append", metavar="SCENE",
                    help="measure agreement with FP32 on this scene (repeatable; default: the "
                    "calibration scene, or the demo's labelled held-out scenes)")  # fmt: skip

@@ -17,6 +17,7 @@ __all__ = [
     "add_assets_arg",
     "add_remote_host_flag",
     "add_trust_model_flag",
+    "add_band_names_arg",
     "band_list",
     "batch_size_arg",
     "MIN_TILE_SIZE",
@@ -92,6 +93,12 @@ def band_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError("give band names separated by commas, e.g. red,green,blue")
     return names
+
+
+def add_band_names_arg(parser: argparse.ArgumentParser, of: str = "the input") -> None:
+    """``--band-names``: names for the bands of ``of`` (a file without band descriptions)."""
+    parser.add_argument("--band-names", type=band_list, metavar="NAMES",
+                        help=f"comma-separated names, one per band of {of}")  # fmt: skip
 
 
 def print_json(obj: dict) -> None:

@@ -17,8 +17,8 @@ from seamline.app import vectorize_cli
 from seamline.app.cli_args import (
     DEFAULT_MODEL,
     add_assets_arg,
+    add_band_names_arg,
     add_trust_model_flag,
-    band_list,
     batch_size_arg,
     input_budget,
     print_json,
@@ -37,7 +37,12 @@ def run_predict(args: argparse.Namespace) -> dict:
     """``seamline predict`` with ``args``: its report."""
     from seamline.core.data.io import open_aoi, open_raster
     from seamline.core.hardware import bf16_is_native, cpu_info, device_label, peak_rss_bytes
-    from seamline.core.models.modelio import check_precision_device, load_model, with_precision
+    from seamline.core.models.modelio import (
+        check_bands,
+        check_precision_device,
+        load_model,
+        with_precision,
+    )
     from seamline.core.predict.tiling import pick_device
 
     if args.vector:
@@ -60,6 +65,7 @@ def run_predict(args: argparse.Namespace) -> dict:
                            "limit with --no-input-limits")  # fmt: skip
     model = load_model(args.model, model_class=args.model_class, trust_model=args.trust_model)
     aoi = open_aoi(args.aoi, layer=args.aoi_layer) if args.aoi else None
+    check_bands(model, scene)  # before auto's measurement and the seam probe run the model
     precision = args.precision
     if precision == "auto" and model.precision != "fp32":  # a quantized .onnx runs as it is
         precision = model.precision
@@ -268,7 +274,7 @@ def add_predict_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
                    help="compile: compiled ahead of time once per machine (AOTInductor, kept "
                    "in the disk cache), then faster tiles")
     p.add_argument("--probabilities", action="store_true", help="write class probabilities")
-    p.add_argument("--band-names", type=band_list, help="comma-separated names, one per band")
+    add_band_names_arg(p)
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     p.add_argument("--no-input-limits", action="store_true",
                    help="lift the input budget on the file's internal blocks and data types "

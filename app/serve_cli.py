@@ -19,7 +19,12 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seamline.app.cli_args import DEFAULT_MODEL, add_remote_host_flag, add_trust_model_flag
+from seamline.app.cli_args import (
+    DEFAULT_MODEL,
+    add_band_names_arg,
+    add_remote_host_flag,
+    add_trust_model_flag,
+)
 from seamline.core.errors import InputFileError, InvalidArgumentError
 from seamline.core.models.registry import PRECISIONS
 
@@ -107,7 +112,7 @@ def _cmd_serve_api(args: argparse.Namespace) -> None:
     if args.calibration:
         from seamline.core.data.io import open_raster
 
-        calibration = open_raster(args.calibration).load()
+        calibration = open_raster(args.calibration, band_names=args.band_names).load()
     app = create_app(args.model, precision=args.precision, tile_size=args.tile_size,
                      overlap=args.overlap, blend=args.blend, budget=budget,
                      token=token, trust_model=args.trust_model,
@@ -143,6 +148,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", metavar="SCENE",
                    help="a scene of the data the model will serve, with its bands: INT8 "
                    "calibrates on tiles of it (required for int8 unless the model is the demo)")
+    add_band_names_arg(p, "the --calibration scene")
     p.add_argument("--max-bytes", type=int, help="largest upload in bytes (default 64 MiB)")
     p.add_argument("--max-pixels", type=int,
                    help="largest scene in values, width x height x bands (default "

@@ -59,7 +59,12 @@ from seamline.core.errors import (
 )
 from seamline.core.hardware import no_huge_page_advice
 from seamline.core.models.modelio import SegmentationModel, check_bands
-from seamline.core.predict.plan import DEFAULT_TILE_SIZE, choose_overlap, choose_tile_size
+from seamline.core.predict.plan import (
+    DEFAULT_TILE_SIZE,
+    choose_overlap,
+    choose_tile_size,
+    plan_overlap,
+)
 from seamline.core.predict.scene import predict_scene
 from seamline.core.predict.tiling import Blend, predict_tiled
 from seamline.core.prepare.scene import read_allowed_scene
@@ -281,6 +286,7 @@ def create_app(
                                    trust_model=trust_model, calibration=own), None  # fmt: skip
     defaults["tile_size"] = tile_size = choose_tile_size(ready, tile_size)
     defaults["overlap"] = choose_overlap(ready, tile_size, blend, overlap)
+    planned = overlap is None  # the overlap covers the receptive field at each request's tiling
     if tile_size > MAX_TILE_SIZE:  # a .pt2 exported for one tile side
         raise InvalidArgumentError(
             f"Model {ready.name!r} takes only {tile_size} x {tile_size} px tiles, more than "
@@ -366,6 +372,9 @@ def create_app(
             for key, value in (("tile_size", tile_size), ("overlap", overlap), ("blend", blend))
         }  # fmt: skip
         try:
+            if planned and overlap is None and (tile_size, blend) != (None, None):
+                # the default overlap covers the default tile (92 px, 422 for a 128 px tile)
+                options["overlap"] = plan_overlap(ready, options["tile_size"], options["blend"])[0]
             _check_tiling(options)
             scene = await _read_scene(request, media, budget, remote_hosts)
             loop = asyncio.get_running_loop()

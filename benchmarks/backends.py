@@ -27,14 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from out_of_core import CHILD  # a CLI child process that reports its peak RSS
+from out_of_core import run_cli  # a CLI child process and its peak RSS
 
 
 def backend_tables(tile_size: int, *, device: str = "cpu", batch_size: int = 1) -> Iterator[dict]:
@@ -63,13 +61,11 @@ def backend_tables(tile_size: int, *, device: str = "cpu", batch_size: int = 1) 
 def run_predict(argv: list[str], env: dict) -> dict:
     """``seamline predict`` in a fresh process: its JSON, wall seconds and peak RSS."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, "predict", *argv], env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    done, rss = run_cli(["predict", *argv], env=env)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(done.stderr)
     report = json.loads(done.stdout)
-    rss = json.loads(done.stderr.strip().splitlines()[-1])["peak_rss_bytes"]
     forward, seconds = report["forward_s"], report["seconds"]
     at_p50 = report["tiles"] * report["tile_ms_p50"] / 1000
     return {

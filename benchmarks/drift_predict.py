@@ -14,20 +14,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from out_of_core import CHILD, write_big_raster
+from out_of_core import run_cli, write_big_raster
 
 
 def run(argv: list[str]) -> tuple[float, dict]:
     """A ``seamline`` command in a fresh process: wall seconds and its JSON."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True,
-                          env=os.environ)  # fmt: skip
+    done, _ = run_cli(argv, env=os.environ)
     if done.returncode not in (0, 1):
         raise SystemExit(done.stderr[-3000:])
     return time.perf_counter() - start, json.loads(done.stdout)

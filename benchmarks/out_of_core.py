@@ -19,18 +19,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-CHILD = (  # `python -c CHILD ARGS`: `seamline ARGS`, then its peak RSS as JSON on stderr
-    "import json, sys; from seamline.app.cli import main; "
-    "from seamline.core.hardware import peak_rss_bytes; "
-    "code = main(sys.argv[1:]); print(json.dumps({'peak_rss_bytes': peak_rss_bytes()}), "
-    "file=sys.stderr); sys.exit(code)"
-)
+
+def run_cli(argv: list[str], *, env: dict | None = None, cwd: Path | None = None,
+            check: bool = False) -> tuple[subprocess.CompletedProcess, int]:  # fmt: skip
+    """``seamline ARGS`` as a user runs it (``python -m seamline``, a fresh process): its
+    result and its peak RSS in bytes (``os.wait4``'s, of that process alone)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "seamline", *argv], stdout=out,
+                                stderr=err, env=env, cwd=cwd, text=True)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+    if check:
+        done.check_returncode()
+    return done, usage.ru_maxrss * 1024  # Linux: KiB
+
+
 PEER = Path(__file__).with_name("out_of_core_peer.py")  # one in-memory run, by name
 TILING = ["--tile-size", "512", "--overlap", "64", "--blend", "cosine", "--precision", "fp32"]
 
@@ -58,14 +70,11 @@ def write_big_raster(path: Path, size: int, block: int = 2048) -> None:
 def streamed(src: Path, out: Path) -> dict:
     """``seamline predict`` in a fresh process: its report, wall seconds and peak RSS."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, "predict", str(src), str(out), *TILING],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    proc, rss = run_cli(["predict", str(src), str(out), *TILING], check=True)
     report = json.loads(proc.stdout)
     return {"wall_s": time.perf_counter() - start, "predict_s": report["seconds"],
             "tiles": report["tiles"], "grid_tiles": report["grid_tiles"],
-            "tile_ms_p50": report["tile_ms_p50"],
-            "peak_rss_mb": json.loads(proc.stderr.strip().splitlines()[-1])["peak_rss_bytes"]
-            / 2**20}  # fmt: skip
+            "tile_ms_p50": report["tile_ms_p50"], "peak_rss_mb": rss / 2**20}  # fmt: skip
 
 
 def in_memory(name: str, src: Path, out: Path) -> dict:

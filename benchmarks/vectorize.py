@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from out_of_core import CHILD  # a CLI child process that reports its peak RSS
+from out_of_core import run_cli  # a CLI child process and its peak RSS
 
 WHOLE_RASTER_RECIPE = """
 import json, sys, time
@@ -147,24 +147,12 @@ def main() -> None:
         write_class_raster(src, args.size, args.block, args.jitter, args.speckle)
         write_seconds = time.perf_counter() - start
         windowed_out, whole_out = Path(tmp) / "windowed.gpkg", Path(tmp) / "whole.gpkg"
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                CHILD,
-                "vectorize",
-                str(src),
-                str(windowed_out),
-                "--window",
-                str(args.window),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
+        proc, windowed_peak = run_cli(
+            ["vectorize", str(src), str(windowed_out), "--window", str(args.window)],
             cwd=root,
+            check=True,
         )
         windowed = json.loads(proc.stdout)
-        windowed_peak = json.loads(proc.stderr.strip().splitlines()[-1])["peak_rss_bytes"]
         proc = subprocess.run(
             [sys.executable, "-c", WHOLE_RASTER_RECIPE, str(src), str(whole_out)],
             capture_output=True,

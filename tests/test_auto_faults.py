@@ -202,3 +202,33 @@ def _demo():
     from seamline.core.models.modelio import load_model
 
     return load_model("demo")
+
+
+def test_a_scene_without_the_models_bands_fails_before_the_model_runs(tmp_path, capsys):
+    """The seam probe (and its warning) ran the model before the bands were checked."""
+    from tests.conftest import write_tif
+
+    data = make_scene(256, 256, seed=3)[0].values[:3]
+    three = write_tif(tmp_path / "three.tif", data, descriptions=["blue", "green", "red"])
+    code, _, err = _predict(capsys, three, tmp_path / "out.tif", "--overlap", "16")
+    assert_one_sentence_error(code, err, "lack", "model 'demo'")
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_serve_api_names_the_bands_of_its_calibration_scene(tmp_path, capsys, monkeypatch):
+    """The band error told serve-api's user to pass --band-names, which it did not have."""
+    import numpy as np
+    import uvicorn
+
+    from tests.conftest import write_tif
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: served.append(app))
+    data = (np.random.default_rng(0).random((6, 96, 96)) * 3000 + 1).astype("uint16")
+    names = [f"b{i}" for i in range(6)]
+    scene = write_tif(tmp_path / "named.tif", data, descriptions=names)
+    argv = ["serve-api", "--precision", "fp32", "--calibration", str(scene)]
+    assert_one_sentence_error(main(argv), capsys.readouterr().err, "--calibration", "--band-names")
+    assert not served
+    assert main([*argv, "--band-names", "blue,green,red,nir,swir1,swir2"]) == 0
+    assert len(served) == 1

@@ -270,3 +270,20 @@ def test_a_client_leaving_mid_upload_is_not_a_server_error(service, scenes):
     assert after.get("499", 0) == before.get("499", 0) + 1
     assert after.get("500", 0) == before.get("500", 0)
     assert httpx.post(f"{service}/predict", content=body, headers=TIFF).status_code == 200
+
+
+def test_a_requests_tile_size_gets_the_overlap_planned_for_it():
+    """The default overlap covers the default 512 px tile (92 px): a request for 128 px tiles
+    got a 422 (at most half a tile) where the CLI plans 64 px and warns."""
+    demo = load_model("demo")
+    scene, _ = make_scene(200, 232, seed=11)
+    with serving(create_app(demo, precision="fp32")) as url:
+        assert httpx.get(f"{url}/health").json()["defaults"]["overlap"] == 92
+        r = httpx.post(f"{url}/predict", params={"tile_size": 128},
+                       content=geotiff_bytes(scene), headers=TIFF, timeout=60)  # fmt: skip
+        asked = httpx.post(f"{url}/predict", params={"tile_size": 128, "overlap": 92},
+                           content=geotiff_bytes(scene), headers=TIFF, timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    expected = predict_scene(demo, scene, tile_size=128, overlap=64, device="cpu")
+    assert np.array_equal(read_geotiff_bytes(r.content).values[0], expected.values)
+    assert asked.status_code == 422  # an overlap the client asks for is checked as before

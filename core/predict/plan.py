@@ -86,10 +86,10 @@ def plan_overlap(
             "from an untiled run whatever the overlap; larger tiles reduce it."
         )
     radius = model.receptive_radius
-    if radius is None:
-        return (UNKNOWN_FIELD_OVERLAP if overlap is None else overlap), problems
-    needed = covering_overlap(radius, blend, model.align)
     largest = tile_size // 2 // model.align * model.align
+    if radius is None:
+        return (min(UNKNOWN_FIELD_OVERLAP, largest) if overlap is None else overlap), problems
+    needed = covering_overlap(radius, blend, model.align)
     chosen = min(needed, largest) if overlap is None else overlap
     if chosen < needed:
         problems.append(
