@@ -230,6 +230,31 @@ def test_a_module_with_calls_in_flight_is_timed_as_jobs_run_it(monkeypatch):
     assert ms == 500.0  # a round's time over the two tiles it ran
 
 
+def test_a_small_scenes_tiles_are_timed_at_the_jobs_tile_size(demo):
+    """A scene smaller than a tile gives calibration tiles of its size: they were timed as
+    they were, and a table measured on 96 px tiles ranked backends for 256 px jobs."""
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        align = 4
+
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return self.module(x)
+
+    small = calibration_tiles(make_scene(96, 96, seed=4)[0], demo, tile_size=256, count=2)
+    assert small.shape[-2:] == (96, 96)
+    model = replace(demo, module=Recorder(demo.module))
+    choice = choose_backend(model, small, tile_size=256, backends=[BACKENDS["fp32"]], cache=False)
+    assert seen[-flops.RUNS:] == [(1, 6, 256, 256)] * flops.RUNS  # timed at the job's size
+    assert (1, 6, 96, 96) in seen  # judged on the scene's own pixels
+    assert choice.measurements[0].agreement == 1.0
+
+
 def test_int8_is_calibrated_once_per_model_and_calibration(demo, tiles, monkeypatch):
     mine = tiles[1:] + 0.5  # tiles no other test calibrated on
     first = quantize(demo, mine)
@@ -278,7 +303,7 @@ def test_auto_runs_its_int8_graph_on_a_new_scene_without_calibrating(demo, monke
     from seamline.core.diskcache import cache_dir
 
     monkeypatch.setattr(auto, "candidates", lambda device="cpu": EAGER)
-    monkeypatch.setattr(auto, "ms_per_tile", lambda model, tiles, batch: (
+    monkeypatch.setattr(auto, "ms_per_tile", lambda model, tiles, batch, size: (
         1.0 if model.precision == "int8" else 100.0))  # INT8 picked, whatever this CPU does
     first, choice = auto_backend(demo, make_scene(160, 160, seed=31)[0], tile_size=80)
     assert choice.backend == "int8" and choice.int8_graph

@@ -88,7 +88,7 @@ def test_calibration_that_auto_does_not_use_is_said(scene, tmp_path, capsys, mon
     calibrated, and predict says so (it said nothing)."""
     monkeypatch.setenv("SEAMLINE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(auto, "candidates", lambda device="cpu": EAGER)
-    monkeypatch.setattr(auto, "ms_per_tile", lambda model, tiles, batch: (
+    monkeypatch.setattr(auto, "ms_per_tile", lambda model, tiles, batch, size: (
         100.0 if model.precision == "int8" else 1.0))  # FP32 picked, whatever this CPU does
     code, report, err = _predict(capsys, scene, tmp_path / "out.tif", "--tile-size", "96",
                                  "--calibration", scene)  # fmt: skip

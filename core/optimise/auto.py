@@ -484,7 +484,7 @@ def choose_backend(
         warm = build_s if warm is None else warm
         if backend.precision == "int8":
             int8_graph = built.metadata["quantization"]["key"] or ""
-        ms = ms_per_tile(built, tiles, batch_size)
+        ms = ms_per_tile(built, tiles, batch_size, tile_size)
         judged = _judged(classes, reference)
         rows.append(Measurement(backend.name, ms, build_s=build_s, gflops=gflop / ms * 1000,
                                 warm_build_s=warm, **judged))  # fmt: skip

@@ -90,11 +90,18 @@ def classes_of(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> tor
     return torch.cat(out)
 
 
-def ms_per_tile(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> float:
+def ms_per_tile(model: SegmentationModel, tiles: torch.Tensor, batch: int,
+                tile_size: int | None = None) -> float:  # fmt: skip
     """Median milliseconds per tile of ``RUNS`` forward passes of one batch (2 warm-ups), as
     the tile stream runs it: with ``parallel_forward`` (INT8 on ONNX Runtime), that many in
-    flight (AMD EPYC, AVX-512, 2 threads: 47 ms per 512 px tile alone, 37 ms two at once)."""
-    x = tiles[:batch].contiguous(memory_format=input_format(model))
+    flight (AMD EPYC, AVX-512, 2 threads: 47 ms per 512 px tile alone, 37 ms two at once).
+    Tiles smaller than ``tile_size`` (those of a scene smaller than a tile) are timed padded
+    to it, the size the jobs run: a 256 px tile costs a quarter of a 512 px one."""
+    x = tiles[:batch]
+    if tile_size is not None and min(x.shape[-2:]) < tile_size:
+        short = [max(0, tile_size - side) for side in x.shape[-2:]]
+        x = torch.nn.functional.pad(x, (0, short[1], 0, short[0]), mode="replicate")
+    x = x.contiguous(memory_format=input_format(model))
     forward, calls = (model.module.parallel_forward() if hasattr(model.module, "parallel_forward")
                       else (model.module, 1))  # fmt: skip
     with torch.inference_mode(), ThreadPoolExecutor(calls) as pool:
