@@ -19,28 +19,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+CHILD = (  # `python -c CHILD ARGS`: the `seamline ARGS` console script, then its peak RSS
+    "import json, sys; from seamline.app.cli import main; "  # main(): reads sys.argv[1:]
+    "from seamline.core.hardware import peak_rss_bytes; code = main(); "
+    "print(json.dumps({'peak_rss_bytes': peak_rss_bytes()}), file=sys.stderr); sys.exit(code)"
+)
+
 
 def run_cli(argv: list[str], *, env: dict | None = None, cwd: Path | None = None,
             check: bool = False) -> tuple[subprocess.CompletedProcess, int]:  # fmt: skip
-    """``seamline ARGS`` as a user runs it (``python -m seamline``, a fresh process): its
-    result and its peak RSS in bytes (``os.wait4``'s, of that process alone)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "seamline", *argv], stdout=out,
-                                stderr=err, env=env, cwd=cwd, text=True)  # fmt: skip
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
-    if check:
-        done.check_returncode()
-    return done, usage.ru_maxrss * 1024  # Linux: KiB
+    """``seamline ARGS`` as the console script runs it, in a fresh process: its result and
+    its peak RSS in bytes, as the process saw it (``os.wait4``'s figure includes the parent's
+    memory, shared until the child's ``exec``)."""
+    done = subprocess.run([sys.executable, "-c", CHILD, *argv], env=env, cwd=cwd,
+                          capture_output=True, text=True, check=check)  # fmt: skip
+    *rest, last = done.stderr.rstrip("\n").split("\n") or [""]
+    rss = json.loads(last)["peak_rss_bytes"] if last.startswith("{\"peak_rss") else 0
+    done.stderr = "\n".join(rest)
+    return done, rss
 
 
 PEER = Path(__file__).with_name("out_of_core_peer.py")  # one in-memory run, by name

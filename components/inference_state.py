@@ -157,9 +157,13 @@ class InferenceState(param.Parameterized):
         self._results.clear()
         self.param.update(result=None, runs=pd.DataFrame(columns=KEPT_COLUMNS), message="")
 
-    def _progress(self, done: int, total: int) -> None:
-        if self._cancel.is_set():  # called between batches: the run stops here
+    def _check_cancelled(self) -> None:
+        """Stop the run here (between batches, or while its model builds) after a Cancel."""
+        if self._cancel.is_set():
             raise RunCancelled("Run cancelled: the previous results stay; press Run again.")
+
+    def _progress(self, done: int, total: int) -> None:
+        self._check_cancelled()
         # At most PROGRESS_HZ updates a second: each one is a message to the page, handled on
         # the server's event loop beside the prediction (one per tile cost up to 40 % of a
         # run of 400 small tiles on 2 cores).
@@ -197,12 +201,13 @@ class InferenceState(param.Parameterized):
                 self.phase = f"{settings.precision.upper()} {steps}/{steps}"
             self._results[key] = run_inference(
                 self.scene, settings, self.cache, model=self.model, reference=reference,
-                progress=self._progress, notify=self._measuring,
+                progress=self._progress, notify=self._measuring, waiting=self._check_cancelled,
             )
         return self._results[key]
 
     def _measuring(self, what: str) -> None:
-        self.phase = f"Auto: {what}"
+        if self.running:  # a cancelled run's measurement goes on after it ended
+            self.phase = f"Auto: {what}"
 
     def _cached_fp32(self) -> list[RunResult]:
         """This scene's runs that ran FP32 (asked for, or picked by auto)."""
@@ -234,7 +239,8 @@ class InferenceState(param.Parameterized):
         )
 
     def cancel(self) -> None:
-        """Stop the run in flight at its next batch (a second or two at most)."""
+        """Stop the run in flight at its next batch (a second or two at most), or at once
+        while its model is built or measured (the build goes on and is kept for the next)."""
         self._cancel.set()
 
     def apply(self, result: RunResult) -> None:

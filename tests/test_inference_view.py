@@ -257,6 +257,40 @@ def test_cancel_stops_a_run_between_batches_and_keeps_the_page_usable(state):
     assert state.run() is not None  # and the next run is a whole one
 
 
+def test_cancel_ends_a_run_at_once_while_auto_measures_and_the_measurement_is_kept(
+    monkeypatch,
+):
+    """Cancel waited for auto's measurement (up to a minute) before the run stopped."""
+    import threading
+
+    import seamline.core.serve.cache as cache_module
+
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow_auto(model, scene, **_):  # auto's measurement, held until released
+        calls.append(model.name)
+        started.set()
+        assert release.wait(60)
+        return model, None
+
+    monkeypatch.setattr(cache_module, "auto_backend", slow_auto)
+    state = InferenceState(ModelCache(calibration=demo_calibration), model="demo",
+                           scene=make_scene(160, 160, seed=8)[0], tile_size=128)  # fmt: skip
+    runs = []
+    run = threading.Thread(target=lambda: runs.append(state.run()))
+    run.start()
+    assert started.wait(60)
+    state.cancel()
+    run.join(timeout=30)  # without the fix it waits for `release`, which comes only after
+    try:
+        assert not run.is_alive() and runs == [None]
+        assert state.message.startswith("Run cancelled") and not state.running
+    finally:
+        release.set()
+    assert state.run() is not None  # the measurement ended in the cache: not run again
+    assert calls == ["demo"]
+
+
 def test_int8_phases_waited_time_and_the_reference_apart(state):
     phases = []
     state.param.watch(lambda e: phases.append(e.new), "phase")

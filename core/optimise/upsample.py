@@ -67,6 +67,7 @@ def _is_torch_nearest(node, dims: dict[str, tuple]) -> bool:
         and attrs.get("coordinate_transformation_mode") == b"asymmetric"
         and attrs.get("nearest_mode") == b"floor"
         and not attrs.get("axes")  # opset 18's axes: all four dims, as below
+        and attrs.get("keep_aspect_ratio_policy", b"stretch") == b"stretch"  # sizes as given
     )
     given = [i for i in node.input[2:4] if i]  # scales or sizes, exactly one
     src, out = dims.get(node.input[0], ()), dims.get(node.output[0], ())

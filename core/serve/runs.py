@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import xarray as xr
 
@@ -104,6 +106,25 @@ def _backend_name(model) -> str:
     return model.precision + ("+compile" if compiled else "")
 
 
+_BUILDS = ThreadPoolExecutor(4, thread_name_prefix="seamline-build")
+"""Builds a run's model (a quantization, auto's measurement: seconds to a minute) while the
+run waits on it: the run can stop waiting, and the build still ends in the cache."""
+T = TypeVar("T")
+
+
+def _built(build: Callable[[], T], waiting: Callable[[], None] | None) -> T:
+    """``build()``, calling ``waiting()`` every 0.1 s until it ends (``waiting`` raising stops
+    the wait; the build goes on in its thread)."""
+    if waiting is None:
+        return build()
+    future = _BUILDS.submit(build)
+    while True:
+        try:
+            return future.result(timeout=0.1)
+        except TimeoutError:
+            waiting()
+
+
 def run_inference(
     scene: xr.DataArray,
     settings: RunSettings,
@@ -113,11 +134,14 @@ def run_inference(
     reference: xr.DataArray | None = None,
     progress: Callable[[int, int], None] | None = None,
     notify: Callable[[str], None] | None = None,
+    waiting: Callable[[], None] | None = None,
 ) -> RunResult:
     """Predict ``scene`` with ``settings``; the model comes warm from ``cache``.
     ``reference``, an FP32 class map of the same scene, gives the pixel agreement; without
     one, an ``auto`` run gives the agreement its choice measured on calibration tiles.
     ``notify`` hears when ``auto`` starts measuring the backends (once per machine).
+    ``waiting`` is called every 0.1 s while the model is built or measured (in a thread of
+    its own): raising there (a Cancel) ends the run at once, and the cache keeps the build.
 
     An INT8 model is calibrated on the model's default calibration scenes: the model
     ``seamline quantize`` and ``serve-api`` make, the same for every scene and session of a
@@ -127,14 +151,14 @@ def run_inference(
     # INT8 and auto calibrate on the cache's default calibration for the demo model, on the
     # scene they predict for a model without calibration data of its own
     own = None if model == "demo" and cache.calibration else lambda _model: scene
-    choice = None
     if settings.precision == "auto":
-        ready, choice = cache.auto(model, tile_size=settings.tile_size, device=settings.device,
-                                   batch_size=settings.batch_size, calibration=own,
-                                   notify=notify)  # fmt: skip
+        ready, choice = _built(lambda: cache.auto(
+            model, tile_size=settings.tile_size, device=settings.device,
+            batch_size=settings.batch_size, calibration=own, notify=notify), waiting)  # fmt: skip
     else:
-        ready = cache.get(model, precision=settings.precision, device=settings.device,
-                          calibration=own)  # fmt: skip
+        ready, choice = _built(lambda: cache.get(
+            model, precision=settings.precision, device=settings.device,
+            calibration=own), waiting), None  # fmt: skip
     timer = TileTimer()
     start = time.perf_counter()
     classes = predict_scene(
