@@ -30,10 +30,10 @@ def nearest_resizes_as_gathers(model) -> int:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 11:  # Range and the Resize inputs read here are opset 11's
         return 0
-    ranks = _ranks(shape_inference.infer_shapes(model).graph)
+    dims = _dims(shape_inference.infer_shapes(model).graph)
     nodes, count = [], 0
     for node in model.graph.node:
-        if _is_torch_nearest(node, ranks):
+        if _is_torch_nearest(node, dims):
             nodes += _gathers(node, f"nearest{count}/")
             count += 1
         else:
@@ -44,7 +44,7 @@ def nearest_resizes_as_gathers(model) -> int:
     return count
 
 
-def _ranks(graph) -> dict[str, tuple]:
+def _dims(graph) -> dict[str, tuple]:
     """Each value's dims (``dim_value`` or ``dim_param``; None where unknown), by name."""
     values = [*graph.input, *graph.value_info, *graph.output]
     return {
