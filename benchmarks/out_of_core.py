@@ -39,7 +39,7 @@ def run_cli(argv: list[str], *, env: dict | None = None, cwd: Path | None = None
     memory, shared until the child's ``exec``)."""
     done = subprocess.run([sys.executable, "-c", CHILD, *argv], env=env, cwd=cwd,
                           capture_output=True, text=True, check=check)  # fmt: skip
-    *rest, last = done.stderr.rstrip("\n").split("\n") or [""]
+    *rest, last = done.stderr.rstrip("\n").split("\n")
     rss = json.loads(last)["peak_rss_bytes"] if last.startswith("{\"peak_rss") else 0
     done.stderr = "\n".join(rest)
     return done, rss

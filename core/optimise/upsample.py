@@ -108,10 +108,10 @@ def _gathers(resize, p: str) -> list:
             const(f"{dim}_dim", dim),
             const(f"{dim}_axis", axis),
             helper.make_node("Gather", [p + "in", d + "axis"], [d + "in"]),
-            cast(d + "in", d + "in_f", f32),
         ]
         if sizes:  # ONNX Runtime: scale = out / in, in float32
             out += [
+                cast(d + "in", d + "in_f", f32),
                 helper.make_node("Gather", [sizes, d + "dim"], [d + "out"]),
                 cast(d + "out", d + "out_f", f32),
                 helper.make_node("Div", [d + "out_f", d + "in_f"], [d + "scale"]),
