@@ -207,7 +207,9 @@ def _backend_summary(choice, model, why: str) -> dict:
     JSON."""
     if choice is None:
         return {"name": model.precision, "from_cache": False, "reason": why}
-    return {"name": choice.backend, "from_cache": choice.from_cache, "reason": choice.reason}
+    chosen = next(m for m in choice.measurements if m.backend == choice.backend)
+    return {"name": choice.backend, "from_cache": choice.from_cache, "reason": choice.reason,
+            "ms_per_tile": chosen.ms_per_tile, "tile_size": choice.tile_size}  # fmt: skip
 
 
 def _file_predictor(scheduler: str | None, block_size: int | None) -> Callable[..., dict]:

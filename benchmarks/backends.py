@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from out_of_core import run_cli  # a CLI child process and its peak RSS
+from out_of_core import run_cli  # a CLI child process, its peak RSS and CPU seconds
 
 
 def backend_tables(tile_size: int, *, device: str = "cpu", batch_size: int = 1) -> Iterator[dict]:
@@ -61,7 +61,7 @@ def backend_tables(tile_size: int, *, device: str = "cpu", batch_size: int = 1) 
 def run_predict(argv: list[str], env: dict) -> dict:
     """``seamline predict`` in a fresh process: its JSON, wall seconds and peak RSS."""
     start = time.perf_counter()
-    done, rss = run_cli(["predict", *argv], env=env)
+    done, usage = run_cli(["predict", *argv], env=env)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(done.stderr)
@@ -72,8 +72,10 @@ def run_predict(argv: list[str], env: dict) -> dict:
         "wall_s": wall, "predict_s": seconds, "forward_s": forward,
         "rest_s": seconds - forward, "rest_share": 1 - forward / seconds,
         "forward_p50_s": at_p50, "rest_share_p50": 1 - at_p50 / seconds,
-        "tiles": report["tiles"], "peak_rss_mb": rss / 2**20, "precision": report["precision"],
+        "tiles": report["tiles"], "peak_rss_mb": usage.peak_rss_bytes / 2**20,
+        "cpu_s": usage.cpu_s, "precision": report["precision"],
         "backend": report.get("backend", {}).get("name", report["precision"]),
+        "ms_per_tile": report.get("backend", {}).get("ms_per_tile"),
     }  # fmt: skip
 
 
@@ -104,6 +106,7 @@ def end_to_end(size: int, workdir: Path | None, cache: Path) -> dict:
         env = os.environ | {"SEAMLINE_CACHE_DIR": str(cache)}
         onnx = save_quantized(quantize(load_model("demo"), make_scene(1024, 1024, seed=3)[0],
                                        cache=False), tmp / "demo_int8.onnx")  # fmt: skip
+        floor = no_forward_model(tmp / "no_forward.onnx")
         tiling = ["--tile-size", "512", "--overlap", "64"]
         runs, reference = {}, tmp / "fp32.tif"
         for label, extra in (  # FP32 twice: its first run fills the seam probe's cache entry
@@ -116,11 +119,34 @@ def end_to_end(size: int, workdir: Path | None, cache: Path) -> dict:
             ("int8, second call", ["--precision", "int8"]),
             ("saved .onnx, first", ["--model", str(onnx)]),  # its seam probe measured
             ("saved int8 .onnx", ["--model", str(onnx)]),
+            ("no forward, first", ["--model", str(floor), "--precision", "fp32"]),
+            ("no forward", ["--model", str(floor), "--precision", "fp32"]),
         ):
             out = reference if label.startswith("fp32") else tmp / "out.tif"  # the same map
             runs[label] = run_predict([str(scene), str(out), *tiling, *extra], env)
-            runs[label]["agreement"] = agreement(out, reference)
+            if not label.startswith("no forward"):  # its classes mean nothing
+                runs[label]["agreement"] = agreement(out, reference)
         return runs
+
+
+def no_forward_model(path: Path) -> Path:
+    """The demo model's bands, classes and statistics over a 1x1 convolution, as an FP32
+    ``.onnx`` that ONNX Runtime runs as it runs INT8 (calls in flight on threads of their
+    own): a job with it costs what every backend pays besides its forward pass (start-up,
+    reading, normalising, blending, writing), the floor under auto's figure."""
+    import torch
+
+    from seamline.core.models.modelio import load_model
+
+    demo = load_model("demo")
+    conv = torch.nn.Conv2d(len(demo.bands), len(demo.classes), 1).eval()
+    dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    program = torch.onnx.export(conv, (torch.zeros(2, len(demo.bands), 64, 64),), dynamo=True,
+                                dynamic_shapes=(dims,), input_names=["x"], verbose=False)
+    program.save(str(path))
+    meta = demo.sidecar() | {"name": "no-forward", "receptive_radius": 0, "align": 1}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    return path
 
 
 def larger_scene(size: int, workdir: Path | None, cache: Path) -> dict:
@@ -159,7 +185,7 @@ def main() -> None:
         for size in args.also if runs else ():
             runs |= larger_scene(size, args.workdir, Path(cache))
     print(json.dumps({"cpu": cpu_label(), "tables": tables, "predict": runs,
-                      "size": args.size}, indent=2))  # fmt: skip
+                      "ceiling": ceiling(runs), "size": args.size}, indent=2))  # fmt: skip
     print(f"\nCPU: {cpu_label()}")
     print_tables(tables)
     if runs:
@@ -186,12 +212,37 @@ def print_runs(runs: dict) -> None:
     """Part 2 as a short table, each run against the one labelled ``fp32``."""
     fp32 = runs["fp32"]["wall_s"]
     print(f"{'run':<20}{'backend':<14}{'wall s':>8}{'vs FP32':>9}{'predict s':>10}"
-          f"{'forward s':>10}{'rest %':>8}{'at p50':>8}{'RSS MB':>8}{'agrees':>9}")
+          f"{'forward s':>10}{'rest %':>8}{'at p50':>8}{'CPU s':>7}{'RSS MB':>8}{'agrees':>9}")
     for label, r in runs.items():
         agrees = f"{r['agreement']:.2%}" if "agreement" in r else "-"
         print(f"{label:<20}{r['backend']:<14}{r['wall_s']:>8.1f}{fp32 / r['wall_s']:>8.2f}x"
               f"{r['predict_s']:>10.1f}{r['forward_s']:>10.1f}{100 * r['rest_share']:>7.0f}%"
-              f"{100 * r['rest_share_p50']:>7.0f}%{r['peak_rss_mb']:>8.0f}{agrees:>9}")
+              f"{100 * r['rest_share_p50']:>7.0f}%{r['cpu_s']:>7.1f}{r['peak_rss_mb']:>8.0f}"
+              f"{agrees:>9}")
+    if (bound := ceiling(runs)) is not None:
+        print(f"\nWhat bounds auto here: {bound['text']}")
+
+
+def ceiling(runs: dict) -> dict | None:
+    """The fastest auto's backend could run this job on this machine, from this run's
+    figures: the job without a forward pass (start-up, reading, normalising, blending,
+    writing: "no forward") plus the backend's forward at the rate auto measured for it
+    (calls in flight together), with every core busy for both; the most it could gain over
+    FP32. None without those runs."""
+    auto, floor = runs.get("auto, warm again"), runs.get("no forward")
+    if not (auto and floor and auto["ms_per_tile"]):
+        return None
+    cores = os.cpu_count() or 1
+    outside = floor["wall_s"] - floor["predict_s"]  # start-up and exit: one thread
+    forward = auto["tiles"] * auto["ms_per_tile"] / 1000  # every core, calls in flight
+    rest_cpu = floor["cpu_s"] - outside  # the no-forward job's CPU seconds in predict
+    bound = outside + forward + rest_cpu / cores
+    most = runs["fp32"]["wall_s"] / bound
+    text = (f"{outside:.1f} s outside predict + {auto['tiles']} tiles x "
+            f"{auto['ms_per_tile']:.1f} ms ({auto['backend']}) + {rest_cpu:.1f} CPU s of the "
+            f"rest / {cores} cores = {bound:.1f} s at best, {most:.2f}x FP32 at most; "
+            f"measured {auto['wall_s']:.1f} s")  # fmt: skip
+    return {"seconds": bound, "vs_fp32": most, "text": text}
 
 
 if __name__ == "__main__":

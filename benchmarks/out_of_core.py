@@ -24,25 +24,34 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-CHILD = (  # `python -c CHILD ARGS`: the `seamline ARGS` console script, then its peak RSS
-    "import json, sys; from seamline.app.cli import main; "  # main(): reads sys.argv[1:]
-    "from seamline.core.hardware import peak_rss_bytes; code = main(); "
-    "print(json.dumps({'peak_rss_bytes': peak_rss_bytes()}), file=sys.stderr); sys.exit(code)"
+CHILD = (  # `python -c CHILD ARGS`: the `seamline ARGS` console script, then its usage
+    "import json, os, sys; from seamline.app.cli import main; "  # main(): reads sys.argv[1:]
+    "from seamline.core.hardware import peak_rss_bytes; code = main(); t = os.times(); "
+    "print(json.dumps({'peak_rss_bytes': peak_rss_bytes(), 'cpu_s': t.user + t.system}), "
+    "file=sys.stderr); sys.exit(code)"
 )
 
 
+class Usage(NamedTuple):
+    """What a CLI child used: its peak RSS and the CPU seconds of all its threads."""
+
+    peak_rss_bytes: int
+    cpu_s: float
+
+
 def run_cli(argv: list[str], *, env: dict | None = None, cwd: Path | None = None,
-            check: bool = False) -> tuple[subprocess.CompletedProcess, int]:  # fmt: skip
+            check: bool = False) -> tuple[subprocess.CompletedProcess, Usage]:  # fmt: skip
     """``seamline ARGS`` as the console script runs it, in a fresh process: its result and
-    its peak RSS in bytes, as the process saw it (``os.wait4``'s figure includes the parent's
+    its :class:`Usage`, as the process saw it (``os.wait4``'s peak RSS includes the parent's
     memory, shared until the child's ``exec``)."""
     done = subprocess.run([sys.executable, "-c", CHILD, *argv], env=env, cwd=cwd,
                           capture_output=True, text=True, check=check)  # fmt: skip
     *rest, last = done.stderr.rstrip("\n").split("\n")
-    rss = json.loads(last)["peak_rss_bytes"] if last.startswith("{\"peak_rss") else 0
+    usage = Usage(**json.loads(last)) if last.startswith('{"peak_rss') else Usage(0, 0.0)
     done.stderr = "\n".join(rest)
-    return done, rss
+    return done, usage
 
 
 PEER = Path(__file__).with_name("out_of_core_peer.py")  # one in-memory run, by name
@@ -72,11 +81,12 @@ def write_big_raster(path: Path, size: int, block: int = 2048) -> None:
 def streamed(src: Path, out: Path) -> dict:
     """``seamline predict`` in a fresh process: its report, wall seconds and peak RSS."""
     start = time.perf_counter()
-    proc, rss = run_cli(["predict", str(src), str(out), *TILING], check=True)
+    proc, usage = run_cli(["predict", str(src), str(out), *TILING], check=True)
     report = json.loads(proc.stdout)
     return {"wall_s": time.perf_counter() - start, "predict_s": report["seconds"],
             "tiles": report["tiles"], "grid_tiles": report["grid_tiles"],
-            "tile_ms_p50": report["tile_ms_p50"], "peak_rss_mb": rss / 2**20}  # fmt: skip
+            "tile_ms_p50": report["tile_ms_p50"],
+            "peak_rss_mb": usage.peak_rss_bytes / 2**20}  # fmt: skip
 
 
 def in_memory(name: str, src: Path, out: Path) -> dict:

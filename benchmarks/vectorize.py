@@ -147,7 +147,7 @@ def main() -> None:
         write_class_raster(src, args.size, args.block, args.jitter, args.speckle)
         write_seconds = time.perf_counter() - start
         windowed_out, whole_out = Path(tmp) / "windowed.gpkg", Path(tmp) / "whole.gpkg"
-        proc, windowed_peak = run_cli(
+        proc, (windowed_peak, _) = run_cli(
             ["vectorize", str(src), str(windowed_out), "--window", str(args.window)],
             cwd=root,
             check=True,

@@ -367,6 +367,8 @@ def test_cli_predict_auto_measures_once_then_reads_the_cache(tmp_path, capsys, m
     learned = auto.cached_choice(load_model("demo"), tile_size=96, backends=EAGER)
     rows = {m.backend: m for m in learned.measurements}
     assert rows[first["name"]].job_ms_per_tile > 0  # the first job taught its cost per tile
+    assert second["ms_per_tile"] == rows[second["name"]].ms_per_tile  # its measured forward
+    assert second["tile_size"] == 96
     if second["name"] == first["name"]:  # else auto tried the other one, as taught
         assert "ms a tile in its fastest job" in second["reason"]
     assert main([*argv, "--no-cache"]) == 0
