@@ -35,6 +35,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 def run_predict(args: argparse.Namespace) -> dict:
     """``seamline predict`` with ``args``: its report."""
+    from seamline.core.data.files import check_output_path
     from seamline.core.data.io import open_aoi, open_raster
     from seamline.core.hardware import bf16_is_native, cpu_info, device_label, peak_rss_bytes
     from seamline.core.models.modelio import (
@@ -56,6 +57,7 @@ def run_predict(args: argparse.Namespace) -> dict:
             "--block-size sets the height of a --scheduler run's bands; without --scheduler, "
             "predict streams one tile row at a time: leave it out."
         )
+    check_output_path(args.output, inputs=[args.input])  # before auto's minute, not after
     scene = open_raster(args.input, band_names=args.band_names)  # lazily: the header only
     if (budget := input_budget(args)) is not None:
         # Blocks stream through memory: the budget bounds the file's own blocks (GDAL decodes
@@ -67,6 +69,11 @@ def run_predict(args: argparse.Namespace) -> dict:
     aoi = open_aoi(args.aoi, layer=args.aoi_layer) if args.aoi else None
     check_bands(model, scene)  # before auto's measurement and the seam probe run the model
     precision = args.precision
+    if model.precision != "fp32" and precision not in ("auto", model.precision):
+        raise InvalidArgumentError(  # a quantized .onnx has no FP32 weights to convert
+            f"Model {args.model!r} is {model.precision.upper()}: run it with --precision "
+            f"{model.precision} or auto, or pass its FP32 model for {precision}."
+        )
     if precision == "auto" and model.precision != "fp32":  # a quantized .onnx runs as it is
         precision = model.precision
     if precision == "auto" and args.backend == "compile":
@@ -99,6 +106,7 @@ def run_predict(args: argparse.Namespace) -> dict:
                 allow_compile=args.scheduler is None,  # compiled modules stay in this process
                 notify=lambda text: print(f"seamline predict: {text}", file=sys.stderr),
                 calibrate=args.calibration is not None,
+                job_scene=scene if args.calibration else None,
             )  # fmt: skip
         except SeamlineError:  # the user's input (e.g. a calibration scene): one sentence
             raise
@@ -106,12 +114,18 @@ def run_predict(args: argparse.Namespace) -> dict:
             why = not_measured(model.name, exc)
             print(f"seamline predict: warning: {why}", file=sys.stderr)
         if args.calibration and choice is not None and choice.backend != "int8":
-            print(f"seamline predict: note: auto ran {choice.backend}, faster here than INT8: "
-                  "--calibration calibrated nothing.", file=sys.stderr)  # fmt: skip
+            int8 = next((m for m in choice.measurements if m.backend == "int8"), None)
+            said = (f"--calibration {args.calibration!r}: INT8 was dropped ({int8.note}), "
+                    f"auto ran {choice.backend}" if int8 is not None and not int8.kept
+                    else f"auto ran {choice.backend}, faster here than INT8: --calibration "
+                    "calibrated nothing")  # fmt: skip
+            print(f"seamline predict: note: {said}.", file=sys.stderr)
     elif precision == "int8" and model.precision != "int8":
         from seamline.core.optimise.quantize import quantize
 
-        model = quantize(model, calibration, cache=not args.no_cache)
+        fp32, model = model, quantize(model, calibration, cache=not args.no_cache)
+        if args.calibration:  # calibrated on another scene: does it hold on this one?
+            _check_calibration(model, fp32, scene, args, batch_size, device)
     elif precision != model.precision:
         model = with_precision(model, precision)
     if args.backend == "compile":
@@ -124,7 +138,7 @@ def run_predict(args: argparse.Namespace) -> dict:
         args.input, args.output, model=model, aoi=aoi,
         probabilities=args.probabilities, cog=args.cog, band_names=args.band_names,
         tile_size=args.tile_size, overlap=args.overlap, blend=args.blend,
-        batch_size=batch_size, device=device,
+        batch_size=batch_size, device=device, cache=not args.no_cache,
         **({"resume": True} if args.resume else {}),
         **({"observe": profile} if profile is not None else {}),
     )  # fmt: skip
@@ -142,6 +156,21 @@ def run_predict(args: argparse.Namespace) -> dict:
     if args.vector:
         report["vector"] = vectorize_cli.vectorize(args.output, args.vector)
     return report
+
+
+def _check_calibration(int8, fp32, scene, args: argparse.Namespace, batch_size: int,
+                       device) -> None:  # fmt: skip
+    """Warn where INT8 calibrated on ``--calibration`` disagrees with FP32 on the input."""
+    from seamline.core.optimise.flops import MIN_AGREEMENT, scene_agreement
+    from seamline.core.predict.plan import choose_tile_size
+
+    share = scene_agreement(int8, fp32, scene, tile_size=choose_tile_size(fp32, args.tile_size),
+                            batch_size=batch_size, device=device)  # fmt: skip
+    if share < MIN_AGREEMENT:
+        print(f"seamline predict: warning: INT8 calibrated on {args.calibration!r} gives "
+              f"FP32's classes on only {share:.1%} of sampled pixels of {args.input!r}: "
+              "calibrate on a scene like the input (or leave --calibration out).",
+              file=sys.stderr)  # fmt: skip
 
 
 def _drift_profile(args: argparse.Namespace, model):

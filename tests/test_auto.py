@@ -333,7 +333,7 @@ def test_auto_runs_its_int8_graph_on_a_new_scene_without_calibrating(demo, monke
     int8_row = next(m for m in stored.measurements if m.backend == "int8")
     assert int8_row.kept and int8_row.agreement >= auto.MIN_AGREEMENT
     # a recalibrated graph that disagrees with FP32 leaves INT8 out: the next fastest runs
-    monkeypatch.setattr(auto, "MIN_AGREEMENT", 1.01)
+    monkeypatch.setattr(flops, "MIN_AGREEMENT", 1.01)  # judged there
     fallback, picked = auto_backend(demo, make_scene(160, 160, seed=35)[0], tile_size=80,
                                     calibrate=True)  # fmt: skip
     assert fallback.precision == "fp32" and picked.backend == "fp32"
@@ -379,6 +379,33 @@ def test_cli_predict_auto_measures_once_then_reads_the_cache(tmp_path, capsys, m
     assert "1 tile < 16, not worth measuring" in reason and "--tile-size 128" in reason
     code = main(["predict", str(source), str(tmp_path / "x.tif"), "--backend", "compile"])
     assert code == 2 and "--backend compile picks a backend by hand" in capsys.readouterr().err
+
+
+def test_a_calibration_scene_unlike_the_job_drops_int8_and_predict_says_so(
+    tmp_path, capsys, monkeypatch
+):
+    """Calibrated on a scene ten times darker, INT8 agreed with FP32 on that scene's tiles
+    (99.9 %) and on 59 % of the job's pixels: auto ran it, and kept it for later jobs."""
+    monkeypatch.setattr(auto, "candidates", lambda device="cpu": EAGER)
+    scene = make_scene(448, 448, seed=31)[0]
+    source = write_raster(scene, tmp_path / "scene.tif")
+    dark = write_raster(scene.copy(data=scene.values // 10), tmp_path / "dark.tif")
+    argv = ["predict", str(source), str(tmp_path / "out.tif"), "--tile-size", "112",
+            "--calibration", str(dark)]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["backend"]["name"] == "fp32"
+    assert f"--calibration {str(dark)!r}: INT8 was dropped (calibrated on another" in err
+    stored = auto.cached_choice(load_model("demo"), tile_size=112, backends=EAGER)
+    int8 = next(m for m in stored.measurements if m.backend == "int8")
+    assert not int8.kept and int8.note.startswith("calibrated on another scene: agrees on")
+    assert main([*argv[:3], "--tile-size", "112"]) == 0  # a later job: no INT8 either
+    assert json.loads(capsys.readouterr().out)["backend"]["name"] == "fp32"
+    assert main([*argv, "--precision", "int8"]) == 0  # asked for: it runs, with a warning
+    err = capsys.readouterr().err
+    assert f"INT8 calibrated on {str(dark)!r} gives FP32's classes on only" in err
+    assert main([*argv[:3], "--precision", "int8", "--calibration", str(source)]) == 0
+    assert "gives FP32's classes on only" not in capsys.readouterr().err  # a scene like it
 
 
 def test_bench_backends_prints_the_table_with_the_peaks(capsys, monkeypatch):

@@ -144,7 +144,8 @@ def test_sigterm_and_kill_9_leave_no_hidden_part_files(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no CRS", "garbage onnx", "broken sidecar", "tile size 0",
-                                  "truncated calibration", "AOI at 1e30"])  # fmt: skip
+                                  "truncated calibration", "AOI at 1e30", "stats not a dict",
+                                  "output a folder", "int8 onnx at bf16"])  # fmt: skip
 def test_more_bad_inputs_are_one_sentence(case, tmp_path, capsys):
     """Found by an outside review: each used to end in a traceback (issue #19)."""
     from rasterio.transform import from_origin
@@ -164,6 +165,20 @@ def test_more_bad_inputs_are_one_sentence(case, tmp_path, capsys):
         shutil.copy(ROOT / "core" / "demo" / "assets" / "demo_unet.pt", tmp_path / "m.pt")
         (tmp_path / "m.json").write_text("{not json")
         argv, phrase = ["predict", str(good), out, "--model", str(tmp_path / "m.pt")], "JSON"
+    elif case == "stats not a dict":  # the next three: an outside review, session 15
+        shutil.copy(ROOT / "core" / "demo" / "assets" / "demo_unet.pt", tmp_path / "m.pt")
+        meta = json.loads((ROOT / "core" / "demo" / "assets" / "demo_unet.json").read_text())
+        (tmp_path / "m.json").write_text(json.dumps(meta | {"stats": "garbage"}))
+        argv = ["predict", str(good), out, "--model", str(tmp_path / "m.pt")]
+        phrase = "m.json' has malformed \"stats\" (band statistics lack"
+    elif case == "output a folder":
+        (tmp_path / "out.tif").mkdir()
+        argv, phrase = ["predict", str(good), out, "--precision", "fp32"], "is a folder"
+    elif case == "int8 onnx at bf16":
+        assert main(["quantize", "--tile-size", "64", "--out", str(tmp_path / "q.onnx")]) == 0
+        argv = ["predict", str(good), out, "--model", str(tmp_path / "q.onnx"), "--precision",
+                "bf16"]  # fmt: skip
+        phrase = "is INT8: run it with --precision int8 or auto"
     elif case == "tile size 0":
         argv, phrase = ["quantize", "--tile-size", "0"], "at least 16 px"
     elif case == "AOI at 1e30":
@@ -219,3 +234,20 @@ def test_an_aoi_geopackage_of_several_layers_needs_its_layer_named(capsys, tmp_p
                        "--aoi-layer", "parcels")  # fmt: skip
     assert_one_sentence_error(code, err, "site.gpkg")
     assert not (tmp_path / "o2.tif").exists()
+
+
+def test_no_cache_neither_reads_nor_writes_the_disk_cache(tmp_path, monkeypatch, capsys):
+    """An outside review: predict --no-cache still wrote the seam probe's figure."""
+    from seamline.core.data.io import write_raster
+    from seamline.core.demo.synthetic import make_scene
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SEAMLINE_CACHE_DIR", str(cache))
+    source = write_raster(make_scene(256, 256, seed=7)[0], tmp_path / "scene.tif")
+    argv = ["predict", str(source), str(tmp_path / "out.tif"), "--tile-size", "128"]
+    assert main([*argv, "--overlap", "32", "--no-cache"]) == 0
+    assert "measured on a random probe" in capsys.readouterr().err  # the probe ran
+    assert not [p for p in cache.rglob("*") if p.is_file()]
+    assert main([*argv, "--overlap", "40"]) == 0  # with the cache: its figure is kept
+    assert "measured on a random probe" in capsys.readouterr().err
+    assert len(list((cache / "seams").glob("*.json"))) == 1

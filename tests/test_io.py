@@ -54,6 +54,21 @@ def test_open_raster_band_names_override_and_count_check(small_tif):
         open_raster(small_tif, band_names=["a", "b"])
 
 
+def test_open_raster_refuses_bands_only_some_of_which_are_described(tmp_path, small_tif):
+    """Taking them in file order as band_1..N dropped the names given: a file whose bands
+    are reordered and partly described was predicted with its bands mixed up."""
+    path = tmp_path / "partly.tif"
+    with rasterio.open(small_tif) as src:
+        profile, values = src.profile, src.read()
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values[::-1])
+        dst.descriptions = ("nir", "red", "green", None)
+    with pytest.raises(InputFileError, match="describes some bands but not band 4: name every"):
+        open_raster(path)
+    named = open_raster(path, band_names=["nir", "red", "green", "blue"])
+    np.testing.assert_array_equal(named.sel(band="blue").values, values[0])
+
+
 def test_open_raster_netcdf(tmp_path, small_tif):
     da = open_raster(small_tif).isel(band=0).squeeze(drop=True)
     nc = tmp_path / "scene.nc"
@@ -97,6 +112,17 @@ def test_write_raster_missing_folder_leaves_nothing(tmp_path, small_tif):
     with pytest.raises(OutputPathError, match="does not exist"):
         write_raster(open_raster(small_tif), target)
     assert not target.parent.exists()
+
+
+def test_an_output_that_is_a_folder_or_cannot_be_written_is_one_sentence(tmp_path, small_tif):
+    """Both raised OS errors from os.replace, after the work (root passes os.access)."""
+    folder = tmp_path / "out.tif"
+    folder.mkdir()
+    with pytest.raises(OutputPathError, match="is a folder: give the path of a file"):
+        write_raster(open_raster(small_tif), folder)
+    with pytest.raises(OutputPathError, match="'/proc' cannot be written to"):
+        write_raster(open_raster(small_tif), "/proc/seamline-out.tif")
+    assert not list(tmp_path.glob(".*")) and not list(folder.iterdir())  # no probe, no part
 
 
 def test_atomic_path_removes_partial_file_on_failure(tmp_path):

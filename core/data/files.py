@@ -83,8 +83,19 @@ def check_output_path(
         raise OutputPathError(
             f"Output folder {str(parent)!r} does not exist: create it or choose another path."
         )
-    if not os.access(parent, os.W_OK):
-        raise OutputPathError(f"Output folder {str(parent)!r} is not writable: choose another.")
+    if path.is_dir():
+        raise OutputPathError(
+            f"Output {str(path)!r} is a folder: give the path of a file (in it, or beside it)."
+        )
+    try:  # created and removed: os.access says yes to root on a read-only file system
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise OutputPathError(
+            f"Output folder {str(parent)!r} cannot be written to ({exc.strerror}): choose "
+            "another."
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 

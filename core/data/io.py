@@ -240,6 +240,12 @@ def _resolve_band_names(
         names = tuple(str(n) for n in described)
         _check_unique(names, f"The band descriptions of raster file {str(path)!r}")
         return names
+    if described is not None and any(described):  # band_1..N would silently drop the names
+        missing = ", ".join(str(i + 1) for i, d in enumerate(described) if not d)
+        raise InputFileError(
+            f"Raster file {str(path)!r} describes some bands but not band {missing}: name "
+            "every band with --band-names (band_names= in Python), in the file's order."
+        )
     coord = da["band"].values
     if coord.dtype.kind in "US" and len(set(coord.tolist())) == count:
         return tuple(str(n) for n in coord.tolist())

@@ -221,7 +221,7 @@ def _from_module(
                 "Cannot tell how many bands the model expects: add \"bands\" to its JSON sidecar."
             )
         bands = [f"band_{i + 1}" for i in range(count)]
-    stats = BandStats.from_dict(meta["stats"]) if meta.get("stats") else None
+    stats = _stats(meta, source)
     module, meta = _as_dense_logits(module, meta, len(bands))
     count = meta.get("class_count") or meta.get("probed_classes", 0)
     classes = meta.get("classes") or [f"class_{i}" for i in range(count)]
@@ -241,6 +241,21 @@ def _from_module(
         precision=meta.get("precision", "fp32"),
         metadata={k: v for k, v in meta.items() if k not in known},
     )
+
+
+def _stats(meta: dict, source: Path | None) -> BandStats | None:
+    """The sidecar's band statistics; one sentence naming it when they are malformed."""
+    if not meta.get("stats"):
+        return None
+    try:
+        return BandStats.from_dict(meta["stats"])
+    except (ValueError, TypeError, AttributeError) as exc:  # e.g. a string, a missing field
+        where = (f"Model sidecar {str(source.with_suffix('.json'))!r}" if source
+                 else f"The metadata of model {meta.get('name', 'model')!r}")  # fmt: skip
+        raise InputFileError(
+            f"{where} has malformed \"stats\" ({first_line(exc)}): write them as `seamline "
+            "prepare --fit-stats` saves them, or remove them."
+        ) from None
 
 
 _PROBE_ERRORS = (RuntimeError, ValueError, TypeError, AssertionError, IndexError)

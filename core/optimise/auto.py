@@ -32,10 +32,14 @@ from seamline.core.hardware import bf16_is_native, cpu_info, device_label
 from seamline.core.models.modelio import SegmentationModel, with_precision
 from seamline.core.optimise.backends import compiled, forget_compiled, use_inductor_cache
 from seamline.core.optimise.flops import (
+    MIN_AGREEMENT,
+    agreement,
     classes_of,
     input_format,
+    judged,
     ms_per_tile,
     peak_gflops,
+    scene_agreement,
     tile_gflop,
 )
 from seamline.core.optimise.quantize import (
@@ -62,8 +66,6 @@ __all__ = [
     "not_measured",
 ]
 
-MIN_AGREEMENT = 0.995
-"""Share of calibration pixels whose class must equal FP32's for a backend to be kept."""
 CHOICE_VERSION = 6  # 6: INT8 graphs upsample by Gather (optimise/upsample.py), ~12 % faster
 AUTO_MIN_TILES = 16
 """Scenes with fewer tiles than this run FP32 unless a choice was made before on the machine."""
@@ -302,6 +304,7 @@ def auto_backend(
     allow_compile: bool = True,
     notify: Callable[[str], None] | None = None,
     calibrate: bool = False,
+    job_scene: xr.DataArray | None = None,
 ) -> tuple[SegmentationModel, Choice | None]:
     """``model`` as the backend that finishes a job of ``tiles`` tiles first (None: a
     server's endless job, the fastest per tile), from the table :func:`choose_backend`
@@ -314,8 +317,9 @@ def auto_backend(
     ``notify`` is told, in a phrase, when a measurement starts (it takes up to a minute).
     INT8 runs the graph the table keeps (calibrated once, on the scene first measured on)
     unless ``calibrate`` (the caller's own calibration scene) or the graph left the cache:
-    then it is calibrated on ``scene``, checked against FP32 on those tiles, and kept for
-    later jobs if it agrees (else INT8 leaves the table and the next backend runs)."""
+    then it is calibrated on ``scene``, checked against FP32 on those tiles (and on tiles of
+    ``job_scene``, the job's own scene where ``scene`` is another), and kept for later jobs
+    if it agrees on both (else INT8 leaves the table and the next backend runs)."""
     if model.precision != "fp32":
         return model, None
     backends = [b for b in candidates(device) if allow_compile or not b.compile]
@@ -356,18 +360,26 @@ def auto_backend(
     # backend: a compiled package loaded (or compiled again), the INT8 graph read.
     quantized = built.metadata.get("quantization")
     graph = quantized["key"] if quantized and cache else None
+    row = None
     if graph and graph != choice.int8_graph:
         sample = torch.from_numpy(calibration).to(device)
-        row = _judged(classes_of(built, sample, batch_size), classes_of(model, sample, batch_size),
-                      "recalibrated: agrees")  # fmt: skip
-        kept = row["kept"]
-        keep = {"int8_graph": graph} if kept else {}
-        _store(_with_row(replace(_read_choice(choice.key) or choice, **keep), backend.name, **row))
-        if not kept:  # the stored table no longer has INT8: the next fastest runs
+        row = judged(agreement(classes_of(built, sample, batch_size),
+                               classes_of(model, sample, batch_size)), "recalibrated: agrees")
+    if quantized and job_scene is not None and (row is None or row["kept"]):
+        row = judged(scene_agreement(built, model, job_scene, tile_size=tile_size,
+                                     batch_size=batch_size, device=device),
+                     "calibrated on another scene: agrees on this job's")  # fmt: skip
+    if row is not None:
+        keep = {"int8_graph": graph} if row["kept"] and graph else {}
+        choice = _with_row(replace(choice, **keep), backend.name, **row)
+        if cache:
+            _store(_with_row(replace(_read_choice(choice.key) or choice, **keep), backend.name,
+                             **row))  # fmt: skip
+        if not row["kept"]:  # the table no longer has INT8: the next fastest runs
             return auto_backend(model, scene, tile_size=tile_size, tiles=tiles,
                                 batch_size=batch_size, device=device,
-                                allow_compile=allow_compile)  # fmt: skip
-        choice = _with_row(replace(choice, **keep), backend.name, **row)
+                                allow_compile=allow_compile) if cache else (model, replace(
+                choice, backend="fp32", reason=_reason(choice, BACKENDS["fp32"], tiles)))
     elif (quantized["from_cache"] if quantized else backend.compile) and choice.from_cache:
         probe = torch.zeros(batch_size, len(model.bands), tile_size, tile_size, device=device)
         classes_of(built, probe, batch_size)
@@ -379,15 +391,12 @@ def auto_backend(
 
 def learn_job(choice: Choice, seconds: float, tiles: int) -> Choice:
     """``choice`` with what its backend just cost per tile in a job of ``tiles`` tiles that
-    took ``seconds`` (the tiled prediction of a file: reading, blending and writing
-    included), kept in its disk cache entry for the next job's pick. A backend's forward
-    alone ranked them wrongly: INT8's calls in flight overlap the rest of a job, which runs
-    in turn with a compiled module (AMD EPYC with AVX-512, 4096^2: 49 against 58 ms a tile
-    in the job, 36 against 39 alone). Jobs of fewer than :data:`AUTO_MIN_TILES` tiles teach
-    nothing (their fixed costs dominate). The fastest job a backend ran is kept: a job
-    slowed by other work on the machine would otherwise rank its backend last for good (auto
-    runs no other backend to learn it was the machine). The stored table is updated, not
-    ``choice``, which may carry this job's own build cost (a calibration)."""
+    took ``seconds`` (reading, blending and writing included), kept in its disk cache entry
+    for the next job's pick: INT8's calls in flight overlap the rest of a job, which runs in
+    turn with a compiled module (AMD EPYC, AVX-512, 4096^2: 49 against 58 ms a tile in the
+    job, 36 against 39 alone). Jobs under :data:`AUTO_MIN_TILES` tiles teach nothing. The
+    fastest job a backend ran is kept (a job slowed by other work would rank it last for
+    good). The stored table is updated, not ``choice`` (it may carry a calibration's cost)."""
     stored = _read_choice(choice.key) if tiles >= AUTO_MIN_TILES and seconds > 0 else None
     if stored is None:
         return choice
@@ -415,15 +424,6 @@ def _with_row(choice: Choice, backend: str, **figures) -> Choice:
     rows = tuple(replace(m, **figures) if m.backend == backend else m
                  for m in choice.measurements)  # fmt: skip
     return replace(choice, measurements=rows)
-
-
-def _judged(classes: torch.Tensor, reference: torch.Tensor, what: str = "agrees") -> dict:
-    """A backend's agreement with FP32's ``reference`` classes, whether that keeps it, and
-    why not (a :class:`Measurement`'s ``agreement``, ``kept`` and ``note``)."""
-    agreement = float((classes == reference).float().mean())
-    kept = agreement >= MIN_AGREEMENT
-    note = "" if kept else f"{what} on {agreement:.2%} < {MIN_AGREEMENT:.1%}"
-    return {"agreement": agreement, "kept": kept, "note": note}
 
 
 def _store(choice: Choice) -> None:
@@ -485,9 +485,9 @@ def choose_backend(
         if backend.precision == "int8":
             int8_graph = built.metadata["quantization"]["key"] or ""
         ms = ms_per_tile(built, tiles, batch_size, tile_size)
-        judged = _judged(classes, reference)
         rows.append(Measurement(backend.name, ms, build_s=build_s, gflops=gflop / ms * 1000,
-                                warm_build_s=warm, **judged))  # fmt: skip
+                                warm_build_s=warm,
+                                **judged(agreement(classes, reference))))  # fmt: skip
     precisions = ("fp32", "bf16", "int8") if device == "cpu" else ("fp32", "bf16", "fp16")
     peaks = {p: peak_gflops(p, device=device) for p in precisions}
     choice = Choice("fp32", "", tuple(rows), tile_size, batch_size, device,

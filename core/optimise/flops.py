@@ -13,10 +13,24 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from seamline.core.models.modelio import SegmentationModel
+from seamline.core.optimise.quantize import calibration_tiles
 
-__all__ = ["classes_of", "input_format", "ms_per_tile", "peak_gflops", "tile_gflop", "wall_seconds"]
+__all__ = [
+    "MIN_AGREEMENT",
+    "agreement",
+    "classes_of",
+    "input_format",
+    "judged",
+    "ms_per_tile",
+    "peak_gflops",
+    "scene_agreement",
+    "tile_gflop",
+    "wall_seconds",
+]
 
 RUNS = 5
+MIN_AGREEMENT = 0.995
+"""Share of calibration pixels whose class must equal FP32's for a backend to be kept."""
 """Timed forward passes per candidate (after two warm-ups); the median is kept."""
 
 
@@ -88,6 +102,30 @@ def classes_of(model: SegmentationModel, tiles: torch.Tensor, batch: int) -> tor
         out = [model.module(tiles[i : i + batch].contiguous(memory_format=fmt)).float().argmax(1)
                for i in range(0, len(tiles), batch)]  # fmt: skip
     return torch.cat(out)
+
+
+def agreement(classes: torch.Tensor, reference: torch.Tensor) -> float:
+    """The share of pixels whose class in ``classes`` equals FP32's ``reference``."""
+    return float((classes == reference).float().mean())
+
+
+def judged(share: float, what: str = "agrees") -> dict:
+    """A backend's agreement ``share`` with FP32, whether that keeps it, and why not (a
+    measurement's ``agreement``, ``kept`` and ``note``)."""
+    kept = share >= MIN_AGREEMENT
+    note = "" if kept else f"{what} on {share:.2%} < {MIN_AGREEMENT:.1%}"
+    return {"agreement": share, "kept": kept, "note": note}
+
+
+def scene_agreement(model: SegmentationModel, reference: SegmentationModel, scene, *,
+                    tile_size: int, batch_size: int = 1, device: torch.device | str = "cpu",
+                    count: int = 4) -> float:  # fmt: skip
+    """The share of pixels of ``count`` tiles sampled across ``scene`` where ``model``'s
+    classes equal those of ``reference`` (its FP32 model): how a model calibrated on another
+    scene does on this one."""
+    tiles = calibration_tiles(scene, reference, tile_size=tile_size, count=count)
+    x = torch.from_numpy(tiles).to(device)
+    return agreement(classes_of(model, x, batch_size), classes_of(reference, x, batch_size))
 
 
 def ms_per_tile(model: SegmentationModel, tiles: torch.Tensor, batch: int,

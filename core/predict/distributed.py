@@ -219,6 +219,7 @@ def predict_file_distributed(
     progress: Callable[[int, int], None] | None = None,
     n_workers: int | None = None,
     resume: bool = False,
+    cache: bool = True,
     **tiling,
 ) -> dict:
     """:func:`seamline.core.predict.file.predict_file` on a ``dask.distributed`` cluster.
@@ -239,7 +240,7 @@ def predict_file_distributed(
     check_output_path(output_path, inputs=[input_path])
     tile_size = choose_tile_size(model, tiling.pop("tile_size", None))
     blend = Blend.parse(tiling.pop("blend", "cosine"))
-    overlap = choose_overlap(model, tile_size, blend, tiling.pop("overlap", None))
+    overlap = choose_overlap(model, tile_size, blend, tiling.pop("overlap", None), cache=cache)
     scene, _ = open_for_prediction(input_path, model, aoi=aoi, band_names=band_names)
     grid = TileGrid(scene.sizes["y"], scene.sizes["x"], tile_size, overlap, blend, model.align)
     bands = plan_bands(grid, block_size)

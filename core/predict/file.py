@@ -138,6 +138,7 @@ def predict_file(
     prefetch: bool = True,
     resume: bool = False,
     observe: RowObserver | None = None,
+    cache: bool = True,
     **tiling,
 ) -> dict:
     """Predict a raster file larger than memory into a GeoTIFF (or COG), one tile row at a
@@ -154,12 +155,13 @@ def predict_file(
     not done (:mod:`~.resume`; the output is the same, bit for bit). Returns a summary: tiles,
     tile rows, shape, seconds (and, with ``resume``, the row it resumed from). ``observe``
     sees every row's raw values, valid pixels and output as they stream (e.g. a drift
-    profile, :class:`~seamline.core.monitor.gather.RowProfile`: no second read).
+    profile, :class:`~seamline.core.monitor.gather.RowProfile`: no second read). ``cache``
+    False: the seam probe neither reads nor writes the disk cache (``--no-cache``).
     """
     model = load_model(model)
     tile_size = choose_tile_size(model, tiling.pop("tile_size", None))
     blend = Blend.parse(tiling.pop("blend", "cosine"))
-    overlap = choose_overlap(model, tile_size, blend, tiling.pop("overlap", None))
+    overlap = choose_overlap(model, tile_size, blend, tiling.pop("overlap", None), cache=cache)
     check_output_path(output_path, inputs=[input_path])
     scene, aoi = open_for_prediction(input_path, model, aoi=aoi, band_names=band_names)
     grid = TileGrid(scene.sizes["y"], scene.sizes["x"], tile_size, overlap, blend, model.align)

@@ -102,13 +102,19 @@ def plan_overlap(
 
 
 def choose_overlap(
-    model: SegmentationModel, tile_size: int, blend: str | Blend, overlap: int | None = None
+    model: SegmentationModel,
+    tile_size: int,
+    blend: str | Blend,
+    overlap: int | None = None,
+    *,
+    cache: bool = True,
 ) -> int:
     """:func:`plan_overlap`'s overlap, warning (:class:`SeamWarning`) each reason for seams,
-    with the seam error measured on a random probe of four tiles."""
+    with the seam error measured on a random probe of four tiles (``cache=False``: not read
+    from, nor written to, the disk cache)."""
     chosen, problems = plan_overlap(model, tile_size, blend, overlap)
     if problems:
-        error = measured_seam_error(model, tile_size, chosen, blend)
+        error = measured_seam_error(model, tile_size, chosen, blend, cache=cache)
         if error is not None:
             measured = f"class probabilities differ from an untiled run by up to {error:.1e}"
             problems[-1] = f"{problems[-1][:-1]} (measured on a random probe: {measured})."
@@ -118,7 +124,8 @@ def choose_overlap(
 
 
 def measured_seam_error(
-    model: SegmentationModel, tile_size: int, overlap: int, blend: str | Blend
+    model: SegmentationModel, tile_size: int, overlap: int, blend: str | Blend, *,
+    cache: bool = True,
 ) -> float | None:
     """Largest class-probability difference between this tiling and one untiled pass over a
     random 2 x 2-tile probe (z-scored values, as the model sees them); None when the model
@@ -127,19 +134,19 @@ def measured_seam_error(
     known = _SEAM_ERRORS.setdefault(model.module, {})
     key = (tile_size, overlap, str(Blend.parse(blend)))
     if key not in known:
-        known[key] = _stored_seam_error(model, *key)
+        known[key] = _stored_seam_error(model, *key, cache=cache)
     return known[key]
 
 
 def _stored_seam_error(model: SegmentationModel, tile_size: int, overlap: int,
-                       blend: str) -> float | None:  # fmt: skip
+                       blend: str, *, cache: bool = True) -> float | None:  # fmt: skip
     """:func:`_probe_seam_error`, kept in the disk cache per weights and tiling (the probe
     costs 0.6-1 s of every `seamline predict` that warns). An ONNX Runtime module (INT8, or a
     user's ``.onnx``) is keyed by its graph's bytes; another module without weights of its own
     has no fingerprint to key on: probed each process."""
     module = getattr(model.module, "eager", model.module)
     graph = getattr(module, "onnx_bytes", None)
-    if graph is None and not any(True for _ in module.parameters()):
+    if not cache or (graph is None and not any(True for _ in module.parameters())):
         return _probe_seam_error(model, tile_size, overlap, blend)
     key = digest([model_fingerprint(module, graph), str(tile_size), str(overlap), blend,
                   "probe 1"])  # fmt: skip
