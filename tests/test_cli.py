@@ -143,9 +143,11 @@ def test_sigterm_and_kill_9_leave_no_hidden_part_files(tmp_path):
     assert out.exists() and not orphan.exists()
 
 
-@pytest.mark.parametrize("case", ["no CRS", "garbage onnx", "broken sidecar", "tile size 0",
-                                  "truncated calibration", "AOI at 1e30", "stats not a dict",
-                                  "output a folder", "int8 onnx at bf16"])  # fmt: skip
+@pytest.mark.parametrize("case", [
+    "no CRS", "garbage onnx", "broken sidecar", "tile size 0", "truncated calibration",
+    "AOI at 1e30", "stats not a dict", "output a folder", "int8 onnx at bf16", "two class names",
+    "tile size 100000",
+])  # fmt: skip
 def test_more_bad_inputs_are_one_sentence(case, tmp_path, capsys):
     """Found by an outside review: each used to end in a traceback (issue #19)."""
     from rasterio.transform import from_origin
@@ -171,6 +173,12 @@ def test_more_bad_inputs_are_one_sentence(case, tmp_path, capsys):
         (tmp_path / "m.json").write_text(json.dumps(meta | {"stats": "garbage"}))
         argv = ["predict", str(good), out, "--model", str(tmp_path / "m.pt")]
         phrase = "m.json' has malformed \"stats\" (band statistics lack"
+    elif case == "two class names":  # for a 5-class network: ids 2-4 were written unnamed
+        shutil.copy(ROOT / "core" / "demo" / "assets" / "demo_unet.pt", tmp_path / "m.pt")
+        meta = json.loads((ROOT / "core" / "demo" / "assets" / "demo_unet.json").read_text())
+        (tmp_path / "m.json").write_text(json.dumps(meta | {"classes": ["a", "b"]}))
+        argv = ["predict", str(good), out, "--model", str(tmp_path / "m.pt")]
+        phrase = "outputs 5 classes but 2 class names were given (a, b)"
     elif case == "output a folder":
         (tmp_path / "out.tif").mkdir()
         argv, phrase = ["predict", str(good), out, "--precision", "fp32"], "is a folder"
@@ -181,6 +189,8 @@ def test_more_bad_inputs_are_one_sentence(case, tmp_path, capsys):
         phrase = "is INT8: run it with --precision int8 or auto"
     elif case == "tile size 0":
         argv, phrase = ["quantize", "--tile-size", "0"], "at least 16 px"
+    elif case == "tile size 100000":  # torch was asked for 240 GB
+        argv, phrase = ["predict", str(good), out, "--tile-size", "100000"], "at most 8192 px"
     elif case == "AOI at 1e30":
         far = [[1e30, 1e30], [1e30, 2e30], [2e30, 2e30], [2e30, 1e30], [1e30, 1e30]]
         (tmp_path / "aoi.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": [far]}))

@@ -125,6 +125,24 @@ def test_an_output_that_is_a_folder_or_cannot_be_written_is_one_sentence(tmp_pat
     assert not list(tmp_path.glob(".*")) and not list(folder.iterdir())  # no probe, no part
 
 
+def test_a_geographic_transform_is_written_exactly(tmp_path):
+    """rioxarray recomputed it from the pixel centres: the service returned 0.0001 deg
+    pixels as 9.999999999999682e-05 (an outside review)."""
+    from rasterio.transform import from_origin
+
+    from tests.conftest import write_tif
+
+    transform = from_origin(12.3456, 45.6789, 0.0001, 0.0001)
+    data = np.ones((2, 48, 64), dtype="uint16")
+    source = write_tif(tmp_path / "geo.tif", data, crs="EPSG:4326", transform=transform)
+    scene = read_geotiff_bytes(source.read_bytes())
+    with rasterio.MemoryFile(geotiff_bytes(scene)) as memory, memory.open() as back:
+        assert back.transform == transform
+    cropped = scene.isel(y=slice(5, None), x=slice(7, None))
+    with rasterio.open(write_raster(cropped, tmp_path / "crop.tif")) as back:
+        assert back.transform == transform * transform.translation(7, 5)
+
+
 def test_atomic_path_removes_partial_file_on_failure(tmp_path):
     target = tmp_path / "out.tif"
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:

@@ -398,15 +398,25 @@ def _writable(
     if "long_name" not in out.attrs and out["band"].dtype.kind in "US":
         out = out.copy(deep=False)
         out.attrs["long_name"] = band_names(out)
-    # A rotated grid's transform is the one written on it: there are no coordinates to redo it.
-    creation = {"compress": compress, "recalc_transform": not is_rotated(out.rio.transform()),
-                **options}  # fmt: skip
+    creation = {"compress": compress, "recalc_transform": _recalc_transform(out), **options}
     if driver == "GTiff":
         creation.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
     else:
         creation.update(blocksize=blocksize)
         creation.setdefault("overview_resampling", overview_resampling("classes" not in da.attrs))
     return out, creation
+
+
+def _recalc_transform(da: xr.DataArray) -> bool:
+    """Whether the transform written is recomputed from the pixel centres (rioxarray's
+    default) rather than the one stored on ``da``: only where they differ by more than
+    rounding (a stale stored one). Recomputed, 0.0001 deg pixels were written as
+    9.999999999999682e-05. A rotated grid's is the stored one: no coordinates can redo it."""
+    stored = da.rio.transform()
+    if is_rotated(stored):
+        return False
+    centres = da.rio.transform(recalc=True)
+    return not stored.almost_equals(centres, precision=1e-6 * min(abs(centres.a), abs(centres.e)))
 
 
 def overview_resampling(continuous: bool) -> str:

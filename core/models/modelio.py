@@ -225,6 +225,12 @@ def _from_module(
     module, meta = _as_dense_logits(module, meta, len(bands))
     count = meta.get("class_count") or meta.get("probed_classes", 0)
     classes = meta.get("classes") or [f"class_{i}" for i in range(count)]
+    if meta.get("probed_classes") and len(classes) != meta["probed_classes"]:
+        raise InputFileError(  # else class ids past the names were written unnamed
+            f"Model {meta.get('name', 'model')!r} outputs {meta['probed_classes']} classes but "
+            f"{len(classes)} class names were given ({', '.join(map(str, classes))}): name "
+            "each output class once in its sidecar's \"classes\" (classes= in Python)."
+        )
     if meta.get("receptive_radius") is None:
         meta = _with_geometry(module, meta, len(bands), source)
     known = {"name", "bands", "classes", "colors", "stats", "align", "receptive_radius",

@@ -84,33 +84,48 @@ class ModelInput:
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         """``(scene bands, ...)`` raw values -> ``(model bands, ...)`` float32 input, NaN
-        where there is no data (:meth:`valid`)."""
+        where a band holds no data (all bands where no band does: :meth:`valid`)."""
         values = _indexable(values)
         out = torch.empty((self.bands, *values.shape[1:]), dtype=torch.float32,
                           device=values.device)  # fmt: skip
         self._normalise(values, out)
-        return out.masked_fill_(~self.valid(values), float("nan"))
+        missing = self._missing(values)  # a pixel without data has no band with data
+        return out if missing is None else out.masked_fill_(missing, float("nan"))
 
     def into(self, values: torch.Tensor, out: torch.Tensor) -> bool:
         """Write the input of a tile's raw values ``(scene bands, t, t)`` into ``out`` (a
         slot of the batch, in its layout) as :meth:`__call__` would give it with NaN made 0
-        (the stream feeds nodata as 0), in three passes where the NaN round trip took
-        twelve; whether any pixel holds data."""
+        (the stream feeds nodata as 0, a z-scored band's mean); whether any pixel holds
+        data."""
         values = _indexable(values)
         self._normalise(values, out)
-        if values.is_floating_point():  # a band without data in a pixel some band holds
-            out.nan_to_num_(nan=0.0)
-        elif self.nodata is None:  # integers without nodata: every pixel holds data
+        missing = self._missing(values)
+        if missing is None:  # the usual tile
             return True
-        if bool(self._band_valid(values[0]).all()):  # the usual tile: a sixth of the work
-            return True
-        invalid = ~self.valid(values)
-        if bool(invalid.all()):
-            out.zero_()
-            return False
-        if bool(invalid.any()):
-            out.masked_fill_(invalid, 0.0)
-        return True
+        out.masked_fill_(missing, 0.0)  # a pixel without data has no band with data
+        return bool(self.valid(values).any())
+
+    def _missing(self, values: torch.Tensor) -> torch.Tensor | None:
+        """Where each model band of ``(scene bands, ...)`` raw values holds no data (NaN,
+        infinite or nodata), ``(model bands, ...)``; None where every value holds data. A
+        band's nodata value is no data whatever its dtype: an integer band's was fed as a
+        value and a float band's NaN as 0 (24 % of the pixels of a block without NIR changed
+        class between the two encodings)."""
+        if not values.is_floating_point() and self.nodata is None:
+            return None
+        if self.order != tuple(range(len(values))):
+            values = values[list(self.order)]
+        # numpy on the CPU: its test and reduction of a strided 512 px tile take 0.17 ms,
+        # torch's 0.9 (uint16) to 1.6 ms (float32 isfinite)
+        x = values.numpy() if values.device.type == "cpu" else values
+        xp = np if isinstance(x, np.ndarray) else torch
+        floating = values.is_floating_point()
+        missing = ~xp.isfinite(x) if floating else x == self.nodata
+        if floating and self.nodata is not None:
+            missing |= x == self.nodata
+        if not bool(missing.any()):
+            return None
+        return torch.from_numpy(missing) if xp is np else missing
 
     def _normalise(self, values: torch.Tensor, out: torch.Tensor) -> None:
         """``out[k] = (values[order[k]] - offset[k]) / scale[k]`` in float32, as numpy's

@@ -225,7 +225,8 @@ def normalise(
     *,
     method: str = "zscore",
 ) -> xr.DataArray:
-    """Normalise a scene with baseline statistics; float32, NaN where invalid.
+    """Normalise a scene with baseline statistics; float32, NaN where invalid (and in a
+    band where it holds the nodata value or an infinity, as where it holds NaN).
 
     ``method`` is ``"zscore"`` (``(x - mean) / std``) or ``"percentile"``
     (``(x - p02) / (p98 - p02)``, the robust 2-98 % range mapped to 0..1, not clipped).
@@ -235,11 +236,16 @@ def normalise(
     order = band_order(scene, stats.bands, by="the band statistics")
     valid = valid_mask(scene)
     values = np.asarray(scene.values)
+    nodata = scene.rio.nodata
     out = np.empty((len(order), *values.shape[1:]), dtype=np.float32)
     for i, b in enumerate(order):  # per band: temporaries stay (y, x)-sized
         np.subtract(values[b], offset[i], out=out[i], dtype=np.float32, casting="unsafe")
         out[i] /= np.float32(scale[i])
         out[i][~valid] = np.nan
+        if nodata is not None and not np.isnan(nodata):  # a band's own missing values
+            out[i][values[b] == nodata] = np.nan
+        if values.dtype.kind == "f":  # +-inf: no data, as NaN
+            out[i][np.isinf(values[b])] = np.nan
     result = xr.DataArray(
         out,
         dims=("band", "y", "x"),
