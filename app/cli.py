@@ -92,6 +92,8 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
     from seamline.core.models.modelio import load_model
 
     if args.out is not None:
+        if Path(args.out).suffix != ".onnx":  # as save_quantized, before the calibration
+            raise InvalidArgumentError(f"An INT8 model is saved as .onnx, got {args.out!r}.")
         check_output_path(args.out)  # before minutes of work, not after
     cache = new_cache()
     fp32 = load_model(args.model, model_class=args.model_class, trust_model=args.trust_model)

@@ -25,7 +25,7 @@ from seamline.app.cli_args import (
     tile_size_arg,
 )
 from seamline.app.drift_cli import check_history
-from seamline.core.errors import InvalidArgumentError, SeamlineError
+from seamline.core.errors import BandMismatchError, InvalidArgumentError, SeamlineError
 from seamline.core.models.registry import PRECISIONS
 
 
@@ -90,6 +90,13 @@ def run_predict(args: argparse.Namespace) -> dict:
     # Calibrated on tiles sampled across the scene being predicted (only they are read).
     calibration = (open_raster(args.calibration, band_names=args.band_names)
                    if args.calibration else scene)  # fmt: skip
+    if args.calibration:  # its bands and statistics now, the file named, not after a minute
+        from seamline.core.predict.inputs import ModelInput
+
+        try:
+            ModelInput.for_scene(model, calibration)
+        except BandMismatchError as exc:
+            raise BandMismatchError(f"--calibration {args.calibration!r}: {exc}") from None
     choice, why = None, ""  # why: what auto ran without a choice, and why
     if precision == "auto":
         from seamline.core.optimise.auto import AUTO_MIN_TILES, auto_backend, not_measured

@@ -146,7 +146,8 @@ def test_sigterm_and_kill_9_leave_no_hidden_part_files(tmp_path):
 @pytest.mark.parametrize("case", [
     "no CRS", "garbage onnx", "broken sidecar", "tile size 0", "truncated calibration",
     "AOI at 1e30", "stats not a dict", "output a folder", "int8 onnx at bf16", "two class names",
-    "tile size 100000",
+    "tile size 100000", "negative receptive radius", "model a folder", "out not .onnx",
+    "calibration bands",
 ])  # fmt: skip
 def test_more_bad_inputs_are_one_sentence(case, tmp_path, capsys):
     """Found by an outside review: each used to end in a traceback (issue #19)."""
@@ -179,6 +180,21 @@ def test_more_bad_inputs_are_one_sentence(case, tmp_path, capsys):
         (tmp_path / "m.json").write_text(json.dumps(meta | {"classes": ["a", "b"]}))
         argv = ["predict", str(good), out, "--model", str(tmp_path / "m.pt")]
         phrase = "outputs 5 classes but 2 class names were given (a, b)"
+    elif case == "negative receptive radius":  # was "overlap must be >= 0 ... got -20"
+        shutil.copy(ROOT / "core" / "demo" / "assets" / "demo_unet.pt", tmp_path / "m.pt")
+        meta = json.loads((ROOT / "core" / "demo" / "assets" / "demo_unet.json").read_text())
+        (tmp_path / "m.json").write_text(json.dumps(meta | {"receptive_radius": -5}))
+        argv = ["predict", str(good), out, "--model", str(tmp_path / "m.pt")]
+        phrase = "gives \"receptive_radius\": -5: give the pixels"
+    elif case == "model a folder":  # was "does not exist"
+        argv, phrase = ["predict", str(good), out, "--model", str(tmp_path)], "is a folder: pass"
+    elif case == "out not .onnx":  # refused after the calibration
+        argv = ["quantize", "--out", str(tmp_path / "q.txt")]
+        phrase = "saved as .onnx, got"
+    elif case == "calibration bands":  # the sentence did not name the file
+        three = write_tif(tmp_path / "three.tif", data[:3])
+        argv = ["predict", str(good), out, "--precision", "int8", "--calibration", str(three)]
+        phrase = f"--calibration {str(three)!r}: "
     elif case == "output a folder":
         (tmp_path / "out.tif").mkdir()
         argv, phrase = ["predict", str(good), out, "--precision", "fp32"], "is a folder"

@@ -231,8 +231,15 @@ def _from_module(
             f"{len(classes)} class names were given ({', '.join(map(str, classes))}): name "
             "each output class once in its sidecar's \"classes\" (classes= in Python)."
         )
-    if meta.get("receptive_radius") is None:
+    radius = meta.get("receptive_radius")
+    if radius is None:
         meta = _with_geometry(module, meta, len(bands), source)
+    elif isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+        raise InputFileError(  # else a bad overlap, naming neither the model nor the field
+            f"Model {meta.get('name', 'model')!r} gives \"receptive_radius\": {radius!r}: "
+            "give the pixels its output reaches out on each side (an integer >= 0), or leave "
+            "it out to have it measured."
+        )
     known = {"name", "bands", "classes", "colors", "stats", "align", "receptive_radius",
              "precision", "probed_classes"}
     return SegmentationModel(
@@ -349,8 +356,9 @@ def load_model(
         return _from_module(spec, named)
     path = builtin_model_path(str(spec)) or Path(spec)
     if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
         raise InputFileError(
-            f"Model file {str(path)!r} does not exist: pass 'demo', a .pt state dict with its "
+            f"Model file {str(path)!r} {what}: pass 'demo', a .pt state dict with its "
             ".json sidecar, a torch.export .pt2 archive or a quantized .onnx model."
         )
     sidecar = path.with_suffix(".json")
