@@ -143,6 +143,19 @@ def test_a_geographic_transform_is_written_exactly(tmp_path):
         assert back.transform == transform * transform.translation(7, 5)
 
 
+def test_class_names_are_tagged_as_json_as_predict_writes_them(tmp_path, small_tif):
+    """In memory (serve-api's reply) they were the list's Python repr: another tool reading
+    the tag as JSON failed on the quotes (an outside review)."""
+    import json
+
+    scene = open_raster(small_tif)
+    scene.attrs["classes"] = ["water", "o'brien field"]
+    with rasterio.MemoryFile(geotiff_bytes(scene)) as memory, memory.open() as back:
+        assert json.loads(back.tags()["classes"]) == ["water", "o'brien field"]
+    with rasterio.open(write_raster(scene, tmp_path / "tagged.tif")) as back:
+        assert json.loads(back.tags()["classes"]) == ["water", "o'brien field"]
+
+
 def test_atomic_path_removes_partial_file_on_failure(tmp_path):
     target = tmp_path / "out.tif"
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:

@@ -7,6 +7,7 @@ validity mask, one-sentence errors, and atomic writes (no partial file on failur
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -398,6 +399,9 @@ def _writable(
     if "long_name" not in out.attrs and out["band"].dtype.kind in "US":
         out = out.copy(deep=False)
         out.attrs["long_name"] = band_names(out)
+    if isinstance(out.attrs.get("classes"), list | tuple):  # as predict writes its tag
+        out = out.copy(deep=False)  # (rioxarray would write the list's Python repr)
+        out.attrs["classes"] = json.dumps(list(out.attrs["classes"]))
     creation = {"compress": compress, "recalc_transform": _recalc_transform(out), **options}
     if driver == "GTiff":
         creation.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
