@@ -29,9 +29,9 @@ __all__ = [
 ]
 
 RUNS = 5
+"""Timed forward passes per candidate (after two warm-ups); the median is kept."""
 MIN_AGREEMENT = 0.995
 """Share of calibration pixels whose class must equal FP32's for a backend to be kept."""
-"""Timed forward passes per candidate (after two warm-ups); the median is kept."""
 
 
 def tile_gflop(model: SegmentationModel, tile_size: int,
