@@ -76,6 +76,11 @@ def run_predict(args: argparse.Namespace) -> dict:
         )
     if precision == "auto" and model.precision != "fp32":  # a quantized .onnx runs as it is
         precision = model.precision
+    if args.calibration and (precision not in ("auto", "int8") or model.precision == "int8"):
+        print(f"seamline predict: note: --calibration calibrates INT8 only: it is not used "
+              f"for model {model.name!r} at {precision}"
+              f"{' (quantized already)' if model.precision == 'int8' else ''}.",
+              file=sys.stderr)  # fmt: skip
     if precision == "auto" and args.backend == "compile":
         raise InvalidArgumentError(
             "--backend compile picks a backend by hand: give it with --precision fp32 or bf16, "

@@ -94,6 +94,9 @@ def test_calibration_that_auto_does_not_use_is_said(scene, tmp_path, capsys, mon
                                  "--calibration", scene)  # fmt: skip
     assert code == 0 and report["backend"]["name"] == "fp32"
     assert "auto ran fp32, faster here than INT8: --calibration calibrated nothing." in err
+    code, report, err = _predict(capsys, scene, tmp_path / "out.tif", "--tile-size", "96",
+                                 "--calibration", scene, "--precision", "fp32")  # fmt: skip
+    assert code == 0 and "--calibration calibrates INT8 only: it is not used" in err  # was silent
 
 
 def test_damaged_cache_entries_are_built_again_not_failures(scene, tmp_path, capsys,
