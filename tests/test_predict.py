@@ -1,6 +1,7 @@
 """Georeferenced prediction: the demo model, user models, out-of-core files, the CLI."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from seamline.core.demo.data import sentinel2_aoi, sentinel2_sample
 from seamline.core.demo.synthetic import make_scene
 from seamline.core.demo.train import HELD_OUT_SEEDS
 from seamline.core.demo.unet import UNet
-from seamline.core.errors import BandMismatchError, InputFileError
+from seamline.core.errors import BandMismatchError, InputFileError, InvalidArgumentError
 from seamline.core.metrics import mean_iou
 from seamline.core.models.modelio import load_model, save_model, with_precision
 from seamline.core.predict.blocks import CLASS_NODATA, class_ids
@@ -97,6 +98,9 @@ def test_bf16_agrees_with_fp32(demo):
     fp32 = predict_scene(demo, scene, tile_size=64, overlap=16)
     bf16 = predict_scene(with_precision(demo, "bf16"), scene, tile_size=64, overlap=16)
     assert np.mean(fp32.values == bf16.values) > 0.95
+    int8 = replace(demo, precision="int8")  # as a quantized .onnx loads: no FP32 weights
+    with pytest.raises(InvalidArgumentError, match="is INT8: pass its FP32 model to run it at"):
+        with_precision(int8, "bf16")  # autocast over it ran INT8, labelled bf16
 
 
 def test_predict_cli_with_aoi_prints_json_and_writes_cog(tmp_path, capsys):

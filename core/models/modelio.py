@@ -434,7 +434,10 @@ def with_precision(model: SegmentationModel, precision: str) -> SegmentationMode
         )
     if precision == model.precision:
         return model
-    if precision == "fp32":
-        raise InvalidArgumentError(f"model {model.name!r} is {model.precision}; load it again")
+    if model.precision != "fp32":  # a quantized .onnx (or autocast already): no FP32 weights
+        raise InvalidArgumentError(  # to convert; autocast over INT8 ran INT8, labelled bf16
+            f"Model {model.name!r} is {model.precision.upper()}: pass its FP32 model to run it "
+            f"at {precision}."
+        )
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return model.with_module(_Autocast(model.module, dtype), precision=precision)
